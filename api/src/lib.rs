@@ -1,0 +1,1 @@
+//! chatpipe api (not built yet).

@@ -1,0 +1,480 @@
+//! The webhook event contract: typed events, validation of raw bodies as a
+//! pure function, and the canonical encoding written to Kafka.
+//!
+//! Validation never panics on any input (see the property test below); every
+//! rejection names the offending field with the dotted path used in the
+//! `400` body, e.g. `data.conversation_id`.
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde::Serialize;
+use serde_json::{Map, Value};
+use uuid::Uuid;
+
+/// Default largest accepted `data.content`, in bytes of UTF-8.
+pub const DEFAULT_MAX_CONTENT_BYTES: usize = 16 * 1024;
+/// Default largest accepted request body, in bytes.
+pub const DEFAULT_MAX_BODY_BYTES: usize = 64 * 1024;
+
+/// The three event types of the contract, as spelled on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum EventType {
+    /// `NEW_CONVERSATION`: creates a conversation in state OPEN.
+    NewConversation,
+    /// `NEW_MESSAGE`: an INBOUND user message.
+    NewMessage,
+    /// `CLOSE_CONVERSATION`: moves a conversation to CLOSED.
+    CloseConversation,
+}
+
+impl EventType {
+    /// All event types, in contract order.
+    pub const ALL: [EventType; 3] = [
+        EventType::NewConversation,
+        EventType::NewMessage,
+        EventType::CloseConversation,
+    ];
+
+    /// The wire spelling, e.g. `NEW_MESSAGE`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventType::NewConversation => "NEW_CONVERSATION",
+            EventType::NewMessage => "NEW_MESSAGE",
+            EventType::CloseConversation => "CLOSE_CONVERSATION",
+        }
+    }
+
+    /// Parses the wire spelling; `None` for anything else.
+    pub fn parse(s: &str) -> Option<EventType> {
+        EventType::ALL.into_iter().find(|t| t.as_str() == s)
+    }
+}
+
+impl std::fmt::Display for EventType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A validated webhook event. `timestamp` is the provider's event time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// A new conversation with id `id`.
+    NewConversation {
+        /// Conversation id.
+        id: Uuid,
+        /// Event time given by the provider.
+        timestamp: DateTime<Utc>,
+    },
+    /// A user message `id` in conversation `conversation_id`.
+    NewMessage {
+        /// Message id.
+        id: Uuid,
+        /// The conversation the message belongs to.
+        conversation_id: Uuid,
+        /// Message text.
+        content: String,
+        /// Event time given by the provider.
+        timestamp: DateTime<Utc>,
+    },
+    /// Closes conversation `id`.
+    CloseConversation {
+        /// Conversation id.
+        id: Uuid,
+        /// Event time given by the provider.
+        timestamp: DateTime<Utc>,
+    },
+}
+
+impl Event {
+    /// The event's type.
+    pub fn event_type(&self) -> EventType {
+        match self {
+            Event::NewConversation { .. } => EventType::NewConversation,
+            Event::NewMessage { .. } => EventType::NewMessage,
+            Event::CloseConversation { .. } => EventType::CloseConversation,
+        }
+    }
+
+    /// The conversation this event belongs to: the Kafka record key.
+    pub fn conversation_id(&self) -> Uuid {
+        match self {
+            Event::NewConversation { id, .. } | Event::CloseConversation { id, .. } => *id,
+            Event::NewMessage {
+                conversation_id, ..
+            } => *conversation_id,
+        }
+    }
+
+    /// The event's own id (`data.id`).
+    pub fn id(&self) -> Uuid {
+        match self {
+            Event::NewConversation { id, .. }
+            | Event::CloseConversation { id, .. }
+            | Event::NewMessage { id, .. } => *id,
+        }
+    }
+
+    /// The provider's event time.
+    pub fn timestamp(&self) -> DateTime<Utc> {
+        match self {
+            Event::NewConversation { timestamp, .. }
+            | Event::NewMessage { timestamp, .. }
+            | Event::CloseConversation { timestamp, .. } => *timestamp,
+        }
+    }
+
+    /// The canonical JSON form, with the same shape as the webhook body.
+    pub fn to_json(&self) -> Value {
+        let data = match self {
+            Event::NewConversation { id, .. } | Event::CloseConversation { id, .. } => {
+                serde_json::json!({ "id": id })
+            }
+            Event::NewMessage {
+                id,
+                conversation_id,
+                content,
+                ..
+            } => serde_json::json!({
+                "id": id,
+                "content": content,
+                "conversation_id": conversation_id,
+            }),
+        };
+        serde_json::json!({
+            "type": self.event_type().as_str(),
+            "timestamp": format_timestamp(self.timestamp()),
+            "data": data,
+        })
+    }
+
+    /// The canonical encoding written as the Kafka record value.
+    pub fn encode(&self) -> Vec<u8> {
+        // Serialising a `Value` built from strings cannot fail.
+        serde_json::to_vec(&self.to_json()).unwrap_or_default()
+    }
+
+    /// Decodes a Kafka record value written by [`Event::encode`] (or any valid
+    /// webhook body), with no size limits beyond the content limit given.
+    pub fn decode(bytes: &[u8], max_content_bytes: usize) -> Result<Event, ValidationError> {
+        parse_event(
+            bytes,
+            &Limits {
+                max_body_bytes: usize::MAX,
+                max_content_bytes,
+            },
+        )
+    }
+}
+
+/// Formats a timestamp as RFC 3339 in UTC with a `Z` suffix and only the
+/// sub-second digits that are needed.
+pub fn format_timestamp(ts: DateTime<Utc>) -> String {
+    ts.to_rfc3339_opts(SecondsFormat::AutoSi, true)
+}
+
+/// Size limits applied by [`parse_event`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Largest accepted body, in bytes.
+    pub max_body_bytes: usize,
+    /// Largest accepted `data.content`, in bytes of UTF-8.
+    pub max_content_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            max_content_bytes: DEFAULT_MAX_CONTENT_BYTES,
+        }
+    }
+}
+
+/// Why a body was rejected: a message and the dotted path of the field.
+/// Serialises to the `400` body `{"error":"…","field":"…"}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, thiserror::Error)]
+#[error("{field}: {error}")]
+pub struct ValidationError {
+    /// Human-readable reason.
+    pub error: String,
+    /// Dotted path of the offending field (`body` for the whole body).
+    pub field: String,
+}
+
+impl ValidationError {
+    /// A rejection of `field` for `error`.
+    pub fn new(field: impl Into<String>, error: impl Into<String>) -> Self {
+        ValidationError {
+            error: error.into(),
+            field: field.into(),
+        }
+    }
+}
+
+/// Validates a raw webhook body and returns the typed event.
+///
+/// Unknown extra fields are ignored (providers add fields over time); every
+/// field the contract names must be present with the right type.
+pub fn parse_event(body: &[u8], limits: &Limits) -> Result<Event, ValidationError> {
+    if body.len() > limits.max_body_bytes {
+        return Err(ValidationError::new(
+            "body",
+            format!("body is larger than {} bytes", limits.max_body_bytes),
+        ));
+    }
+    let value: Value = serde_json::from_slice(body)
+        .map_err(|e| ValidationError::new("body", format!("body is not valid JSON: {e}")))?;
+    let root = value
+        .as_object()
+        .ok_or_else(|| ValidationError::new("body", "body must be a JSON object"))?;
+
+    let type_str = required_str(root, "type", "type")?;
+    let event_type = EventType::parse(type_str).ok_or_else(|| {
+        ValidationError::new(
+            "type",
+            format!(
+                "unknown event type {type_str:?}; expected one of NEW_CONVERSATION, NEW_MESSAGE, CLOSE_CONVERSATION"
+            ),
+        )
+    })?;
+    let timestamp = parse_timestamp(required_str(root, "timestamp", "timestamp")?)?;
+    let data = match root.get("data") {
+        None | Some(Value::Null) => return Err(ValidationError::new("data", "field is required")),
+        Some(Value::Object(map)) => map,
+        Some(other) => {
+            return Err(ValidationError::new(
+                "data",
+                format!("expected an object, found {}", json_kind(other)),
+            ))
+        }
+    };
+    let id = required_uuid(data, "id", "data.id")?;
+    Ok(match event_type {
+        EventType::NewConversation => Event::NewConversation { id, timestamp },
+        EventType::CloseConversation => Event::CloseConversation { id, timestamp },
+        EventType::NewMessage => {
+            let content = required_str(data, "content", "data.content")?;
+            if content.len() > limits.max_content_bytes {
+                return Err(ValidationError::new(
+                    "data.content",
+                    format!(
+                        "content is {} bytes; the limit is {} bytes",
+                        content.len(),
+                        limits.max_content_bytes
+                    ),
+                ));
+            }
+            let conversation_id = required_uuid(data, "conversation_id", "data.conversation_id")?;
+            Event::NewMessage {
+                id,
+                conversation_id,
+                content: content.to_owned(),
+                timestamp,
+            }
+        }
+    })
+}
+
+fn json_kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+fn required_str<'a>(
+    map: &'a Map<String, Value>,
+    key: &str,
+    path: &str,
+) -> Result<&'a str, ValidationError> {
+    match map.get(key) {
+        None | Some(Value::Null) => Err(ValidationError::new(path, "field is required")),
+        Some(Value::String(s)) => Ok(s),
+        Some(other) => Err(ValidationError::new(
+            path,
+            format!("expected a string, found {}", json_kind(other)),
+        )),
+    }
+}
+
+fn required_uuid(map: &Map<String, Value>, key: &str, path: &str) -> Result<Uuid, ValidationError> {
+    let s = required_str(map, key, path)?;
+    parse_uuid(s).ok_or_else(|| {
+        ValidationError::new(
+            path,
+            format!("{s:?} is not a UUID in the hyphenated form xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx"),
+        )
+    })
+}
+
+/// Parses a UUID in its canonical hyphenated form (any letter case).
+pub fn parse_uuid(s: &str) -> Option<Uuid> {
+    if s.len() != 36 {
+        return None;
+    }
+    Uuid::try_parse(s).ok()
+}
+
+fn parse_timestamp(s: &str) -> Result<DateTime<Utc>, ValidationError> {
+    DateTime::parse_from_rfc3339(s)
+        .map(|t| t.with_timezone(&Utc))
+        .map_err(|e| {
+            ValidationError::new(
+                "timestamp",
+                format!("{s:?} is not an RFC 3339 timestamp: {e}"),
+            )
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const CONV: &str = "6a41b347-8d80-4ce9-84ba-7af66f369f6a";
+    const MSG: &str = "49108c71-4dca-4af3-9f32-61bc745926e2";
+
+    fn parse(s: &str) -> Result<Event, ValidationError> {
+        parse_event(s.as_bytes(), &Limits::default())
+    }
+
+    fn field_of(s: &str) -> String {
+        match parse(s) {
+            Ok(e) => panic!("expected a rejection, got {e:?}"),
+            Err(e) => e.field,
+        }
+    }
+
+    #[test]
+    fn parses_the_three_examples_of_the_spec() {
+        let nc = parse(&format!(
+            r#"{{"type":"NEW_CONVERSATION","timestamp":"2025-06-04T14:20:00Z","data":{{"id":"{CONV}"}}}}"#
+        ))
+        .unwrap();
+        assert_eq!(nc.event_type(), EventType::NewConversation);
+        assert_eq!(nc.conversation_id().to_string(), CONV);
+        let nm = parse(&format!(
+            r#"{{"type":"NEW_MESSAGE","timestamp":"2025-06-04T14:20:05Z","data":{{"id":"{MSG}","content":"Olá, quero informações sobre alugar um apartamento.","conversation_id":"{CONV}"}}}}"#
+        ))
+        .unwrap();
+        assert_eq!(nm.conversation_id().to_string(), CONV);
+        assert_eq!(nm.id().to_string(), MSG);
+        match &nm {
+            Event::NewMessage { content, .. } => assert!(content.starts_with("Olá")),
+            other => panic!("{other:?}"),
+        }
+        let cc = parse(&format!(
+            r#"{{"type":"CLOSE_CONVERSATION","timestamp":"2025-06-04T14:25:00Z","data":{{"id":"{CONV}"}}}}"#
+        ))
+        .unwrap();
+        assert_eq!(cc.event_type(), EventType::CloseConversation);
+        assert_eq!(format_timestamp(cc.timestamp()), "2025-06-04T14:25:00Z");
+    }
+
+    #[test]
+    fn every_invalid_case_names_its_field() {
+        let ts = "2025-06-04T14:20:00Z";
+        let cases: Vec<(String, &str)> = vec![
+            ("not json".into(), "body"),
+            ("".into(), "body"),
+            ("[1,2]".into(), "body"),
+            ("\"NEW_MESSAGE\"".into(), "body"),
+            (format!(r#"{{"timestamp":"{ts}","data":{{"id":"{CONV}"}}}}"#), "type"),
+            (format!(r#"{{"type":7,"timestamp":"{ts}","data":{{"id":"{CONV}"}}}}"#), "type"),
+            (format!(r#"{{"type":"NEW_THING","timestamp":"{ts}","data":{{"id":"{CONV}"}}}}"#), "type"),
+            (format!(r#"{{"type":"new_conversation","timestamp":"{ts}","data":{{"id":"{CONV}"}}}}"#), "type"),
+            (format!(r#"{{"type":"NEW_CONVERSATION","data":{{"id":"{CONV}"}}}}"#), "timestamp"),
+            (format!(r#"{{"type":"NEW_CONVERSATION","timestamp":1717510800,"data":{{"id":"{CONV}"}}}}"#), "timestamp"),
+            (format!(r#"{{"type":"NEW_CONVERSATION","timestamp":"2025-06-04 14:20","data":{{"id":"{CONV}"}}}}"#), "timestamp"),
+            (format!(r#"{{"type":"NEW_CONVERSATION","timestamp":"2025-06-04T14:20:00","data":{{"id":"{CONV}"}}}}"#), "timestamp"),
+            (format!(r#"{{"type":"NEW_CONVERSATION","timestamp":"2025-13-04T14:20:00Z","data":{{"id":"{CONV}"}}}}"#), "timestamp"),
+            (format!(r#"{{"type":"NEW_CONVERSATION","timestamp":"{ts}"}}"#), "data"),
+            (format!(r#"{{"type":"NEW_CONVERSATION","timestamp":"{ts}","data":null}}"#), "data"),
+            (format!(r#"{{"type":"NEW_CONVERSATION","timestamp":"{ts}","data":"{CONV}"}}"#), "data"),
+            (format!(r#"{{"type":"NEW_CONVERSATION","timestamp":"{ts}","data":{{}}}}"#), "data.id"),
+            (format!(r#"{{"type":"NEW_CONVERSATION","timestamp":"{ts}","data":{{"id":42}}}}"#), "data.id"),
+            (format!(r#"{{"type":"NEW_CONVERSATION","timestamp":"{ts}","data":{{"id":"123"}}}}"#), "data.id"),
+            (format!(r#"{{"type":"CLOSE_CONVERSATION","timestamp":"{ts}","data":{{"id":"6a41b3478d804ce984ba7af66f369f6a"}}}}"#), "data.id"),
+            (format!(r#"{{"type":"NEW_MESSAGE","timestamp":"{ts}","data":{{"content":"x","conversation_id":"{CONV}"}}}}"#), "data.id"),
+            (format!(r#"{{"type":"NEW_MESSAGE","timestamp":"{ts}","data":{{"id":"{MSG}","conversation_id":"{CONV}"}}}}"#), "data.content"),
+            (format!(r#"{{"type":"NEW_MESSAGE","timestamp":"{ts}","data":{{"id":"{MSG}","content":5,"conversation_id":"{CONV}"}}}}"#), "data.content"),
+            (format!(r#"{{"type":"NEW_MESSAGE","timestamp":"{ts}","data":{{"id":"{MSG}","content":["a"],"conversation_id":"{CONV}"}}}}"#), "data.content"),
+            (format!(r#"{{"type":"NEW_MESSAGE","timestamp":"{ts}","data":{{"id":"{MSG}","content":"x"}}}}"#), "data.conversation_id"),
+            (format!(r#"{{"type":"NEW_MESSAGE","timestamp":"{ts}","data":{{"id":"{MSG}","content":"x","conversation_id":"nope"}}}}"#), "data.conversation_id"),
+        ];
+        for (body, field) in cases {
+            assert_eq!(field_of(&body), field, "body: {body}");
+        }
+    }
+
+    #[test]
+    fn content_and_body_limits_are_enforced() {
+        let limits = Limits {
+            max_body_bytes: 400,
+            max_content_bytes: 10,
+        };
+        let body = |content: &str| {
+            format!(
+                r#"{{"type":"NEW_MESSAGE","timestamp":"2025-06-04T14:20:05Z","data":{{"id":"{MSG}","content":"{content}","conversation_id":"{CONV}"}}}}"#
+            )
+        };
+        assert!(parse_event(body("0123456789").as_bytes(), &limits).is_ok());
+        let err = parse_event(body("01234567890").as_bytes(), &limits).unwrap_err();
+        assert_eq!(err.field, "data.content");
+        // Multi-byte characters count in bytes: 4 × 3 bytes = 12 > 10.
+        assert_eq!(
+            parse_event(body("€€€€").as_bytes(), &limits).unwrap_err().field,
+            "data.content"
+        );
+        let big = body(&"x".repeat(500));
+        assert_eq!(
+            parse_event(big.as_bytes(), &limits).unwrap_err().field,
+            "body"
+        );
+    }
+
+    #[test]
+    fn encoding_round_trips_and_normalises() {
+        let e = parse(&format!(
+            r#"{{"type":"NEW_MESSAGE","timestamp":"2025-06-04T11:20:05.250-03:00","extra":true,"data":{{"id":"{}","content":"a\nb","conversation_id":"{CONV}","x":1}}}}"#,
+            MSG.to_uppercase()
+        ))
+        .unwrap();
+        let bytes = e.encode();
+        let back = Event::decode(&bytes, DEFAULT_MAX_CONTENT_BYTES).unwrap();
+        assert_eq!(back, e);
+        let v: Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(v["timestamp"], "2025-06-04T14:20:05.250Z");
+        assert_eq!(v["data"]["id"], MSG);
+        assert!(v.get("extra").is_none());
+    }
+
+    proptest! {
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let _ = parse_event(&bytes, &Limits::default());
+        }
+
+        #[test]
+        fn arbitrary_json_never_panics(s in r#"\{("(type|timestamp|data|id|content|conversation_id)":("NEW_MESSAGE"|"NEW_CONVERSATION"|"2025-06-04T14:20:05Z"|"[a-f0-9-]{0,40}"|1|null|\{\}|\[\]),?){0,6}\}"#) {
+            let _ = parse_event(s.as_bytes(), &Limits::default());
+        }
+
+        #[test]
+        fn valid_messages_round_trip(content in "\\PC{0,200}", secs in 0i64..4_000_000_000, a in any::<u128>(), b in any::<u128>()) {
+            let e = Event::NewMessage {
+                id: Uuid::from_u128(a),
+                conversation_id: Uuid::from_u128(b),
+                content,
+                timestamp: DateTime::from_timestamp(secs, 0).unwrap(),
+            };
+            let back = parse_event(&e.encode(), &Limits { max_body_bytes: usize::MAX, max_content_bytes: usize::MAX }).unwrap();
+            prop_assert_eq!(back, e);
+        }
+    }
+}

@@ -1,0 +1,25 @@
+//! Shared pieces of chatpipe: the webhook event contract, configuration,
+//! and access to Postgres and Kafka. It holds no service logic.
+//!
+//! # Layout
+//! - [`event`]: typed events, pure validation of webhook bodies, the
+//!   canonical encoding written to Kafka.
+//! - [`murmur2`]: Kafka's Java-compatible key partitioner.
+//! - [`config`]: clap argument groups (Postgres, Kafka, logs) shared by the
+//!   binaries, each flag with an env var.
+//! - [`db`]: connection pools, database creation, migrations (`migrations/`).
+//! - [`kafka`]: producer/consumer settings and topic management.
+//! - [`ops`]: `/healthz`, `/readyz`, `/metrics`.
+//! - [`telemetry`]: tracing set-up.
+//! - [`shutdown`]: the SIGTERM/Ctrl-C future.
+
+pub mod config;
+pub mod db;
+pub mod event;
+pub mod kafka;
+pub mod murmur2;
+pub mod ops;
+pub mod shutdown;
+pub mod telemetry;
+
+pub use event::{parse_event, Event, EventType, Limits, ValidationError};

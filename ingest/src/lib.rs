@@ -1,0 +1,1 @@
+//! chatpipe ingest (not built yet).

@@ -1,0 +1,1 @@
+//! chatpipe operator (not built yet).

@@ -1,0 +1,1 @@
+//! chatpipe processor (not built yet).
