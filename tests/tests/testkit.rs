@@ -17,15 +17,15 @@ async fn produce(bootstrap: &str, topic: &str, key: &str) -> (i32, i64) {
     )
     .create()
     .unwrap();
-    producer
+    let delivery = producer
         .send(
             FutureRecord::to(topic).key(key).payload("hello"),
             Duration::from_secs(10),
         )
         .await
         .map_err(|(e, _)| e)
-        .unwrap()
-        .into()
+        .unwrap();
+    (delivery.partition, delivery.offset)
 }
 
 #[tokio::test]
