@@ -1,0 +1,112 @@
+//! Labels and names of the objects built for one ChatPipeline.
+//!
+//! Selector labels (`name`, `instance`, `component`) never change for the
+//! life of an object, because Deployment and StatefulSet selectors are
+//! immutable; everything else goes into the full label set.
+
+use std::collections::BTreeMap;
+
+/// `app.kubernetes.io/name` of every object.
+pub const APP_NAME: &str = "chatpipe";
+/// `app.kubernetes.io/managed-by` of every object.
+pub const MANAGED_BY: &str = "chatpipe-operator";
+
+/// A component of a pipeline; one per workload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Component {
+    /// Webhook receiver (Deployment).
+    Ingest,
+    /// Stateful processors (StatefulSet).
+    Processor,
+    /// Query API (Deployment).
+    Api,
+    /// Schema migration (Job).
+    Migrate,
+    /// Shared configuration (ConfigMap).
+    Config,
+}
+
+impl Component {
+    /// The component as used in names and labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Component::Ingest => "ingest",
+            Component::Processor => "processor",
+            Component::Api => "api",
+            Component::Migrate => "migrate",
+            Component::Config => "config",
+        }
+    }
+
+    /// Name of this component's object(s) for the pipeline `instance`.
+    pub fn object_name(self, instance: &str) -> String {
+        format!("{instance}-{}", self.as_str())
+    }
+}
+
+/// Labels that select the pods of `component` of `instance`.
+pub fn selector(instance: &str, component: Component) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        ("app.kubernetes.io/name".to_owned(), APP_NAME.to_owned()),
+        ("app.kubernetes.io/instance".to_owned(), instance.to_owned()),
+        (
+            "app.kubernetes.io/component".to_owned(),
+            component.as_str().to_owned(),
+        ),
+    ])
+}
+
+/// Every label of an object of `component` of `instance`: the selector
+/// labels plus `managed-by` and `part-of`.
+pub fn labels(instance: &str, component: Component) -> BTreeMap<String, String> {
+    let mut l = selector(instance, component);
+    l.insert(
+        "app.kubernetes.io/managed-by".to_owned(),
+        MANAGED_BY.to_owned(),
+    );
+    l.insert("app.kubernetes.io/part-of".to_owned(), APP_NAME.to_owned());
+    l
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn selector_is_a_subset_of_labels() {
+        for c in [
+            Component::Ingest,
+            Component::Processor,
+            Component::Api,
+            Component::Migrate,
+            Component::Config,
+        ] {
+            let s = selector("demo", c);
+            let l = labels("demo", c);
+            assert_eq!(s.len(), 3);
+            for (k, v) in &s {
+                assert_eq!(l.get(k), Some(v));
+            }
+            assert_eq!(l["app.kubernetes.io/managed-by"], "chatpipe-operator");
+            assert_eq!(s["app.kubernetes.io/component"], c.as_str());
+        }
+    }
+
+    #[test]
+    fn components_select_disjoint_pods() {
+        assert_ne!(
+            selector("demo", Component::Ingest),
+            selector("demo", Component::Api)
+        );
+        assert_ne!(
+            selector("a", Component::Ingest),
+            selector("b", Component::Ingest)
+        );
+    }
+
+    #[test]
+    fn names() {
+        assert_eq!(Component::Processor.object_name("demo"), "demo-processor");
+        assert_eq!(Component::Config.object_name("demo"), "demo-config");
+    }
+}

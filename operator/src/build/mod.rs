@@ -1,0 +1,232 @@
+//! Pure builders: a [`ValidatedPipeline`] (plus the owner reference and a
+//! checksum of the referenced Secrets) in, Kubernetes objects out. No I/O;
+//! unit tests call each builder directly.
+//!
+//! - [`labels`] — names and labels shared by every object.
+//! - [`configmap`] — the settings every pod reads through `envFrom`, and the
+//!   checksum that rolls the pods when settings or Secrets change.
+//! - [`pod`] — the container and pod template every workload shares
+//!   (security contexts, probes, env, resources).
+//! - [`deployment`] — ingest and api.
+//! - [`statefulset`] — the processors, and which partitions each one owns.
+//! - [`service`] — regular Services for ingest and api, the headless one of the processors.
+//! - [`ingress`] — the optional Ingress of the webhook endpoint.
+//! - [`pdb`] — a PodDisruptionBudget per workload.
+//! - [`job`] — the schema migration Job.
+
+pub mod configmap;
+pub mod deployment;
+pub mod ingress;
+pub mod job;
+pub mod labels;
+pub mod pdb;
+pub mod pod;
+pub mod service;
+pub mod statefulset;
+
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::{ConfigMap, Service};
+use k8s_openapi::api::networking::v1::Ingress;
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+
+use crate::validate::ValidatedPipeline;
+use labels::Component;
+
+/// Port of ingest's HTTP listener.
+pub const INGEST_PORT: i32 = 8080;
+/// Port of the api's HTTP listener.
+pub const API_PORT: i32 = 8081;
+/// Port of the processor's operational endpoints (health, metrics).
+pub const PROCESSOR_PORT: i32 = 8082;
+/// Pod template annotation holding the checksum of config and Secrets.
+pub const CHECKSUM_ANNOTATION: &str = "chatpipe.dev/config-checksum";
+
+/// Everything the builders need for one ChatPipeline.
+#[derive(Debug, Clone)]
+pub struct BuildInput<'a> {
+    /// Name of the ChatPipeline (prefix of every object's name).
+    pub name: &'a str,
+    /// Namespace of the ChatPipeline and of every object.
+    pub namespace: &'a str,
+    /// Controller owner reference to the ChatPipeline.
+    pub owner: OwnerReference,
+    /// The validated spec.
+    pub pipeline: &'a ValidatedPipeline,
+    /// Checksum of the ConfigMap data and referenced Secrets
+    /// ([`configmap::checksum`]).
+    pub checksum: String,
+}
+
+impl BuildInput<'_> {
+    /// Metadata of an object named `name` of `component`: namespace,
+    /// labels and the owner reference.
+    pub fn meta(&self, name: String, component: Component) -> ObjectMeta {
+        ObjectMeta {
+            name: Some(name),
+            namespace: Some(self.namespace.to_owned()),
+            labels: Some(labels::labels(self.name, component)),
+            owner_references: Some(vec![self.owner.clone()]),
+            ..ObjectMeta::default()
+        }
+    }
+}
+
+/// Every object of one ChatPipeline, in the order they are applied.
+#[derive(Debug, Clone)]
+pub struct DesiredObjects {
+    /// Shared settings.
+    pub config_map: ConfigMap,
+    /// ingest, api and the processors' headless Service.
+    pub services: Vec<Service>,
+    /// ingest and api.
+    pub deployments: Vec<Deployment>,
+    /// The processors.
+    pub statefulset: StatefulSet,
+    /// One per workload.
+    pub pdbs: Vec<PodDisruptionBudget>,
+    /// The webhook Ingress, when requested.
+    pub ingress: Option<Ingress>,
+    /// Schema migration.
+    pub migration_job: Job,
+}
+
+/// Builds every object of the pipeline.
+pub fn desired(input: &BuildInput<'_>) -> DesiredObjects {
+    DesiredObjects {
+        config_map: configmap::config_map(input),
+        services: vec![
+            service::ingest(input),
+            service::api(input),
+            service::processor_headless(input),
+        ],
+        deployments: vec![deployment::ingest(input), deployment::api(input)],
+        statefulset: statefulset::processor(input),
+        pdbs: vec![
+            pdb::pdb(input, Component::Ingest),
+            pdb::pdb(input, Component::Processor),
+            pdb::pdb(input, Component::Api),
+        ],
+        ingress: ingress::ingress(input),
+        migration_job: job::migration(input),
+    }
+}
+
+/// Shared fixtures of the builder tests.
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::*;
+    use crate::crd::ChatPipelineSpec;
+    use crate::validate::validate;
+
+    /// A realistic spec with resources and an ingress.
+    pub fn spec() -> ChatPipelineSpec {
+        serde_yaml::from_str(
+            r#"
+image: registry.example/chatpipe:1.2.3
+imagePullPolicy: IfNotPresent
+kafka:
+  bootstrapServers: kafka:9092
+  partitions: 6
+  credentialsSecret: kafka-creds
+postgres:
+  urlSecret: { name: pg, key: url }
+processing: { groupingGap: 5s, lateArrivalTolerance: 6s, watermarkAllowance: 50ms }
+ingest:
+  replicas: 2
+  maxBodyBytes: 65536
+  resources: { requests: { cpu: 100m, memory: 64Mi }, limits: { memory: 128Mi } }
+  ingress: { host: hooks.example.com, className: nginx, tlsSecret: hooks-tls }
+processor:
+  replicas: 3
+  resources: { requests: { cpu: 500m, memory: 256Mi } }
+api: { replicas: 1 }
+"#,
+        )
+        .unwrap()
+    }
+
+    /// The owner reference used by every fixture.
+    pub fn owner() -> OwnerReference {
+        OwnerReference {
+            api_version: "chatpipe.dev/v1alpha1".into(),
+            kind: "ChatPipeline".into(),
+            name: "demo".into(),
+            uid: "11111111-2222-3333-4444-555555555555".into(),
+            controller: Some(true),
+            block_owner_deletion: Some(true),
+        }
+    }
+
+    /// Runs `f` with a build input over `spec`.
+    pub fn with_input<T>(spec: &ChatPipelineSpec, f: impl FnOnce(&BuildInput<'_>) -> T) -> T {
+        let pipeline = validate(spec).unwrap();
+        let input = BuildInput {
+            name: "demo",
+            namespace: "chat",
+            owner: owner(),
+            pipeline: &pipeline,
+            checksum: "abc123".into(),
+        };
+        f(&input)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testing::*;
+    use super::*;
+
+    #[test]
+    fn every_object_is_owned_namespaced_and_labelled() {
+        let objs = with_input(&spec(), desired);
+        let mut metas = vec![
+            objs.config_map.metadata.clone(),
+            objs.statefulset.metadata.clone(),
+        ];
+        metas.extend(objs.services.iter().map(|s| s.metadata.clone()));
+        metas.extend(objs.deployments.iter().map(|s| s.metadata.clone()));
+        metas.extend(objs.pdbs.iter().map(|s| s.metadata.clone()));
+        metas.push(objs.ingress.clone().unwrap().metadata);
+        metas.push(objs.migration_job.metadata.clone());
+        assert_eq!(metas.len(), 12);
+        for m in metas {
+            assert_eq!(m.namespace.as_deref(), Some("chat"));
+            assert_eq!(m.owner_references, Some(vec![owner()]), "{:?}", m.name);
+            let l = m.labels.unwrap();
+            assert_eq!(l["app.kubernetes.io/instance"], "demo");
+            assert_eq!(l["app.kubernetes.io/managed-by"], "chatpipe-operator");
+            assert!(m.name.unwrap().starts_with("demo-"));
+        }
+    }
+
+    #[test]
+    fn longest_allowed_name_gives_valid_object_names() {
+        let long = "a".repeat(crate::validate::MAX_NAME_LEN);
+        let pipeline = crate::validate::validate(&spec()).unwrap();
+        let input = BuildInput {
+            name: &long,
+            namespace: "chat",
+            owner: owner(),
+            pipeline: &pipeline,
+            checksum: "abc".into(),
+        };
+        let objs = desired(&input);
+        let sts = objs.statefulset.metadata.name.unwrap();
+        // Pod names `<sts>-<ordinal>` and the controller-revision-hash label
+        // `<sts>-<10 chars>` must fit in a 63-character DNS label.
+        assert!(sts.len() + 11 <= 63, "{sts}");
+        assert!(objs.migration_job.metadata.name.unwrap().len() <= 63);
+        for s in objs.services {
+            assert!(s.metadata.name.unwrap().len() <= 63);
+        }
+    }
+
+    #[test]
+    fn no_ingress_without_spec() {
+        let mut s = spec();
+        s.ingest.ingress = None;
+        assert!(with_input(&s, desired).ingress.is_none());
+    }
+}

@@ -1,0 +1,303 @@
+//! The container and pod template shared by every workload: image, command,
+//! environment (ConfigMap via `envFrom`, the Postgres URL from its Secret,
+//! the listen address), probes on `/healthz` and `/readyz`, resources,
+//! locked-down security contexts, and the checksum annotation.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{
+    Capabilities, ConfigMapEnvSource, Container, ContainerPort, EmptyDirVolumeSource,
+    EnvFromSource, EnvVar, EnvVarSource, HTTPGetAction, PodSecurityContext, PodSpec,
+    PodTemplateSpec, Probe, SeccompProfile, SecretEnvSource, SecretKeySelector, SecurityContext,
+    Volume, VolumeMount,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+
+use super::labels::{self, Component};
+use super::{BuildInput, CHECKSUM_ANNOTATION};
+use crate::validate::ValidatedComponent;
+
+/// UID/GID the containers run as (the conventional non-root user).
+pub const RUN_AS_USER: i64 = 65532;
+/// Name of the container port of every workload.
+pub const PORT_NAME: &str = "http";
+
+/// An environment variable with a literal value.
+pub fn env(name: &str, value: impl Into<String>) -> EnvVar {
+    EnvVar {
+        name: name.to_owned(),
+        value: Some(value.into()),
+        value_from: None,
+    }
+}
+
+/// `CHATPIPE_POSTGRES_URL` read from the Secret named in the spec.
+pub fn postgres_url_env(input: &BuildInput<'_>) -> EnvVar {
+    let s = &input.pipeline.postgres_url_secret;
+    EnvVar {
+        name: "CHATPIPE_POSTGRES_URL".to_owned(),
+        value: None,
+        value_from: Some(EnvVarSource {
+            secret_key_ref: Some(SecretKeySelector {
+                name: s.name.clone(),
+                key: s.key.clone(),
+                optional: Some(false),
+            }),
+            ..EnvVarSource::default()
+        }),
+    }
+}
+
+/// `envFrom`: the shared ConfigMap, then the Kafka credentials Secret when set.
+pub fn env_from(input: &BuildInput<'_>) -> Vec<EnvFromSource> {
+    let mut v = vec![EnvFromSource {
+        config_map_ref: Some(ConfigMapEnvSource {
+            name: Component::Config.object_name(input.name),
+            optional: Some(false),
+        }),
+        ..EnvFromSource::default()
+    }];
+    if let Some(secret) = &input.pipeline.kafka.credentials_secret {
+        v.push(EnvFromSource {
+            secret_ref: Some(SecretEnvSource {
+                name: secret.clone(),
+                optional: Some(false),
+            }),
+            ..EnvFromSource::default()
+        });
+    }
+    v
+}
+
+/// Container security context: non-root, read-only root file system, no
+/// privilege escalation, every capability dropped.
+pub fn container_security_context() -> SecurityContext {
+    SecurityContext {
+        allow_privilege_escalation: Some(false),
+        read_only_root_filesystem: Some(true),
+        run_as_non_root: Some(true),
+        run_as_user: Some(RUN_AS_USER),
+        run_as_group: Some(RUN_AS_USER),
+        capabilities: Some(Capabilities {
+            drop: Some(vec!["ALL".to_owned()]),
+            add: None,
+        }),
+        ..SecurityContext::default()
+    }
+}
+
+/// Pod security context: non-root with the runtime's default seccomp profile.
+pub fn pod_security_context() -> PodSecurityContext {
+    PodSecurityContext {
+        run_as_non_root: Some(true),
+        run_as_user: Some(RUN_AS_USER),
+        run_as_group: Some(RUN_AS_USER),
+        fs_group: Some(RUN_AS_USER),
+        seccomp_profile: Some(SeccompProfile {
+            type_: "RuntimeDefault".to_owned(),
+            localhost_profile: None,
+        }),
+        ..PodSecurityContext::default()
+    }
+}
+
+fn http_probe(path: &str, period: i32, initial_delay: i32) -> Probe {
+    Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(path.to_owned()),
+            port: IntOrString::String(PORT_NAME.to_owned()),
+            ..HTTPGetAction::default()
+        }),
+        initial_delay_seconds: Some(initial_delay),
+        period_seconds: Some(period),
+        timeout_seconds: Some(2),
+        failure_threshold: Some(3),
+        ..Probe::default()
+    }
+}
+
+/// Readiness probe: `GET /readyz` (dependencies answer).
+pub fn readiness_probe() -> Probe {
+    http_probe("/readyz", 5, 2)
+}
+
+/// Liveness probe: `GET /healthz` (the process is alive).
+pub fn liveness_probe() -> Probe {
+    http_probe("/healthz", 10, 10)
+}
+
+/// The main container of a workload: runs `binary` listening on `port`,
+/// with the shared env plus `extra_env`.
+pub fn service_container(
+    input: &BuildInput<'_>,
+    component: Component,
+    binary: &str,
+    port: i32,
+    size: &ValidatedComponent,
+    extra_env: Vec<EnvVar>,
+) -> Container {
+    let mut env = vec![
+        env("CHATPIPE_LISTEN", format!("0.0.0.0:{port}")),
+        postgres_url_env(input),
+    ];
+    env.extend(extra_env);
+    Container {
+        name: component.as_str().to_owned(),
+        image: Some(input.pipeline.image.clone()),
+        image_pull_policy: input.pipeline.image_pull_policy.clone(),
+        command: Some(vec![binary.to_owned()]),
+        ports: Some(vec![ContainerPort {
+            name: Some(PORT_NAME.to_owned()),
+            container_port: port,
+            protocol: Some("TCP".to_owned()),
+            ..ContainerPort::default()
+        }]),
+        env: Some(env),
+        env_from: Some(env_from(input)),
+        readiness_probe: Some(readiness_probe()),
+        liveness_probe: Some(liveness_probe()),
+        resources: size.resources.clone(),
+        security_context: Some(container_security_context()),
+        volume_mounts: Some(vec![tmp_mount()]),
+        ..Container::default()
+    }
+}
+
+/// `/tmp` as an emptyDir, since the root file system is read-only.
+pub fn tmp_mount() -> VolumeMount {
+    VolumeMount {
+        name: "tmp".to_owned(),
+        mount_path: "/tmp".to_owned(),
+        ..VolumeMount::default()
+    }
+}
+
+fn tmp_volume() -> Volume {
+    Volume {
+        name: "tmp".to_owned(),
+        empty_dir: Some(EmptyDirVolumeSource::default()),
+        ..Volume::default()
+    }
+}
+
+/// A pod template around `container`: selector labels plus the common
+/// labels, the checksum annotation, security context, no service account
+/// token (the pods never talk to the API server).
+pub fn pod_template(
+    input: &BuildInput<'_>,
+    component: Component,
+    container: Container,
+    restart_policy: Option<&str>,
+) -> PodTemplateSpec {
+    PodTemplateSpec {
+        metadata: Some(ObjectMeta {
+            labels: Some(labels::labels(input.name, component)),
+            annotations: Some(BTreeMap::from([(
+                CHECKSUM_ANNOTATION.to_owned(),
+                input.checksum.clone(),
+            )])),
+            ..ObjectMeta::default()
+        }),
+        spec: Some(PodSpec {
+            containers: vec![container],
+            automount_service_account_token: Some(false),
+            enable_service_links: Some(false),
+            security_context: Some(pod_security_context()),
+            termination_grace_period_seconds: Some(30),
+            restart_policy: restart_policy.map(str::to_owned),
+            volumes: Some(vec![tmp_volume()]),
+            ..PodSpec::default()
+        }),
+    }
+}
+
+/// Test helpers shared by the workload builder tests.
+#[cfg(test)]
+pub(crate) mod checks {
+    use super::*;
+
+    /// The literal value of env var `name` in `c`.
+    pub fn env_value<'a>(c: &'a Container, name: &str) -> Option<&'a str> {
+        c.env
+            .as_ref()?
+            .iter()
+            .find(|e| e.name == name)?
+            .value
+            .as_deref()
+    }
+
+    /// Asserts the parts every chatpipe pod template shares.
+    pub fn assert_common_pod(t: &PodTemplateSpec, component: Component, port: i32) {
+        let meta = t.metadata.as_ref().unwrap();
+        let l = meta.labels.as_ref().unwrap();
+        for (k, v) in labels::selector("demo", component) {
+            assert_eq!(l.get(&k), Some(&v), "pod label {k}");
+        }
+        assert_eq!(
+            meta.annotations.as_ref().unwrap()[CHECKSUM_ANNOTATION],
+            "abc123"
+        );
+        let spec = t.spec.as_ref().unwrap();
+        assert_eq!(spec.automount_service_account_token, Some(false));
+        let psc = spec.security_context.as_ref().unwrap();
+        assert_eq!(psc.run_as_non_root, Some(true));
+        assert_eq!(spec.containers.len(), 1);
+        let c = &spec.containers[0];
+        assert_eq!(c.image.as_deref(), Some("registry.example/chatpipe:1.2.3"));
+        assert_eq!(c.image_pull_policy.as_deref(), Some("IfNotPresent"));
+        let sc = c.security_context.as_ref().unwrap();
+        assert_eq!(sc.read_only_root_filesystem, Some(true));
+        assert_eq!(sc.allow_privilege_escalation, Some(false));
+        assert_eq!(sc.run_as_non_root, Some(true));
+        assert_eq!(
+            sc.capabilities.as_ref().unwrap().drop,
+            Some(vec!["ALL".to_owned()])
+        );
+        // Env: listen address, the URL from its Secret, config via envFrom.
+        assert_eq!(
+            env_value(c, "CHATPIPE_LISTEN"),
+            Some(format!("0.0.0.0:{port}").as_str())
+        );
+        let pg = c
+            .env
+            .as_ref()
+            .unwrap()
+            .iter()
+            .find(|e| e.name == "CHATPIPE_POSTGRES_URL")
+            .unwrap();
+        assert!(pg.value.is_none(), "the URL never appears in plain text");
+        let sel = pg
+            .value_from
+            .as_ref()
+            .unwrap()
+            .secret_key_ref
+            .as_ref()
+            .unwrap();
+        assert_eq!((sel.name.as_str(), sel.key.as_str()), ("pg", "url"));
+        let from = c.env_from.as_ref().unwrap();
+        assert_eq!(from[0].config_map_ref.as_ref().unwrap().name, "demo-config");
+        assert_eq!(from[1].secret_ref.as_ref().unwrap().name, "kafka-creds");
+        // Port and probes.
+        let ports = c.ports.as_ref().unwrap();
+        assert_eq!(ports[0].container_port, port);
+        assert_eq!(ports[0].name.as_deref(), Some(PORT_NAME));
+        let ready = c
+            .readiness_probe
+            .as_ref()
+            .unwrap()
+            .http_get
+            .as_ref()
+            .unwrap();
+        assert_eq!(ready.path.as_deref(), Some("/readyz"));
+        assert_eq!(ready.port, IntOrString::String(PORT_NAME.into()));
+        let live = c
+            .liveness_probe
+            .as_ref()
+            .unwrap()
+            .http_get
+            .as_ref()
+            .unwrap();
+        assert_eq!(live.path.as_deref(), Some("/healthz"));
+    }
+}

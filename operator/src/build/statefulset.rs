@@ -1,0 +1,167 @@
+//! The processor StatefulSet. Each pod derives its ordinal from its name
+//! (`<name>-processor-<i>`, the trailing number of `HOSTNAME`) and learns the
+//! number of processors from `CHATPIPE_PROCESSOR_REPLICAS`; partition `p`
+//! belongs to ordinal `p mod N` ([`partitions_of`]).
+
+use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetSpec, StatefulSetUpdateStrategy};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+
+use super::labels::{self, Component};
+use super::pod::{env, pod_template, service_container};
+use super::{BuildInput, PROCESSOR_PORT};
+
+/// Env var carrying the processor count N.
+pub const REPLICAS_ENV: &str = "CHATPIPE_PROCESSOR_REPLICAS";
+
+/// Partitions owned by processor `ordinal` of `replicas` on a topic of
+/// `partitions` partitions: every `p` with `p mod replicas == ordinal`.
+/// Empty when `replicas` is 0 or `ordinal` is out of range.
+pub fn partitions_of(ordinal: i32, replicas: i32, partitions: i32) -> Vec<i32> {
+    if replicas <= 0 || ordinal < 0 || ordinal >= replicas {
+        return Vec::new();
+    }
+    (0..partitions)
+        .filter(|p| p % replicas == ordinal)
+        .collect()
+}
+
+/// Ordinal of a StatefulSet pod from its name (`demo-processor-3` → 3).
+pub fn ordinal_from_pod_name(pod: &str) -> Option<i32> {
+    pod.rsplit_once('-')?.1.parse().ok()
+}
+
+/// The StatefulSet `<name>-processor` running `chatpipe-processor`, with the
+/// headless Service of the same name as its governing service.
+pub fn processor(input: &BuildInput<'_>) -> StatefulSet {
+    let component = Component::Processor;
+    let size = &input.pipeline.processor;
+    let container = service_container(
+        input,
+        component,
+        "chatpipe-processor",
+        PROCESSOR_PORT,
+        size,
+        vec![env(REPLICAS_ENV, size.replicas.to_string())],
+    );
+    let name = component.object_name(input.name);
+    StatefulSet {
+        metadata: input.meta(name.clone(), component),
+        spec: Some(StatefulSetSpec {
+            replicas: Some(size.replicas),
+            service_name: Some(name),
+            selector: LabelSelector {
+                match_labels: Some(labels::selector(input.name, component)),
+                match_expressions: None,
+            },
+            // Start and stop processors together: ownership is fenced by an
+            // owner epoch in Postgres, not by pod ordering.
+            pod_management_policy: Some("Parallel".to_owned()),
+            update_strategy: Some(StatefulSetUpdateStrategy {
+                type_: Some("RollingUpdate".to_owned()),
+                rolling_update: None,
+            }),
+            template: pod_template(input, component, container, None),
+            ..StatefulSetSpec::default()
+        }),
+        status: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::pod::checks::*;
+    use super::super::testing::*;
+    use super::*;
+    use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+
+    #[test]
+    fn processor_statefulset() {
+        let s = with_input(&spec(), processor);
+        assert_eq!(s.metadata.name.as_deref(), Some("demo-processor"));
+        let spec = s.spec.unwrap();
+        assert_eq!(spec.replicas, Some(3));
+        assert_eq!(spec.service_name.as_deref(), Some("demo-processor"));
+        assert_eq!(spec.pod_management_policy.as_deref(), Some("Parallel"));
+        assert_eq!(
+            spec.selector.match_labels,
+            Some(labels::selector("demo", Component::Processor))
+        );
+        assert_common_pod(&spec.template, Component::Processor, PROCESSOR_PORT);
+        let c = &spec.template.spec.as_ref().unwrap().containers[0];
+        assert_eq!(c.command, Some(vec!["chatpipe-processor".to_owned()]));
+        assert_eq!(env_value(c, REPLICAS_ENV), Some("3"));
+        assert!(
+            env_value(c, "CHATPIPE_PROCESSOR_ORDINAL").is_none(),
+            "the ordinal comes from the pod name"
+        );
+        assert_eq!(
+            c.resources.as_ref().unwrap().requests.as_ref().unwrap()["memory"],
+            Quantity("256Mi".into())
+        );
+    }
+
+    #[test]
+    fn scaling_changes_replicas_and_env() {
+        let mut s = spec();
+        s.processor.replicas = 6;
+        let sts = with_input(&s, processor);
+        let spec = sts.spec.unwrap();
+        assert_eq!(spec.replicas, Some(6));
+        let c = &spec.template.spec.as_ref().unwrap().containers[0];
+        assert_eq!(env_value(c, REPLICAS_ENV), Some("6"));
+    }
+
+    #[test]
+    fn partition_assignment_per_processor() {
+        // The fixture: 6 partitions, 3 processors.
+        assert_eq!(partitions_of(0, 3, 6), [0, 3]);
+        assert_eq!(partitions_of(1, 3, 6), [1, 4]);
+        assert_eq!(partitions_of(2, 3, 6), [2, 5]);
+        assert_eq!(partitions_of(3, 3, 6), Vec::<i32>::new());
+        assert_eq!(partitions_of(0, 0, 6), Vec::<i32>::new());
+        // Uneven split: 8 partitions over 3 processors.
+        assert_eq!(partitions_of(0, 3, 8), [0, 3, 6]);
+        assert_eq!(partitions_of(1, 3, 8), [1, 4, 7]);
+        assert_eq!(partitions_of(2, 3, 8), [2, 5]);
+    }
+
+    #[test]
+    fn every_partition_has_exactly_one_owner() {
+        for partitions in 1..=12 {
+            for replicas in 1..=partitions {
+                let mut owners = vec![0; partitions as usize];
+                for ordinal in 0..replicas {
+                    let mine = partitions_of(ordinal, replicas, partitions);
+                    assert!(
+                        !mine.is_empty(),
+                        "processor {ordinal}/{replicas} owns nothing"
+                    );
+                    for p in mine {
+                        owners[p as usize] += 1;
+                    }
+                }
+                assert!(
+                    owners.iter().all(|&n| n == 1),
+                    "{partitions}/{replicas}: {owners:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn pod_names_give_ordinals() {
+        assert_eq!(ordinal_from_pod_name("demo-processor-0"), Some(0));
+        assert_eq!(ordinal_from_pod_name("my-demo-processor-11"), Some(11));
+        assert_eq!(ordinal_from_pod_name("processor"), None);
+        // Each pod of the StatefulSet gets the partitions of its ordinal.
+        let sts = with_input(&spec(), processor);
+        let n = sts.spec.as_ref().unwrap().replicas.unwrap();
+        let all: Vec<i32> = (0..n)
+            .map(|i| format!("{}-{i}", sts.metadata.name.as_deref().unwrap()))
+            .flat_map(|pod| partitions_of(ordinal_from_pod_name(&pod).unwrap(), n, 6))
+            .collect();
+        let mut sorted = all.clone();
+        sorted.sort_unstable();
+        assert_eq!(sorted, [0, 1, 2, 3, 4, 5]);
+    }
+}
