@@ -1,0 +1,459 @@
+//! Reading the manifest local mode runs: one or more multi-document YAML
+//! files holding exactly one `ChatPipeline` and the `Secret`s it references.
+//!
+//! [`load`] reads and parses the files; [`resolve`] (pure) validates the
+//! pipeline with the controller's [`crate::validate::validate`] and resolves
+//! `spec.postgres.urlSecret` against a `Secret` document of the same files
+//! (`stringData`, or base64 `data`), giving the plain [`LocalSpec`] the
+//! planner works from. Namespaces are ignored: everything runs on this
+//! machine.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use k8s_openapi::api::core::v1::Secret;
+use serde::Deserialize;
+
+use crate::crd::ChatPipeline;
+use crate::local::plan::LocalSpec;
+use crate::validate::{validate, ValidationProblem};
+
+/// A parsed manifest: the pipeline and the Secrets found beside it.
+#[derive(Debug, Clone)]
+pub struct Manifest {
+    /// The `ChatPipeline` document.
+    pub pipeline: ChatPipeline,
+    /// Secret documents by `metadata.name`.
+    pub secrets: BTreeMap<String, Secret>,
+}
+
+/// Why a manifest cannot be run.
+#[derive(Debug, thiserror::Error)]
+pub enum ManifestError {
+    /// A file could not be read.
+    #[error("reading {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// A document is not valid YAML or not the shape of its kind.
+    #[error("{path}: document {index}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// 1-based index of the document in the file.
+        index: usize,
+        /// What is wrong.
+        message: String,
+    },
+    /// No `ChatPipeline` document was found.
+    #[error(
+        "no ChatPipeline document (apiVersion chatpipe.dev/v1alpha1, kind ChatPipeline) in {files}"
+    )]
+    NoPipeline {
+        /// The files searched.
+        files: String,
+    },
+    /// More than one `ChatPipeline` document was found.
+    #[error(
+        "{count} ChatPipeline documents ({names}); local mode runs exactly one per invocation"
+    )]
+    SeveralPipelines {
+        /// How many.
+        count: usize,
+        /// Their names.
+        names: String,
+    },
+    /// The spec failed validation.
+    #[error("ChatPipeline {name} is invalid:\n  - {}", .problems.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n  - "))]
+    Invalid {
+        /// The pipeline's name.
+        name: String,
+        /// Every problem found.
+        problems: Vec<ValidationProblem>,
+    },
+    /// The referenced Secret is not in the files.
+    #[error("spec.postgres.urlSecret names Secret {name:?}, which is not in the manifest; add a document `kind: Secret` named {name:?} with stringData.{key}: postgres://…")]
+    SecretMissing {
+        /// Secret name.
+        name: String,
+        /// Key wanted.
+        key: String,
+    },
+    /// The Secret lacks the key, or its value is not UTF-8.
+    #[error("Secret {name:?} has no usable key {key:?} (keys present: {present})")]
+    SecretKeyMissing {
+        /// Secret name.
+        name: String,
+        /// Key wanted.
+        key: String,
+        /// Keys the Secret has.
+        present: String,
+    },
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct TypeMeta {
+    #[serde(default)]
+    api_version: String,
+    #[serde(default)]
+    kind: String,
+}
+
+/// Parses the text of one file (any number of `---`-separated documents)
+/// into its ChatPipeline and Secret documents; other kinds are ignored.
+pub fn parse_documents(
+    path: &Path,
+    text: &str,
+    pipelines: &mut Vec<ChatPipeline>,
+    secrets: &mut BTreeMap<String, Secret>,
+) -> Result<(), ManifestError> {
+    let err = |index: usize, message: String| ManifestError::Parse {
+        path: path.to_owned(),
+        index,
+        message,
+    };
+    for (i, doc) in serde_yaml::Deserializer::from_str(text).enumerate() {
+        let index = i + 1;
+        let value = serde_yaml::Value::deserialize(doc).map_err(|e| err(index, e.to_string()))?;
+        if value.is_null() {
+            continue;
+        }
+        let meta: TypeMeta =
+            serde_yaml::from_value(value.clone()).map_err(|e| err(index, e.to_string()))?;
+        match (meta.api_version.as_str(), meta.kind.as_str()) {
+            ("chatpipe.dev/v1alpha1", "ChatPipeline") => {
+                let p: ChatPipeline = serde_yaml::from_value(value)
+                    .map_err(|e| err(index, format!("ChatPipeline: {e}")))?;
+                pipelines.push(p);
+            }
+            (_, "ChatPipeline") => {
+                return Err(err(
+                    index,
+                    format!(
+                        "ChatPipeline with apiVersion {:?}; expected chatpipe.dev/v1alpha1",
+                        meta.api_version
+                    ),
+                ))
+            }
+            ("v1", "Secret") => {
+                let s: Secret = serde_yaml::from_value(value)
+                    .map_err(|e| err(index, format!("Secret: {e}")))?;
+                let name = s.metadata.name.clone().unwrap_or_default();
+                secrets.insert(name, s);
+            }
+            _ => {
+                tracing::debug!(kind = %meta.kind, index, path = %path.display(), "ignoring document")
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Reads and parses `files`; exactly one ChatPipeline must be among them.
+pub fn load(files: &[PathBuf]) -> Result<Manifest, ManifestError> {
+    let mut pipelines = Vec::new();
+    let mut secrets = BTreeMap::new();
+    for path in files {
+        let text = std::fs::read_to_string(path).map_err(|source| ManifestError::Read {
+            path: path.clone(),
+            source,
+        })?;
+        parse_documents(path, &text, &mut pipelines, &mut secrets)?;
+    }
+    match pipelines.len() {
+        0 => Err(ManifestError::NoPipeline {
+            files: files
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", "),
+        }),
+        1 => Ok(Manifest {
+            pipeline: pipelines.remove(0),
+            secrets,
+        }),
+        n => Err(ManifestError::SeveralPipelines {
+            count: n,
+            names: pipelines
+                .iter()
+                .map(pipeline_name)
+                .collect::<Vec<_>>()
+                .join(", "),
+        }),
+    }
+}
+
+/// `metadata.name` of a pipeline, or `(unnamed)`.
+pub fn pipeline_name(p: &ChatPipeline) -> String {
+    p.metadata
+        .name
+        .clone()
+        .unwrap_or_else(|| "(unnamed)".to_owned())
+}
+
+/// The value of `key` in `secret`: `stringData` wins over `data`, as on
+/// the API server.
+pub fn secret_value(secret: &Secret, key: &str) -> Option<String> {
+    if let Some(v) = secret.string_data.as_ref().and_then(|d| d.get(key)) {
+        return Some(v.clone());
+    }
+    let bytes = secret.data.as_ref().and_then(|d| d.get(key))?;
+    String::from_utf8(bytes.0.clone()).ok()
+}
+
+fn secret_keys(secret: &Secret) -> String {
+    let mut keys: Vec<&str> = Vec::new();
+    if let Some(d) = &secret.string_data {
+        keys.extend(d.keys().map(String::as_str));
+    }
+    if let Some(d) = &secret.data {
+        keys.extend(d.keys().map(String::as_str));
+    }
+    keys.sort_unstable();
+    keys.dedup();
+    if keys.is_empty() {
+        "none".to_owned()
+    } else {
+        keys.join(", ")
+    }
+}
+
+/// Validates the pipeline and resolves its Secret into a [`LocalSpec`].
+/// Pure.
+pub fn resolve(manifest: &Manifest) -> Result<LocalSpec, ManifestError> {
+    let name = pipeline_name(&manifest.pipeline);
+    let v = validate(&manifest.pipeline.spec).map_err(|problems| ManifestError::Invalid {
+        name: name.clone(),
+        problems,
+    })?;
+    let r = &v.postgres_url_secret;
+    let secret = manifest
+        .secrets
+        .get(&r.name)
+        .ok_or_else(|| ManifestError::SecretMissing {
+            name: r.name.clone(),
+            key: r.key.clone(),
+        })?;
+    let postgres_url = secret_value(secret, &r.key)
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+        .ok_or_else(|| ManifestError::SecretKeyMissing {
+            name: r.name.clone(),
+            key: r.key.clone(),
+            present: secret_keys(secret),
+        })?;
+    let fmt = |d: std::time::Duration| chatpipe_core::config::format_duration(d);
+    let replicas = |n: i32| u32::try_from(n).unwrap_or(0);
+    Ok(LocalSpec {
+        bootstrap_servers: v.kafka.bootstrap_servers.clone(),
+        topic: v.kafka.topic.clone(),
+        partitions: v.kafka.partitions,
+        postgres_url,
+        grouping_gap: fmt(v.grouping_gap),
+        late_arrival_tolerance: fmt(v.late_arrival_tolerance),
+        watermark_allowance: v.watermark_allowance.map(fmt),
+        max_body_bytes: v.ingest.max_body_bytes.and_then(|b| i64::try_from(b).ok()),
+        max_content_bytes: v
+            .ingest
+            .max_content_bytes
+            .and_then(|b| i64::try_from(b).ok()),
+        ingest_replicas: replicas(v.ingest.component.replicas),
+        processor_replicas: replicas(v.processor.replicas),
+        api_replicas: replicas(v.api.replicas),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PIPELINE: &str = r#"
+apiVersion: chatpipe.dev/v1alpha1
+kind: ChatPipeline
+metadata:
+  name: local
+  annotations:
+    chatpipe.dev/paused: "false"
+spec:
+  image: chatpipe:dev
+  kafka:
+    bootstrapServers: 127.0.0.1:9092
+    topic: chatpipe.events
+    partitions: 8
+  postgres:
+    urlSecret: { name: chatpipe-postgres, key: url }
+  processing:
+    groupingGap: 1m30s
+    lateArrivalTolerance: 6s
+  ingest: { replicas: 1, maxBodyBytes: 65536 }
+  processor: { replicas: 2 }
+  api: { replicas: 1 }
+"#;
+
+    const SECRET_STRING: &str = r#"
+apiVersion: v1
+kind: Secret
+metadata: { name: chatpipe-postgres }
+stringData:
+  url: postgres://postgres@127.0.0.1:5432/chatpipe
+"#;
+
+    fn parse(text: &str) -> Result<Manifest, ManifestError> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.yaml");
+        std::fs::write(&path, text).unwrap();
+        load(&[path])
+    }
+
+    #[test]
+    fn pipeline_and_string_secret_resolve() {
+        let m = parse(&format!("{PIPELINE}---{SECRET_STRING}")).unwrap();
+        assert!(!m.pipeline.is_paused());
+        let s = resolve(&m).unwrap();
+        assert_eq!(
+            s.postgres_url,
+            "postgres://postgres@127.0.0.1:5432/chatpipe"
+        );
+        assert_eq!(s.bootstrap_servers, "127.0.0.1:9092");
+        assert_eq!(s.partitions, 8);
+        assert_eq!(s.topic, "chatpipe.events");
+        assert_eq!(s.processor_replicas, 2);
+        assert_eq!(s.ingest_replicas, 1);
+        assert_eq!(s.api_replicas, 1);
+        assert_eq!(s.max_body_bytes, Some(65536));
+        assert_eq!(s.max_content_bytes, None);
+        // Go durations become what the services' humantime parser reads.
+        assert_eq!(
+            chatpipe_core::config::parse_duration(&s.grouping_gap).unwrap(),
+            std::time::Duration::from_secs(90)
+        );
+        assert_eq!(s.late_arrival_tolerance, "6s");
+        assert_eq!(s.watermark_allowance, None);
+    }
+
+    #[test]
+    fn base64_data_secret_and_other_kinds_and_empty_documents() {
+        // "postgres://u:pw@db:5432/x" in base64.
+        let secret = r#"
+apiVersion: v1
+kind: Secret
+metadata: { name: chatpipe-postgres }
+data:
+  url: cG9zdGdyZXM6Ly91OnB3QGRiOjU0MzIveA==
+"#;
+        let cm = "apiVersion: v1\nkind: ConfigMap\nmetadata: { name: x }\n";
+        let m = parse(&format!("---\n{cm}---\n{secret}---\n{PIPELINE}---\n")).unwrap();
+        assert_eq!(
+            resolve(&m).unwrap().postgres_url,
+            "postgres://u:pw@db:5432/x"
+        );
+    }
+
+    #[test]
+    fn string_data_wins_over_data() {
+        let secret = r#"
+apiVersion: v1
+kind: Secret
+metadata: { name: chatpipe-postgres }
+data: { url: eA== }
+stringData: { url: "postgres://s@h/db" }
+"#;
+        let m = parse(&format!("{PIPELINE}---{secret}")).unwrap();
+        assert_eq!(resolve(&m).unwrap().postgres_url, "postgres://s@h/db");
+    }
+
+    #[test]
+    fn secrets_may_come_from_another_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = dir.path().join("a.yaml");
+        let b = dir.path().join("b.yaml");
+        std::fs::write(&a, PIPELINE).unwrap();
+        std::fs::write(&b, SECRET_STRING).unwrap();
+        let m = load(&[a, b]).unwrap();
+        assert!(resolve(&m).is_ok());
+    }
+
+    #[test]
+    fn missing_secret_or_key_is_explained() {
+        let m = parse(PIPELINE).unwrap();
+        let e = resolve(&m).unwrap_err().to_string();
+        assert!(
+            e.contains("chatpipe-postgres") && e.contains("stringData.url"),
+            "{e}"
+        );
+
+        let other_key = SECRET_STRING.replace("url:", "dsn:");
+        let m = parse(&format!("{PIPELINE}---{other_key}")).unwrap();
+        let e = resolve(&m).unwrap_err().to_string();
+        assert!(
+            e.contains("no usable key \"url\"") && e.contains("dsn"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn invalid_spec_lists_every_problem() {
+        let bad = PIPELINE
+            .replace("replicas: 2", "replicas: 9")
+            .replace("groupingGap: 1m30s", "groupingGap: soon");
+        let m = parse(&format!("{bad}---{SECRET_STRING}")).unwrap();
+        let e = resolve(&m).unwrap_err();
+        let text = e.to_string();
+        assert!(text.contains("spec.processor.replicas"), "{text}");
+        assert!(text.contains("spec.processing.groupingGap"), "{text}");
+        match e {
+            ManifestError::Invalid { name, problems } => {
+                assert_eq!(name, "local");
+                assert_eq!(problems.len(), 2);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn zero_or_two_pipelines_are_refused() {
+        let e = parse(SECRET_STRING).unwrap_err();
+        assert!(matches!(e, ManifestError::NoPipeline { .. }), "{e}");
+        let two = format!(
+            "{PIPELINE}---{}",
+            PIPELINE.replace("name: local", "name: b")
+        );
+        let e = parse(&two).unwrap_err();
+        assert!(
+            matches!(e, ManifestError::SeveralPipelines { count: 2, .. }),
+            "{e}"
+        );
+        assert!(e.to_string().contains("local, b"), "{e}");
+    }
+
+    #[test]
+    fn malformed_documents_name_file_and_index() {
+        let e = parse(&format!("{SECRET_STRING}---\nkind: [\n")).unwrap_err();
+        let text = e.to_string();
+        assert!(
+            text.contains("m.yaml") && text.contains("document 2"),
+            "{text}"
+        );
+
+        let wrong = PIPELINE.replace("partitions: 8", "partitions: eight");
+        let e = parse(&wrong).unwrap_err().to_string();
+        assert!(
+            e.contains("document 1") && e.contains("ChatPipeline"),
+            "{e}"
+        );
+
+        let old = PIPELINE.replace("chatpipe.dev/v1alpha1", "chatpipe.dev/v1");
+        let e = parse(&old).unwrap_err().to_string();
+        assert!(e.contains("expected chatpipe.dev/v1alpha1"), "{e}");
+    }
+
+    #[test]
+    fn missing_file_is_reported() {
+        let e = load(&[PathBuf::from("/nonexistent/x.yaml")]).unwrap_err();
+        assert!(e.to_string().contains("/nonexistent/x.yaml"), "{e}");
+    }
+}
