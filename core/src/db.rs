@@ -74,7 +74,10 @@ pub async fn ensure_database(url: &str) -> anyhow::Result<()> {
         return Ok(());
     }
     let quoted = format!("\"{}\"", name.replace('"', "\"\""));
-    match client.batch_execute(&format!("CREATE DATABASE {quoted}")).await {
+    match client
+        .batch_execute(&format!("CREATE DATABASE {quoted}"))
+        .await
+    {
         Ok(()) => {
             tracing::info!(database = %name, "created database");
             Ok(())

@@ -307,7 +307,9 @@ fn required_uuid(map: &Map<String, Value>, key: &str, path: &str) -> Result<Uuid
     parse_uuid(s).ok_or_else(|| {
         ValidationError::new(
             path,
-            format!("{s:?} is not a UUID in the hyphenated form xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx"),
+            format!(
+                "{s:?} is not a UUID in the hyphenated form xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx"
+            ),
         )
     })
 }
@@ -384,28 +386,120 @@ mod tests {
             ("".into(), "body"),
             ("[1,2]".into(), "body"),
             ("\"NEW_MESSAGE\"".into(), "body"),
-            (format!(r#"{{"timestamp":"{ts}","data":{{"id":"{CONV}"}}}}"#), "type"),
-            (format!(r#"{{"type":7,"timestamp":"{ts}","data":{{"id":"{CONV}"}}}}"#), "type"),
-            (format!(r#"{{"type":"NEW_THING","timestamp":"{ts}","data":{{"id":"{CONV}"}}}}"#), "type"),
-            (format!(r#"{{"type":"new_conversation","timestamp":"{ts}","data":{{"id":"{CONV}"}}}}"#), "type"),
-            (format!(r#"{{"type":"NEW_CONVERSATION","data":{{"id":"{CONV}"}}}}"#), "timestamp"),
-            (format!(r#"{{"type":"NEW_CONVERSATION","timestamp":1717510800,"data":{{"id":"{CONV}"}}}}"#), "timestamp"),
-            (format!(r#"{{"type":"NEW_CONVERSATION","timestamp":"2025-06-04 14:20","data":{{"id":"{CONV}"}}}}"#), "timestamp"),
-            (format!(r#"{{"type":"NEW_CONVERSATION","timestamp":"2025-06-04T14:20:00","data":{{"id":"{CONV}"}}}}"#), "timestamp"),
-            (format!(r#"{{"type":"NEW_CONVERSATION","timestamp":"2025-13-04T14:20:00Z","data":{{"id":"{CONV}"}}}}"#), "timestamp"),
-            (format!(r#"{{"type":"NEW_CONVERSATION","timestamp":"{ts}"}}"#), "data"),
-            (format!(r#"{{"type":"NEW_CONVERSATION","timestamp":"{ts}","data":null}}"#), "data"),
-            (format!(r#"{{"type":"NEW_CONVERSATION","timestamp":"{ts}","data":"{CONV}"}}"#), "data"),
-            (format!(r#"{{"type":"NEW_CONVERSATION","timestamp":"{ts}","data":{{}}}}"#), "data.id"),
-            (format!(r#"{{"type":"NEW_CONVERSATION","timestamp":"{ts}","data":{{"id":42}}}}"#), "data.id"),
-            (format!(r#"{{"type":"NEW_CONVERSATION","timestamp":"{ts}","data":{{"id":"123"}}}}"#), "data.id"),
-            (format!(r#"{{"type":"CLOSE_CONVERSATION","timestamp":"{ts}","data":{{"id":"6a41b3478d804ce984ba7af66f369f6a"}}}}"#), "data.id"),
-            (format!(r#"{{"type":"NEW_MESSAGE","timestamp":"{ts}","data":{{"content":"x","conversation_id":"{CONV}"}}}}"#), "data.id"),
-            (format!(r#"{{"type":"NEW_MESSAGE","timestamp":"{ts}","data":{{"id":"{MSG}","conversation_id":"{CONV}"}}}}"#), "data.content"),
-            (format!(r#"{{"type":"NEW_MESSAGE","timestamp":"{ts}","data":{{"id":"{MSG}","content":5,"conversation_id":"{CONV}"}}}}"#), "data.content"),
-            (format!(r#"{{"type":"NEW_MESSAGE","timestamp":"{ts}","data":{{"id":"{MSG}","content":["a"],"conversation_id":"{CONV}"}}}}"#), "data.content"),
-            (format!(r#"{{"type":"NEW_MESSAGE","timestamp":"{ts}","data":{{"id":"{MSG}","content":"x"}}}}"#), "data.conversation_id"),
-            (format!(r#"{{"type":"NEW_MESSAGE","timestamp":"{ts}","data":{{"id":"{MSG}","content":"x","conversation_id":"nope"}}}}"#), "data.conversation_id"),
+            (
+                format!(r#"{{"timestamp":"{ts}","data":{{"id":"{CONV}"}}}}"#),
+                "type",
+            ),
+            (
+                format!(r#"{{"type":7,"timestamp":"{ts}","data":{{"id":"{CONV}"}}}}"#),
+                "type",
+            ),
+            (
+                format!(r#"{{"type":"NEW_THING","timestamp":"{ts}","data":{{"id":"{CONV}"}}}}"#),
+                "type",
+            ),
+            (
+                format!(
+                    r#"{{"type":"new_conversation","timestamp":"{ts}","data":{{"id":"{CONV}"}}}}"#
+                ),
+                "type",
+            ),
+            (
+                format!(r#"{{"type":"NEW_CONVERSATION","data":{{"id":"{CONV}"}}}}"#),
+                "timestamp",
+            ),
+            (
+                format!(
+                    r#"{{"type":"NEW_CONVERSATION","timestamp":1717510800,"data":{{"id":"{CONV}"}}}}"#
+                ),
+                "timestamp",
+            ),
+            (
+                format!(
+                    r#"{{"type":"NEW_CONVERSATION","timestamp":"2025-06-04 14:20","data":{{"id":"{CONV}"}}}}"#
+                ),
+                "timestamp",
+            ),
+            (
+                format!(
+                    r#"{{"type":"NEW_CONVERSATION","timestamp":"2025-06-04T14:20:00","data":{{"id":"{CONV}"}}}}"#
+                ),
+                "timestamp",
+            ),
+            (
+                format!(
+                    r#"{{"type":"NEW_CONVERSATION","timestamp":"2025-13-04T14:20:00Z","data":{{"id":"{CONV}"}}}}"#
+                ),
+                "timestamp",
+            ),
+            (
+                format!(r#"{{"type":"NEW_CONVERSATION","timestamp":"{ts}"}}"#),
+                "data",
+            ),
+            (
+                format!(r#"{{"type":"NEW_CONVERSATION","timestamp":"{ts}","data":null}}"#),
+                "data",
+            ),
+            (
+                format!(r#"{{"type":"NEW_CONVERSATION","timestamp":"{ts}","data":"{CONV}"}}"#),
+                "data",
+            ),
+            (
+                format!(r#"{{"type":"NEW_CONVERSATION","timestamp":"{ts}","data":{{}}}}"#),
+                "data.id",
+            ),
+            (
+                format!(r#"{{"type":"NEW_CONVERSATION","timestamp":"{ts}","data":{{"id":42}}}}"#),
+                "data.id",
+            ),
+            (
+                format!(
+                    r#"{{"type":"NEW_CONVERSATION","timestamp":"{ts}","data":{{"id":"123"}}}}"#
+                ),
+                "data.id",
+            ),
+            (
+                format!(
+                    r#"{{"type":"CLOSE_CONVERSATION","timestamp":"{ts}","data":{{"id":"6a41b3478d804ce984ba7af66f369f6a"}}}}"#
+                ),
+                "data.id",
+            ),
+            (
+                format!(
+                    r#"{{"type":"NEW_MESSAGE","timestamp":"{ts}","data":{{"content":"x","conversation_id":"{CONV}"}}}}"#
+                ),
+                "data.id",
+            ),
+            (
+                format!(
+                    r#"{{"type":"NEW_MESSAGE","timestamp":"{ts}","data":{{"id":"{MSG}","conversation_id":"{CONV}"}}}}"#
+                ),
+                "data.content",
+            ),
+            (
+                format!(
+                    r#"{{"type":"NEW_MESSAGE","timestamp":"{ts}","data":{{"id":"{MSG}","content":5,"conversation_id":"{CONV}"}}}}"#
+                ),
+                "data.content",
+            ),
+            (
+                format!(
+                    r#"{{"type":"NEW_MESSAGE","timestamp":"{ts}","data":{{"id":"{MSG}","content":["a"],"conversation_id":"{CONV}"}}}}"#
+                ),
+                "data.content",
+            ),
+            (
+                format!(
+                    r#"{{"type":"NEW_MESSAGE","timestamp":"{ts}","data":{{"id":"{MSG}","content":"x"}}}}"#
+                ),
+                "data.conversation_id",
+            ),
+            (
+                format!(
+                    r#"{{"type":"NEW_MESSAGE","timestamp":"{ts}","data":{{"id":"{MSG}","content":"x","conversation_id":"nope"}}}}"#
+                ),
+                "data.conversation_id",
+            ),
         ];
         for (body, field) in cases {
             assert_eq!(field_of(&body), field, "body: {body}");
@@ -428,7 +522,9 @@ mod tests {
         assert_eq!(err.field, "data.content");
         // Multi-byte characters count in bytes: 4 × 3 bytes = 12 > 10.
         assert_eq!(
-            parse_event(body("€€€€").as_bytes(), &limits).unwrap_err().field,
+            parse_event(body("€€€€").as_bytes(), &limits)
+                .unwrap_err()
+                .field,
             "data.content"
         );
         let big = body(&"x".repeat(500));

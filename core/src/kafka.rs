@@ -18,7 +18,11 @@ pub const EVENT_TYPE_HEADER: &str = "chatpipe-event-type";
 /// Producer configuration for webhook events: idempotent, `acks=all`,
 /// murmur2 placement, `linger.ms` batching, and a delivery timeout after
 /// which a produce is reported failed.
-pub fn producer_config(brokers: &str, delivery_timeout: Duration, linger: Duration) -> ClientConfig {
+pub fn producer_config(
+    brokers: &str,
+    delivery_timeout: Duration,
+    linger: Duration,
+) -> ClientConfig {
     let mut c = ClientConfig::new();
     c.set("bootstrap.servers", brokers)
         .set("enable.idempotence", "true")
@@ -45,7 +49,10 @@ pub fn consumer_config(brokers: &str, group_id: &str, fetch_wait: Duration) -> C
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
         .set("enable.partition.eof", "true")
-        .set("fetch.wait.max.ms", fetch_wait.as_millis().max(1).to_string())
+        .set(
+            "fetch.wait.max.ms",
+            fetch_wait.as_millis().max(1).to_string(),
+        )
         .set("socket.connection.setup.timeout.ms", "3000")
         .set("reconnect.backoff.max.ms", "500");
     c

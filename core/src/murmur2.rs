@@ -62,7 +62,12 @@ mod tests {
             (b"abc", 479_470_107),
         ];
         for (key, expected) in cases {
-            assert_eq!(murmur2(key), expected, "key {:?}", String::from_utf8_lossy(key));
+            assert_eq!(
+                murmur2(key),
+                expected,
+                "key {:?}",
+                String::from_utf8_lossy(key)
+            );
         }
     }
 

@@ -56,7 +56,11 @@ async fn metrics(State(state): State<OpsState>) -> Response {
     let encoder = TextEncoder::new();
     let mut buf = Vec::new();
     match encoder.encode(&state.registry.gather(), &mut buf) {
-        Ok(()) => ([(header::CONTENT_TYPE, encoder.format_type().to_owned())], buf).into_response(),
+        Ok(()) => (
+            [(header::CONTENT_TYPE, encoder.format_type().to_owned())],
+            buf,
+        )
+            .into_response(),
         Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
     }
 }
