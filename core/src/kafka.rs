@@ -18,6 +18,13 @@ pub const EVENT_TYPE_HEADER: &str = "chatpipe-event-type";
 /// Producer configuration for webhook events: idempotent, `acks=all`,
 /// murmur2 placement, `linger.ms` batching, and a delivery timeout after
 /// which a produce is reported failed.
+///
+/// With Tansu 0.6.0 a record that expires through `message.timeout.ms`
+/// makes the idempotent producer bump its epoch, which the broker cannot
+/// handle (it panics and refuses every produce until restarted). Services
+/// that must survive broker outages (ingest) therefore set
+/// `message.timeout.ms=0` and enforce their own timeout by replacing the
+/// producer; this setting suits tests and tools that never expect expiry.
 pub fn producer_config(
     brokers: &str,
     delivery_timeout: Duration,
