@@ -40,23 +40,25 @@ async fn private_broker_keeps_topics_across_restart() {
     );
     broker.stop();
     assert!(
-        tokio::net::TcpStream::connect(&broker.bootstrap).await.is_err(),
+        tokio::net::TcpStream::connect(&broker.bootstrap)
+            .await
+            .is_err(),
         "a stopped broker must not accept connections"
     );
     broker.restart().await.unwrap();
-    let partitions = chatpipe_core::kafka::topic_partitions(
-        &broker.bootstrap,
-        &topic,
-        Duration::from_secs(10),
-    )
-    .await
-    .unwrap();
+    let partitions =
+        chatpipe_core::kafka::topic_partitions(&broker.bootstrap, &topic, Duration::from_secs(10))
+            .await
+            .unwrap();
     assert_eq!(partitions, Some(3));
 
-    let consumer: BaseConsumer =
-        chatpipe_core::kafka::consumer_config(&broker.bootstrap, "testkit", Duration::from_millis(10))
-            .create()
-            .unwrap();
+    let consumer: BaseConsumer = chatpipe_core::kafka::consumer_config(
+        &broker.bootstrap,
+        "testkit",
+        Duration::from_millis(10),
+    )
+    .create()
+    .unwrap();
     let mut tpl = TopicPartitionList::new();
     tpl.add_partition_offset(&topic, partition, Offset::Offset(offset))
         .unwrap();
@@ -68,7 +70,10 @@ async fn private_broker_keeps_topics_across_restart() {
             assert_eq!(m.payload(), Some(&b"hello"[..]));
             break;
         }
-        assert!(std::time::Instant::now() < deadline, "record lost across restart");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "record lost across restart"
+        );
     }
 }
 
@@ -121,7 +126,10 @@ async fn migrations_are_safe_from_several_processes_at_once() {
         .await
         .unwrap()
         .get(0);
-    assert_eq!(applied as usize, chatpipe_core::db::known_migrations().len());
+    assert_eq!(
+        applied as usize,
+        chatpipe_core::db::known_migrations().len()
+    );
     drop(client);
     let admin = chatpipe_core::db::connect(&db.url).await.unwrap();
     let name = fresh.rsplit('/').next().unwrap().to_owned();

@@ -1,0 +1,313 @@
+//! Postgres access of the api: a read-only connection pool and the queries
+//! behind each endpoint. Every connection is opened with
+//! `default_transaction_read_only=on` and a statement timeout, and
+//! optionally assumes a read-only role, so the api cannot write whatever
+//! its login role may do.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use anyhow::Context;
+use chatpipe_core::event::format_timestamp;
+use chrono::{DateTime, Utc};
+use deadpool_postgres::{Client, Manager, ManagerConfig, Pool, RecyclingMethod};
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{NoTls, Row};
+use uuid::Uuid;
+
+use crate::error::ApiError;
+use crate::model::{
+    ConversationDetail, ConversationSummary, Direction, Message, RejectedEvent, Status,
+};
+use crate::pagination::Cursor;
+
+/// The read-only role created by migration `V300__api_readonly_role.sql`.
+pub const READONLY_ROLE: &str = "chatpipe_api_readonly";
+
+/// Builds the api's pool: at most `max_size` connections to `url`, each
+/// read-only, with `statement_timeout`, and `SET ROLE role` when `role`
+/// is not empty. Nothing is contacted here.
+pub fn readonly_pool(
+    url: &str,
+    max_size: usize,
+    statement_timeout: Duration,
+    role: &str,
+) -> anyhow::Result<Pool> {
+    let mut config = tokio_postgres::Config::from_str(url)
+        .with_context(|| format!("invalid Postgres URL {}", chatpipe_core::db::redact(url)))?;
+    let mut options = config.get_options().unwrap_or_default().to_owned();
+    options.push_str(&format!(
+        " -c default_transaction_read_only=on -c statement_timeout={}",
+        statement_timeout.as_millis().max(1)
+    ));
+    if !role.is_empty() {
+        if !role.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+            anyhow::bail!("invalid role name {role:?}");
+        }
+        options.push_str(&format!(" -c role={role}"));
+    }
+    config.options(options.trim());
+    if config.get_application_name().is_none() {
+        config.application_name("chatpipe-api");
+    }
+    let manager = Manager::from_config(
+        config,
+        NoTls,
+        ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        },
+    );
+    Pool::builder(manager)
+        .max_size(max_size.max(1))
+        .wait_timeout(Some(Duration::from_secs(5)))
+        .create_timeout(Some(Duration::from_secs(5)))
+        .runtime(deadpool_postgres::Runtime::Tokio1)
+        .build()
+        .context("building the Postgres pool")
+}
+
+fn ts(t: DateTime<Utc>) -> String {
+    format_timestamp(t)
+}
+
+fn status_of(row: &Row, col: &str) -> Result<Status, ApiError> {
+    let s: String = row.try_get(col)?;
+    Status::parse(&s).ok_or_else(|| ApiError::Unavailable(format!("unexpected status {s:?}")))
+}
+
+fn message_of(row: &Row) -> Result<Message, ApiError> {
+    let dir: String = row.try_get("direction")?;
+    Ok(Message {
+        id: row.try_get("m_id")?,
+        direction: Direction::parse(&dir)
+            .ok_or_else(|| ApiError::Unavailable(format!("unexpected direction {dir:?}")))?,
+        content: row.try_get("content")?,
+        timestamp: ts(row.try_get("timestamp")?),
+    })
+}
+
+fn summary_of(row: &Row) -> Result<ConversationSummary, ApiError> {
+    let closed: Option<DateTime<Utc>> = row.try_get("closed_at")?;
+    Ok(ConversationSummary {
+        id: row.try_get("id")?,
+        status: status_of(row, "status")?,
+        created_at: ts(row.try_get("created_at")?),
+        updated_at: ts(row.try_get("updated_at")?),
+        closed_at: closed.map(ts),
+    })
+}
+
+/// Message order of every query: timestamp, then INBOUND before OUTBOUND,
+/// then id.
+const MESSAGE_ORDER: &str = r#"m."timestamp", (m.direction = 'OUTBOUND'), m.id"#;
+
+/// One conversation with all its messages (one query, one snapshot), or
+/// `None` when it does not exist.
+pub async fn conversation(
+    client: &Client,
+    id: Uuid,
+) -> Result<Option<ConversationDetail>, ApiError> {
+    let sql = format!(
+        r#"SELECT c.id, c.status, c.created_at, c.updated_at,
+                  m.id AS m_id, m.direction, m.content, m."timestamp"
+           FROM conversations c
+           LEFT JOIN messages m ON m.conversation_id = c.id
+           WHERE c.id = $1
+           ORDER BY {MESSAGE_ORDER}"#
+    );
+    let stmt = client.prepare_cached(&sql).await?;
+    let rows = client.query(&stmt, &[&id]).await?;
+    let Some(first) = rows.first() else {
+        return Ok(None);
+    };
+    let mut detail = ConversationDetail {
+        id: first.try_get("id")?,
+        status: status_of(first, "status")?,
+        created_at: ts(first.try_get("created_at")?),
+        updated_at: ts(first.try_get("updated_at")?),
+        messages: Vec::with_capacity(rows.len()),
+    };
+    for row in &rows {
+        let m_id: Option<Uuid> = row.try_get("m_id")?;
+        if m_id.is_some() {
+            detail.messages.push(message_of(row)?);
+        }
+    }
+    Ok(Some(detail))
+}
+
+/// Whether conversation `id` exists.
+pub async fn conversation_exists(client: &Client, id: Uuid) -> Result<bool, ApiError> {
+    let stmt = client
+        .prepare_cached("SELECT 1 FROM conversations WHERE id = $1")
+        .await?;
+    Ok(client.query_opt(&stmt, &[&id]).await?.is_some())
+}
+
+/// A page of conversations, newest first, optionally of one status,
+/// starting after `after`. Returns up to `limit` rows and the cursor of the
+/// next page (`None` on the last page).
+pub async fn list_conversations(
+    client: &Client,
+    status: Option<Status>,
+    after: Option<(DateTime<Utc>, Uuid)>,
+    limit: i64,
+) -> Result<(Vec<ConversationSummary>, Option<Cursor>), ApiError> {
+    let status_str = status.map(Status::as_str);
+    let fetch = limit + 1;
+    let mut sql = String::from(
+        "SELECT id, status, created_at, updated_at, closed_at FROM conversations WHERE true",
+    );
+    let mut params: Vec<&(dyn ToSql + Sync)> = Vec::new();
+    if let Some(s) = &status_str {
+        params.push(s);
+        sql.push_str(&format!(" AND status = ${}", params.len()));
+    }
+    if let Some((t, id)) = &after {
+        params.push(t);
+        params.push(id);
+        sql.push_str(&format!(
+            " AND (created_at, id) < (${}, ${})",
+            params.len() - 1,
+            params.len()
+        ));
+    }
+    params.push(&fetch);
+    sql.push_str(&format!(
+        " ORDER BY created_at DESC, id DESC LIMIT ${}",
+        params.len()
+    ));
+    let stmt = client.prepare_cached(&sql).await?;
+    let rows = client.query(&stmt, &params).await?;
+    let more = rows.len() as i64 > limit;
+    let page_rows = &rows[..rows.len().min(limit as usize)];
+    let page = page_rows
+        .iter()
+        .map(summary_of)
+        .collect::<Result<Vec<_>, _>>()?;
+    let next = match page_rows.last() {
+        Some(row) if more => Some(Cursor::Conversation {
+            created_at: row.try_get("created_at")?,
+            id: row.try_get("id")?,
+        }),
+        _ => None,
+    };
+    Ok((page, next))
+}
+
+/// A page of one conversation's messages in timestamp order, starting after
+/// `after`. Returns up to `limit` messages and the cursor of the next page
+/// (`None` on the last page).
+pub async fn list_messages(
+    client: &Client,
+    conversation_id: Uuid,
+    after: Option<(DateTime<Utc>, bool, Uuid)>,
+    limit: i64,
+) -> Result<(Vec<Message>, Option<Cursor>), ApiError> {
+    let fetch = limit + 1;
+    let rows = match after {
+        None => {
+            let sql = format!(
+                r#"SELECT m.id AS m_id, m.direction, m.content, m."timestamp"
+                   FROM messages m WHERE m.conversation_id = $1
+                   ORDER BY {MESSAGE_ORDER} LIMIT $2"#
+            );
+            let stmt = client.prepare_cached(&sql).await?;
+            client.query(&stmt, &[&conversation_id, &fetch]).await?
+        }
+        Some((t, outbound, id)) => {
+            let sql = format!(
+                r#"SELECT m.id AS m_id, m.direction, m.content, m."timestamp"
+                   FROM messages m WHERE m.conversation_id = $1
+                     AND m."timestamp" >= $2
+                     AND (m."timestamp", m.direction = 'OUTBOUND', m.id) > ($2, $3, $4)
+                   ORDER BY {MESSAGE_ORDER} LIMIT $5"#
+            );
+            let stmt = client.prepare_cached(&sql).await?;
+            client
+                .query(&stmt, &[&conversation_id, &t, &outbound, &id, &fetch])
+                .await?
+        }
+    };
+    let more = rows.len() as i64 > limit;
+    let mut page = Vec::with_capacity(rows.len().min(limit as usize));
+    let mut last = None;
+    for row in rows.iter().take(limit as usize) {
+        let m = message_of(row)?;
+        last = Some(Cursor::Message {
+            timestamp: row.try_get("timestamp")?,
+            outbound: m.direction == Direction::Outbound,
+            id: m.id,
+        });
+        page.push(m);
+    }
+    Ok((page, if more { last } else { None }))
+}
+
+/// A page of rejected events, newest first, optionally of one conversation
+/// and/or one reason, starting after the event with id `after`. Returns
+/// up to `limit` events and the cursor of the next page.
+pub async fn list_rejected(
+    client: &Client,
+    conversation_id: Option<Uuid>,
+    reason: Option<&str>,
+    after: Option<i64>,
+    limit: i64,
+) -> Result<(Vec<RejectedEvent>, Option<Cursor>), ApiError> {
+    let mut sql = String::from(
+        "SELECT id, event_type, event_id, conversation_id, reason, detail, event, arrival, \
+         rejected_at, source_topic, source_partition, source_offset FROM rejected_events WHERE true",
+    );
+    let mut params: Vec<&(dyn ToSql + Sync)> = Vec::new();
+    if let Some(c) = &conversation_id {
+        params.push(c);
+        sql.push_str(&format!(" AND conversation_id = ${}", params.len()));
+    }
+    if let Some(r) = &reason {
+        params.push(r);
+        sql.push_str(&format!(" AND reason = ${}", params.len()));
+    }
+    if let Some(a) = &after {
+        params.push(a);
+        sql.push_str(&format!(" AND id < ${}", params.len()));
+    }
+    let fetch = limit + 1;
+    params.push(&fetch);
+    sql.push_str(&format!(" ORDER BY id DESC LIMIT ${}", params.len()));
+    let stmt = client.prepare_cached(&sql).await?;
+    let rows = client.query(&stmt, &params).await?;
+    let more = rows.len() as i64 > limit;
+    let mut page = Vec::with_capacity(rows.len().min(limit as usize));
+    for row in rows.iter().take(limit as usize) {
+        let arrival: Option<DateTime<Utc>> = row.try_get("arrival")?;
+        page.push(RejectedEvent {
+            id: row.try_get("id")?,
+            event_type: row.try_get("event_type")?,
+            event_id: row.try_get("event_id")?,
+            conversation_id: row.try_get("conversation_id")?,
+            reason: row.try_get("reason")?,
+            detail: row.try_get("detail")?,
+            event: row.try_get("event")?,
+            arrival: arrival.map(ts),
+            rejected_at: ts(row.try_get("rejected_at")?),
+            source_topic: row.try_get("source_topic")?,
+            source_partition: row.try_get("source_partition")?,
+            source_offset: row.try_get("source_offset")?,
+        });
+    }
+    let next = match page.last() {
+        Some(e) if more => Some(Cursor::Rejected { id: e.id }),
+        _ => None,
+    };
+    Ok((page, next))
+}
+
+/// Readiness: a pooled connection answers a query.
+pub async fn ping(pool: &Pool) -> Result<(), String> {
+    let client = pool.get().await.map_err(|e| e.to_string())?;
+    client
+        .simple_query("SELECT 1")
+        .await
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
