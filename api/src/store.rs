@@ -10,9 +10,9 @@ use std::time::Duration;
 use anyhow::Context;
 use chatpipe_core::event::format_timestamp;
 use chrono::{DateTime, Utc};
-use deadpool_postgres::{Client, Manager, ManagerConfig, Pool, RecyclingMethod};
+use deadpool_postgres::{Client, Pool};
 use tokio_postgres::types::ToSql;
-use tokio_postgres::{NoTls, Row};
+use tokio_postgres::Row;
 use uuid::Uuid;
 
 use crate::error::ApiError;
@@ -50,20 +50,7 @@ pub fn readonly_pool(
     if config.get_application_name().is_none() {
         config.application_name("chatpipe-api");
     }
-    let manager = Manager::from_config(
-        config,
-        NoTls,
-        ManagerConfig {
-            recycling_method: RecyclingMethod::Fast,
-        },
-    );
-    Pool::builder(manager)
-        .max_size(max_size.max(1))
-        .wait_timeout(Some(Duration::from_secs(5)))
-        .create_timeout(Some(Duration::from_secs(5)))
-        .runtime(deadpool_postgres::Runtime::Tokio1)
-        .build()
-        .context("building the Postgres pool")
+    chatpipe_core::db::pool_from_config(config, max_size)
 }
 
 fn ts(t: DateTime<Utc>) -> String {

@@ -2,6 +2,7 @@
 //! database when missing, and the schema migrations in `migrations/`.
 
 use std::str::FromStr;
+use std::time::Duration;
 
 use anyhow::Context;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
@@ -15,11 +16,22 @@ mod embedded {
 /// (`'chatpipe'` in ASCII).
 const MIGRATION_LOCK_KEY: i64 = 0x6368_6174_7069_7065;
 
+/// How long taking a connection from a pool, or making a new one, may wait
+/// before it fails (so an exhausted pool or a dead server is an error, not a
+/// hang).
+pub const POOL_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Builds a connection pool of at most `max_size` connections for `url`.
 /// Connections are made lazily; nothing is contacted here.
 pub fn pool(url: &str, max_size: usize) -> anyhow::Result<Pool> {
     let config = tokio_postgres::Config::from_str(url)
         .with_context(|| format!("invalid Postgres URL {}", redact(url)))?;
+    pool_from_config(config, max_size)
+}
+
+/// Like [`pool`], for a connection configuration the caller has adjusted
+/// (session options, role, application name).
+pub fn pool_from_config(config: tokio_postgres::Config, max_size: usize) -> anyhow::Result<Pool> {
     let manager = Manager::from_config(
         config,
         NoTls,
@@ -29,6 +41,9 @@ pub fn pool(url: &str, max_size: usize) -> anyhow::Result<Pool> {
     );
     Pool::builder(manager)
         .max_size(max_size.max(1))
+        .wait_timeout(Some(POOL_TIMEOUT))
+        .create_timeout(Some(POOL_TIMEOUT))
+        .runtime(deadpool_postgres::Runtime::Tokio1)
         .build()
         .context("building the Postgres pool")
 }
