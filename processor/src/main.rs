@@ -1,4 +1,100 @@
-fn main() {
-    eprintln!("chatpipe-processor: not built yet");
-    std::process::exit(2);
+//! `chatpipe-processor`: owns its partitions of the event topic and writes
+//! conversations, messages, replies and rejections to Postgres.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use chatpipe_core::ops::{router, ReadinessCheck};
+use chatpipe_processor::config::Cli;
+use chatpipe_processor::metrics::Metrics;
+use chatpipe_processor::pipeline::{Processor, Settings};
+use clap::Parser;
+use rdkafka::consumer::Consumer;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    chatpipe_core::telemetry::init_tracing(&cli.log);
+    let args = &cli.processor;
+    let url = &cli.postgres.postgres_url;
+    if args.migrate {
+        chatpipe_core::db::ensure_database(url).await?;
+        chatpipe_core::db::migrate(url).await?;
+    }
+    let pool = chatpipe_core::db::pool(url, cli.postgres.postgres_pool_size.max(2))?;
+    let metrics = Metrics::new().context("registering metrics")?;
+    let ordinal = args.resolved_ordinal();
+    let settings = Settings {
+        brokers: cli.kafka.kafka_brokers.clone(),
+        topic: cli.kafka.kafka_topic.clone(),
+        engine: args.engine(),
+        allowance_ms: args.watermark_allowance.as_millis() as i64,
+        replicas: args.replicas,
+        ordinal,
+        batch_size: args.poll_batch_size.max(1),
+        fetch_wait: args.fetch_wait,
+        idle_tick: args.idle_tick,
+        conversation_cache: args.conversation_cache,
+        write_parallelism: args.write_parallelism.max(1),
+        owner: format!(
+            "{}/{}",
+            std::env::var("HOSTNAME").unwrap_or_else(|_| "local".into()),
+            std::process::id()
+        ),
+    };
+    tracing::info!(?settings, "starting chatpipe-processor");
+
+    let mut processor = Processor::new(settings.clone(), pool.clone(), metrics.clone())?;
+    let ready = Arc::new(AtomicBool::new(false));
+    let readiness: ReadinessCheck = {
+        let ready = ready.clone();
+        let pool = pool.clone();
+        let consumer = processor.consumer();
+        let topic = settings.topic.clone();
+        Arc::new(move || {
+            let ready = ready.clone();
+            let pool = pool.clone();
+            let consumer = consumer.clone();
+            let topic = topic.clone();
+            Box::pin(async move {
+                if !ready.load(Ordering::SeqCst) {
+                    return Err("partitions not claimed yet".to_string());
+                }
+                let client = pool.get().await.map_err(|e| format!("postgres: {e}"))?;
+                client
+                    .simple_query("SELECT 1")
+                    .await
+                    .map_err(|e| format!("postgres: {e}"))?;
+                tokio::task::spawn_blocking(move || {
+                    consumer
+                        .fetch_metadata(Some(&topic), Duration::from_secs(2))
+                        .map(|_| ())
+                        .map_err(|e| format!("kafka: {e}"))
+                })
+                .await
+                .map_err(|e| e.to_string())?
+            })
+        })
+    };
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("binding {}", args.listen))?;
+    tracing::info!(listen = %args.listen, ordinal, replicas = args.replicas, "ops server listening");
+    let app = router(metrics.registry.clone(), readiness);
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!(error = %e, "ops server failed");
+        }
+    });
+
+    let shutdown = chatpipe_core::shutdown::signal();
+    tokio::pin!(shutdown);
+    tokio::select! {
+        r = processor.start() => r?,
+        _ = &mut shutdown => return Ok(()),
+    }
+    tracing::info!(partitions = ?processor.owned(), "processing");
+    processor.run(ready, shutdown).await
 }

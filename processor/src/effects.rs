@@ -1,0 +1,151 @@
+//! What the window engine decides: effects to write to Postgres, and the
+//! reasons an event can be rejected.
+
+use chatpipe_core::Event;
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+/// Why an event from the log was not applied. The string form
+/// ([`Reason::as_str`]) is stored in `rejected_events.reason`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Reason {
+    /// A NEW_MESSAGE the log orders after its conversation's CLOSE.
+    ConversationClosed,
+    /// A NEW_MESSAGE whose NEW_CONVERSATION did not arrive within the late
+    /// tolerance L of the message's arrival.
+    ConversationNotCreatedInTime,
+    /// A NEW_MESSAGE whose id is already used by a message with different
+    /// content (or in a different conversation).
+    IdReusedWithDifferentContent,
+    /// A second NEW_CONVERSATION for an id already created in the log.
+    ConversationAlreadyExists,
+    /// A CLOSE_CONVERSATION for a conversation the log has not created.
+    ConversationNotFound,
+    /// A second CLOSE_CONVERSATION for an already closed conversation.
+    ConversationAlreadyClosed,
+}
+
+impl Reason {
+    /// Every reason, for metrics.
+    pub const ALL: [Reason; 6] = [
+        Reason::ConversationClosed,
+        Reason::ConversationNotCreatedInTime,
+        Reason::IdReusedWithDifferentContent,
+        Reason::ConversationAlreadyExists,
+        Reason::ConversationNotFound,
+        Reason::ConversationAlreadyClosed,
+    ];
+
+    /// Machine-readable reason code.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::ConversationClosed => "conversation_closed",
+            Reason::ConversationNotCreatedInTime => "conversation_not_created_in_time",
+            Reason::IdReusedWithDifferentContent => "id_reused_with_different_content",
+            Reason::ConversationAlreadyExists => "conversation_already_exists",
+            Reason::ConversationNotFound => "conversation_not_found",
+            Reason::ConversationAlreadyClosed => "conversation_already_closed",
+        }
+    }
+
+    /// Human-readable explanation stored in `rejected_events.detail`.
+    pub fn detail(self) -> &'static str {
+        match self {
+            Reason::ConversationClosed => "the message follows its conversation's CLOSE_CONVERSATION in the log",
+            Reason::ConversationNotCreatedInTime => "the conversation's NEW_CONVERSATION did not arrive within the late-arrival tolerance",
+            Reason::IdReusedWithDifferentContent => "a message with this id and different content or conversation was already received",
+            Reason::ConversationAlreadyExists => "a NEW_CONVERSATION with this id is earlier in the log",
+            Reason::ConversationNotFound => "the log has no NEW_CONVERSATION before this CLOSE_CONVERSATION",
+            Reason::ConversationAlreadyClosed => "the conversation was already closed earlier in the log",
+        }
+    }
+}
+
+/// An accepted INBOUND message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Inbound {
+    /// Message id.
+    pub id: Uuid,
+    /// Its conversation.
+    pub conversation_id: Uuid,
+    /// Message text.
+    pub content: String,
+    /// Provider event time.
+    pub timestamp: DateTime<Utc>,
+    /// Ingest arrival time = record timestamp (ms).
+    pub arrival_ms: i64,
+    /// Log offset of the record.
+    pub offset: i64,
+    /// The reply that covered it (INBOUND rows are written when their group
+    /// closes).
+    pub reply_id: Uuid,
+}
+
+/// The single OUTBOUND reply of a closed group.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outbound {
+    /// Deterministic id (UUIDv5 over `inbound_ids`).
+    pub id: Uuid,
+    /// Its conversation.
+    pub conversation_id: Uuid,
+    /// `"Mensagens recebidas:\n" + ids + "\n"`.
+    pub content: String,
+    /// `last_arrival + G` (ms).
+    pub timestamp_ms: i64,
+    /// Arrival of the group's last message (ms).
+    pub last_arrival_ms: i64,
+    /// The group's inbound ids in arrival order; each INBOUND row records
+    /// this reply's id.
+    pub inbound_ids: Vec<Uuid>,
+    /// The group was flushed by CLOSE_CONVERSATION before its window ended.
+    pub flushed_by_close: bool,
+}
+
+/// An event that was not applied, with its reason.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejection {
+    /// Log offset of the record (unique key of `rejected_events`).
+    pub offset: i64,
+    /// Record timestamp (ms).
+    pub arrival_ms: i64,
+    /// The event as read.
+    pub event: Event,
+    /// Why.
+    pub reason: Reason,
+}
+
+/// One decision of the engine. Applying effects is idempotent, so a replay
+/// may emit an effect again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Effect {
+    /// NEW_CONVERSATION applied: upsert the conversation (status OPEN) and
+    /// persist the log position of its NEW_CONVERSATION.
+    ConversationCreated {
+        /// Conversation id.
+        conversation_id: Uuid,
+        /// Provider event time.
+        created_at: DateTime<Utc>,
+        /// Offset of the NEW_CONVERSATION record.
+        offset: i64,
+        /// Its arrival (ms).
+        arrival_ms: i64,
+    },
+    /// CLOSE_CONVERSATION applied: set CLOSED and persist its log position.
+    ConversationClosed {
+        /// Conversation id.
+        conversation_id: Uuid,
+        /// Provider event time.
+        closed_at: DateTime<Utc>,
+        /// Offset of the CLOSE record.
+        offset: i64,
+        /// Its arrival (ms).
+        arrival_ms: i64,
+    },
+    /// Insert an INBOUND message with the reply that covered it (emitted
+    /// when its group closes, just before the group's [`Effect::Outbound`]).
+    Inbound(Inbound),
+    /// Insert an OUTBOUND reply and record it on its inbound rows.
+    Outbound(Outbound),
+    /// Record a rejected event.
+    Rejected(Rejection),
+}

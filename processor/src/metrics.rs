@@ -1,0 +1,134 @@
+//! Prometheus metrics of the processor.
+
+use prometheus::{
+    Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+};
+
+/// Every metric the processor exports.
+#[derive(Clone)]
+pub struct Metrics {
+    /// The registry served on /metrics.
+    pub registry: Registry,
+    /// Records behind the partition end, per partition.
+    pub lag: IntGaugeVec,
+    /// Open groups per partition.
+    pub open_groups: IntGaugeVec,
+    /// Buffered orphan messages per partition.
+    pub buffered_orphans: IntGaugeVec,
+    /// Rejected events by reason.
+    pub rejections: IntCounterVec,
+    /// Records whose timestamp was behind the watermark.
+    pub late_records: IntCounter,
+    /// Groups started by a record older than a written group.
+    pub late_new_groups: IntCounter,
+    /// Duplicate messages ignored.
+    pub duplicates: IntCounter,
+    /// δ = reply written − (last arrival + G), seconds.
+    pub reply_delta: Histogram,
+    /// Replies written.
+    pub replies: IntCounter,
+    /// Records processed.
+    pub records: IntCounter,
+    /// Batches committed.
+    pub batches: IntCounter,
+    /// Duration of a batch write transaction, seconds.
+    pub batch_seconds: Histogram,
+    /// Batches refused because a newer owner fenced a partition.
+    pub fenced: IntCounter,
+    /// Failed batch writes (rebuilt from the committed state).
+    pub write_errors: IntCounter,
+    /// Partitions currently owned.
+    pub owned_partitions: IntGauge,
+}
+
+impl Metrics {
+    /// Creates and registers the metrics.
+    pub fn new() -> Result<Self, prometheus::Error> {
+        let registry = Registry::new();
+        let p = |n: &str, h: &str| Opts::new(n, h).namespace("chatpipe_processor");
+        let lag = IntGaugeVec::new(
+            p("lag_records", "records behind the partition end"),
+            &["partition"],
+        )?;
+        let open_groups =
+            IntGaugeVec::new(p("open_groups", "open session groups"), &["partition"])?;
+        let buffered_orphans = IntGaugeVec::new(
+            p(
+                "buffered_orphans",
+                "messages waiting for their conversation",
+            ),
+            &["partition"],
+        )?;
+        let rejections = IntCounterVec::new(
+            p("rejections_total", "rejected events by reason"),
+            &["reason"],
+        )?;
+        let late_records =
+            IntCounter::with_opts(p("late_records_total", "records behind the watermark"))?;
+        let late_new_groups = IntCounter::with_opts(p(
+            "late_new_groups_total",
+            "groups started by a record older than a written group",
+        ))?;
+        let duplicates =
+            IntCounter::with_opts(p("duplicates_total", "duplicate messages ignored"))?;
+        let reply_delta = Histogram::with_opts(
+            HistogramOpts::new(
+                "reply_delta_seconds",
+                "reply written - (last arrival + gap)",
+            )
+            .namespace("chatpipe_processor")
+            .buckets(vec![
+                -0.05, 0.0, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5,
+                5.0, 10.0,
+            ]),
+        )?;
+        let replies = IntCounter::with_opts(p("replies_total", "replies written"))?;
+        let records = IntCounter::with_opts(p("records_total", "records processed"))?;
+        let batches = IntCounter::with_opts(p("batches_total", "batches committed"))?;
+        let batch_seconds = Histogram::with_opts(
+            HistogramOpts::new("batch_write_seconds", "batch transaction duration")
+                .namespace("chatpipe_processor")
+                .buckets(prometheus::exponential_buckets(0.001, 2.0, 14)?),
+        )?;
+        let fenced =
+            IntCounter::with_opts(p("fenced_batches_total", "batches refused by fencing"))?;
+        let write_errors = IntCounter::with_opts(p("write_errors_total", "failed batch writes"))?;
+        let owned_partitions = IntGauge::with_opts(p("owned_partitions", "partitions owned"))?;
+        registry.register(Box::new(lag.clone()))?;
+        registry.register(Box::new(open_groups.clone()))?;
+        registry.register(Box::new(buffered_orphans.clone()))?;
+        registry.register(Box::new(rejections.clone()))?;
+        registry.register(Box::new(late_records.clone()))?;
+        registry.register(Box::new(late_new_groups.clone()))?;
+        registry.register(Box::new(duplicates.clone()))?;
+        registry.register(Box::new(reply_delta.clone()))?;
+        registry.register(Box::new(replies.clone()))?;
+        registry.register(Box::new(records.clone()))?;
+        registry.register(Box::new(batches.clone()))?;
+        registry.register(Box::new(batch_seconds.clone()))?;
+        registry.register(Box::new(fenced.clone()))?;
+        registry.register(Box::new(write_errors.clone()))?;
+        registry.register(Box::new(owned_partitions.clone()))?;
+        for r in crate::effects::Reason::ALL {
+            rejections.with_label_values(&[r.as_str()]);
+        }
+        Ok(Self {
+            registry,
+            lag,
+            open_groups,
+            buffered_orphans,
+            rejections,
+            late_records,
+            late_new_groups,
+            duplicates,
+            reply_delta,
+            replies,
+            records,
+            batches,
+            batch_seconds,
+            fenced,
+            write_errors,
+            owned_partitions,
+        })
+    }
+}

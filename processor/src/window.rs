@@ -1,0 +1,657 @@
+//! The pure window engine of one partition: session grouping, late
+//! arrivals, close, duplicates (spec "Processing semantics", points 1–7).
+//! No I/O and no clock: records and watermark advances in, [`Effect`]s and
+//! the partition's resume offset out.
+//!
+//! # Rules, as implemented
+//! - **Log position decides lifecycle.** A conversation is *created as of*
+//!   offset `o` iff its NEW_CONVERSATION is at an offset `< o`; *closed as
+//!   of* `o` likewise. The positions are persisted ([`ConversationLog`]) and
+//!   pre-loaded by the shell, so a record is judged the same live, lagging,
+//!   or on replay.
+//! - **Grouping.** An accepted message joins its conversation's open group
+//!   iff `first − G ≤ arrival ≤ last + G` (a gap of exactly G joins).
+//!   Otherwise it starts a new group. A group closes when the watermark
+//!   passes `last + G` (strictly greater) and then yields exactly one
+//!   OUTBOUND whose text lists the ids in arrival order and whose timestamp
+//!   is `last + G`. A message older than its conversation's open group by
+//!   more than G, or starting a group whose window already passed (older
+//!   than a written group), forms its own group (counted in
+//!   [`EngineStats::late_new_groups`]); a written group is never reopened.
+//! - **Orphans.** A message whose conversation is not created yet is
+//!   buffered. When NEW_CONVERSATION arrives at `≤ arrival + L` the message
+//!   is attached (grouped from its own arrival); once the watermark passes
+//!   `arrival + L` it is rejected `conversation_not_created_in_time`.
+//! - **Close.** CLOSE flushes the open group at once; later messages are
+//!   rejected `conversation_closed`. CLOSE of a conversation not created
+//!   earlier in the log → `conversation_not_found`; a second CLOSE →
+//!   `conversation_already_closed`; a second NEW_CONVERSATION →
+//!   `conversation_already_exists`. The record whose offset equals the
+//!   persisted position is the original being replayed and is re-applied
+//!   (its effects are idempotent).
+//! - **Duplicates.** A message id already in the window, stored, or
+//!   rejected earlier, with the same conversation and content changes
+//!   nothing (a rejection is final for that id, so a redelivery cannot
+//!   resurrect it, live or on replay); with different content or
+//!   conversation it is rejected `id_reused_with_different_content`.
+//! - **INBOUND rows are written when their group closes**, each with the
+//!   reply that covered it (one write per message). A stored INBOUND is
+//!   therefore final: a replayed record whose row exists is skipped for
+//!   grouping, so a written group is never re-made. (A stored row without
+//!   reply — not written by this version — is treated as an open group's
+//!   original.)
+//! - **Final decisions.** Offsets whose rejection is stored are skipped.
+//! - **Resume offset** = the lowest offset an open group or buffered orphan
+//!   still needs, else the next offset to read.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+
+use chatpipe_core::Event;
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+use crate::effects::{Effect, Inbound, Outbound, Reason, Rejection};
+use crate::reply::{reply_id, reply_text};
+use crate::watermark::Watermark;
+
+/// The two windows, in milliseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EngineConfig {
+    /// Grouping gap G.
+    pub gap_ms: i64,
+    /// Late-arrival tolerance L.
+    pub tolerance_ms: i64,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self {
+            gap_ms: 5_000,
+            tolerance_ms: 6_000,
+        }
+    }
+}
+
+/// One record of the partition, decoded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    /// Log offset.
+    pub offset: i64,
+    /// Record timestamp = ingest arrival (ms since the epoch).
+    pub arrival_ms: i64,
+    /// The event.
+    pub event: Event,
+}
+
+/// Where a lifecycle record sits in the log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LogPos {
+    /// Record offset.
+    pub offset: i64,
+    /// Record timestamp (ms).
+    pub arrival_ms: i64,
+}
+
+/// Persisted lifecycle of one conversation, as seen in the log.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ConversationLog {
+    /// Its NEW_CONVERSATION.
+    pub created: Option<LogPos>,
+    /// Its CLOSE_CONVERSATION.
+    pub closed: Option<LogPos>,
+}
+
+impl ConversationLog {
+    fn created_before(&self, offset: i64) -> bool {
+        self.created.is_some_and(|p| p.offset < offset)
+    }
+    fn closed_before(&self, offset: i64) -> bool {
+        self.closed.is_some_and(|p| p.offset < offset)
+    }
+}
+
+/// A stored INBOUND message, pre-loaded by the shell for duplicate checks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredMessage {
+    /// Its conversation.
+    pub conversation_id: Uuid,
+    /// Its text.
+    pub content: String,
+    /// The reply that covered it; `None` while its group is open.
+    pub reply_id: Option<Uuid>,
+    /// The message was rejected (its id is known, its fate final).
+    pub rejected: bool,
+}
+
+/// Counters the engine keeps for metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct EngineStats {
+    /// Records whose timestamp was behind the watermark.
+    pub late_records: u64,
+    /// Groups started by a message whose window had already passed.
+    pub late_new_groups: u64,
+    /// Duplicate messages that changed nothing.
+    pub duplicates: u64,
+    /// Records skipped because their decision was already stored.
+    pub skipped_decided: u64,
+}
+
+#[derive(Debug, Clone)]
+struct Member {
+    id: Uuid,
+    offset: i64,
+    arrival_ms: i64,
+    content: String,
+    timestamp: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone)]
+struct OpenGroup {
+    members: Vec<Member>,
+    first_ms: i64,
+    last_ms: i64,
+}
+
+#[derive(Debug, Clone)]
+struct Orphan {
+    record: Record,
+}
+
+/// The window engine of one partition. Feed records in log order with
+/// [`PartitionEngine::on_record`] and wall-clock advances with
+/// [`PartitionEngine::advance_watermark`]; pre-load persisted facts with the
+/// `load_*` methods before the records that need them.
+#[derive(Debug, Clone)]
+pub struct PartitionEngine {
+    cfg: EngineConfig,
+    watermark: Watermark,
+    next_offset: i64,
+    conversations: HashMap<Uuid, ConversationLog>,
+    groups: HashMap<Uuid, OpenGroup>,
+    /// (last + G, conversation) of every open group.
+    group_deadlines: BTreeSet<(i64, Uuid)>,
+    orphans: HashMap<Uuid, Vec<Orphan>>,
+    /// (arrival + L, offset, conversation) of every buffered orphan.
+    orphan_deadlines: BTreeSet<(i64, i64, Uuid)>,
+    /// Message ids in open groups or buffered: (conversation, content).
+    in_window: HashMap<Uuid, (Uuid, String)>,
+    /// Multiset of offsets still needed by open groups and orphans.
+    pinned: BTreeMap<i64, u32>,
+    stored: HashMap<Uuid, StoredMessage>,
+    decided_offsets: HashSet<i64>,
+    stats: EngineStats,
+}
+
+impl PartitionEngine {
+    /// A new engine that will read from `start_offset` (the resume offset).
+    pub fn new(cfg: EngineConfig, start_offset: i64) -> Self {
+        Self {
+            cfg,
+            watermark: Watermark::new(),
+            next_offset: start_offset,
+            conversations: HashMap::new(),
+            groups: HashMap::new(),
+            group_deadlines: BTreeSet::new(),
+            orphans: HashMap::new(),
+            orphan_deadlines: BTreeSet::new(),
+            in_window: HashMap::new(),
+            pinned: BTreeMap::new(),
+            stored: HashMap::new(),
+            decided_offsets: HashSet::new(),
+            stats: EngineStats::default(),
+        }
+    }
+
+    /// The windows in use.
+    pub fn config(&self) -> EngineConfig {
+        self.cfg
+    }
+
+    /// Current watermark (ms), if any.
+    pub fn watermark(&self) -> Option<i64> {
+        self.watermark.value()
+    }
+
+    /// The next offset to read.
+    pub fn next_offset(&self) -> i64 {
+        self.next_offset
+    }
+
+    /// The offset a restart must replay from: the oldest record an open
+    /// group or buffered orphan still needs, else [`Self::next_offset`].
+    pub fn resume_offset(&self) -> i64 {
+        self.pinned
+            .keys()
+            .next()
+            .copied()
+            .unwrap_or(self.next_offset)
+    }
+
+    /// Number of open groups.
+    pub fn open_groups(&self) -> usize {
+        self.groups.len()
+    }
+
+    /// Number of buffered orphan messages.
+    pub fn buffered_orphans(&self) -> usize {
+        self.orphan_deadlines.len()
+    }
+
+    /// Counters since creation.
+    pub fn stats(&self) -> EngineStats {
+        self.stats
+    }
+
+    /// Starts a new batch: forgets pre-loaded message outcomes and decided
+    /// offsets (the shell re-loads what the next batch needs, now that the
+    /// previous batch is committed) and evicts cached conversation states
+    /// with nothing in the window when more than `max_cached` are held.
+    pub fn begin_batch(&mut self, max_cached: usize) {
+        self.stored.clear();
+        self.decided_offsets.clear();
+        if self.conversations.len() > max_cached {
+            let groups = &self.groups;
+            let orphans = &self.orphans;
+            self.conversations
+                .retain(|id, _| groups.contains_key(id) || orphans.contains_key(id));
+        }
+    }
+
+    /// Conversation ids of `records` whose persisted state is not cached;
+    /// the shell loads them and passes them to [`Self::load_conversation`].
+    pub fn conversations_to_load<'a>(
+        &self,
+        records: impl IntoIterator<Item = &'a Record>,
+    ) -> Vec<Uuid> {
+        let mut seen = HashSet::new();
+        records
+            .into_iter()
+            .map(|r| r.event.conversation_id())
+            .filter(|id| !self.conversations.contains_key(id) && seen.insert(*id))
+            .collect()
+    }
+
+    /// Pre-loads a conversation's persisted log state (default = unknown).
+    pub fn load_conversation(&mut self, id: Uuid, state: ConversationLog) {
+        self.conversations.insert(id, state);
+    }
+
+    /// Pre-loads a stored INBOUND message.
+    pub fn load_stored_message(&mut self, id: Uuid, message: StoredMessage) {
+        self.stored.insert(id, message);
+    }
+
+    /// Pre-loads an offset whose rejection is stored (its decision is final).
+    pub fn load_decided_offset(&mut self, offset: i64) {
+        self.decided_offsets.insert(offset);
+    }
+
+    /// Applies one record (offsets must increase). Effects are appended to
+    /// `out`.
+    pub fn on_record(&mut self, record: Record, out: &mut Vec<Effect>) {
+        if record.offset < self.next_offset {
+            return;
+        }
+        self.next_offset = record.offset + 1;
+        if self.watermark.observe_record(record.arrival_ms) {
+            self.stats.late_records += 1;
+        }
+        self.expire(out);
+        if self.decided_offsets.contains(&record.offset) {
+            self.stats.skipped_decided += 1;
+            return;
+        }
+        match record.event {
+            Event::NewConversation { .. } => self.on_new_conversation(record, out),
+            Event::NewMessage { .. } => self.on_message(record, out),
+            Event::CloseConversation { .. } => self.on_close(record, out),
+        }
+        self.expire(out);
+    }
+
+    /// Steps over a record that cannot be decoded (ingest validates every
+    /// event, so this only guards against foreign writers).
+    pub fn skip_record(&mut self, offset: i64) {
+        if offset >= self.next_offset {
+            self.next_offset = offset + 1;
+        }
+    }
+
+    /// Advances the watermark to `t` (a caught-up partition's wall clock
+    /// minus allowance) and closes what it passes.
+    pub fn advance_watermark(&mut self, t: i64, out: &mut Vec<Effect>) {
+        self.watermark.advance_to(t);
+        self.expire(out);
+    }
+
+    /// Flushes nothing and closes nothing: returns the earliest deadline
+    /// (group end or orphan expiry) the watermark must pass next, if any.
+    pub fn next_deadline(&self) -> Option<i64> {
+        let g = self.group_deadlines.first().map(|d| d.0);
+        let o = self.orphan_deadlines.first().map(|d| d.0);
+        match (g, o) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    fn conversation(&mut self, id: Uuid) -> &mut ConversationLog {
+        self.conversations.entry(id).or_default()
+    }
+
+    fn reject(&mut self, record: Record, reason: Reason, out: &mut Vec<Effect>) {
+        self.decided_offsets.insert(record.offset);
+        // The message's own fate is final for its id (a reused id is not
+        // this message's fate: the id belongs to another message).
+        if let (
+            Event::NewMessage {
+                id,
+                conversation_id,
+                ref content,
+                ..
+            },
+            false,
+        ) = (
+            &record.event,
+            reason == Reason::IdReusedWithDifferentContent,
+        ) {
+            let (id, conversation_id) = (*id, *conversation_id);
+            self.stored.entry(id).or_insert_with(|| StoredMessage {
+                conversation_id,
+                content: content.clone(),
+                reply_id: None,
+                rejected: true,
+            });
+        }
+        out.push(Effect::Rejected(Rejection {
+            offset: record.offset,
+            arrival_ms: record.arrival_ms,
+            event: record.event,
+            reason,
+        }));
+    }
+
+    fn on_new_conversation(&mut self, record: Record, out: &mut Vec<Effect>) {
+        let Event::NewConversation { id, timestamp } = record.event else {
+            return;
+        };
+        let offset = record.offset;
+        let log = self.conversation(id);
+        if let Some(created) = log.created {
+            if created.offset < offset {
+                self.reject(record, Reason::ConversationAlreadyExists, out);
+                return;
+            }
+        }
+        log.created = Some(LogPos {
+            offset,
+            arrival_ms: record.arrival_ms,
+        });
+        out.push(Effect::ConversationCreated {
+            conversation_id: id,
+            created_at: timestamp,
+            offset,
+            arrival_ms: record.arrival_ms,
+        });
+        // Attach (or reject) the messages that waited for it, in log order.
+        let Some(waiting) = self.orphans.remove(&id) else {
+            return;
+        };
+        for orphan in waiting {
+            let r = orphan.record;
+            self.orphan_deadlines
+                .remove(&(r.arrival_ms + self.cfg.tolerance_ms, r.offset, id));
+            self.in_window.remove(&r.event.id());
+            self.unpin(r.offset);
+            if record.arrival_ms <= r.arrival_ms + self.cfg.tolerance_ms {
+                self.accept(r, out);
+            } else {
+                self.reject(r, Reason::ConversationNotCreatedInTime, out);
+            }
+        }
+    }
+
+    fn on_close(&mut self, record: Record, out: &mut Vec<Effect>) {
+        let Event::CloseConversation { id, timestamp } = record.event else {
+            return;
+        };
+        let offset = record.offset;
+        let log = *self.conversation(id);
+        if !log.created_before(offset) {
+            self.reject(record, Reason::ConversationNotFound, out);
+            return;
+        }
+        if log.closed_before(offset) {
+            self.reject(record, Reason::ConversationAlreadyClosed, out);
+            return;
+        }
+        self.conversation(id).closed = Some(LogPos {
+            offset,
+            arrival_ms: record.arrival_ms,
+        });
+        self.close_group(id, true, out);
+        out.push(Effect::ConversationClosed {
+            conversation_id: id,
+            closed_at: timestamp,
+            offset,
+            arrival_ms: record.arrival_ms,
+        });
+    }
+
+    fn on_message(&mut self, record: Record, out: &mut Vec<Effect>) {
+        let Event::NewMessage {
+            id,
+            conversation_id,
+            ref content,
+            ..
+        } = record.event
+        else {
+            return;
+        };
+        // Duplicates: in the window, or stored.
+        if let Some((conv, c)) = self.in_window.get(&id) {
+            if *conv == conversation_id && c == content {
+                self.stats.duplicates += 1;
+            } else {
+                self.reject(record, Reason::IdReusedWithDifferentContent, out);
+            }
+            return;
+        }
+        if let Some(s) = self.stored.get(&id) {
+            if s.conversation_id != conversation_id || &s.content != content {
+                self.reject(record, Reason::IdReusedWithDifferentContent, out);
+                return;
+            }
+            if s.reply_id.is_some() || s.rejected {
+                // Its group is written, or it was rejected: final.
+                self.stats.duplicates += 1;
+                return;
+            }
+            // Stored without reply: the original of an open group, replayed.
+        }
+        let log = *self.conversation(conversation_id);
+        if log.closed_before(record.offset) {
+            self.reject(record, Reason::ConversationClosed, out);
+        } else if log.created_before(record.offset) {
+            self.accept(record, out);
+        } else {
+            // Orphan: wait for NEW_CONVERSATION up to arrival + L.
+            let deadline = record.arrival_ms + self.cfg.tolerance_ms;
+            self.orphan_deadlines
+                .insert((deadline, record.offset, conversation_id));
+            self.in_window
+                .insert(id, (conversation_id, content.clone()));
+            self.pin(record.offset);
+            self.orphans
+                .entry(conversation_id)
+                .or_default()
+                .push(Orphan { record });
+        }
+    }
+
+    /// Accepts a message of a created, open conversation into its group.
+    fn accept(&mut self, record: Record, out: &mut Vec<Effect>) {
+        let Event::NewMessage {
+            id,
+            conversation_id: conv,
+            content,
+            timestamp,
+        } = record.event
+        else {
+            return;
+        };
+        let g = self.cfg.gap_ms;
+        let arrival = record.arrival_ms;
+        self.in_window.insert(id, (conv, content.clone()));
+        self.pin(record.offset);
+        let member = Member {
+            id,
+            offset: record.offset,
+            arrival_ms: arrival,
+            content,
+            timestamp,
+        };
+
+        if let Some(group) = self.groups.get(&conv) {
+            if arrival > group.last_ms + g {
+                // Its window ended (the watermark is past it): write it first.
+                self.close_group(conv, false, out);
+            } else if arrival < group.first_ms - g {
+                // Older than the open group by more than G: a group of its
+                // own whose window has already passed.
+                self.stats.late_new_groups += 1;
+                let single = OpenGroup {
+                    members: vec![member],
+                    first_ms: arrival,
+                    last_ms: arrival,
+                };
+                self.write_group(conv, single, false, out);
+                return;
+            }
+        }
+        match self.groups.get_mut(&conv) {
+            Some(group) => {
+                let old = (group.last_ms + g, conv);
+                group.first_ms = group.first_ms.min(arrival);
+                group.last_ms = group.last_ms.max(arrival);
+                group.members.push(member);
+                let new = (group.last_ms + g, conv);
+                if new != old {
+                    self.group_deadlines.remove(&old);
+                    self.group_deadlines.insert(new);
+                }
+            }
+            None => {
+                if self.watermark.passed(arrival + g) {
+                    self.stats.late_new_groups += 1;
+                }
+                self.groups.insert(
+                    conv,
+                    OpenGroup {
+                        members: vec![member],
+                        first_ms: arrival,
+                        last_ms: arrival,
+                    },
+                );
+                self.group_deadlines.insert((arrival + g, conv));
+            }
+        }
+    }
+
+    /// Closes what the watermark has passed: groups (reply) and orphans
+    /// (rejection), earliest deadline first.
+    fn expire(&mut self, out: &mut Vec<Effect>) {
+        while let Some(&(deadline, conv)) = self.group_deadlines.first() {
+            if !self.watermark.passed(deadline) {
+                break;
+            }
+            self.close_group(conv, false, out);
+        }
+        while let Some(&(deadline, offset, conv)) = self.orphan_deadlines.first() {
+            if !self.watermark.passed(deadline) {
+                break;
+            }
+            self.orphan_deadlines.pop_first();
+            let Some(list) = self.orphans.get_mut(&conv) else {
+                continue;
+            };
+            let Some(pos) = list.iter().position(|o| o.record.offset == offset) else {
+                continue;
+            };
+            let orphan = list.remove(pos);
+            if list.is_empty() {
+                self.orphans.remove(&conv);
+            }
+            self.in_window.remove(&orphan.record.event.id());
+            self.unpin(offset);
+            self.reject(orphan.record, Reason::ConversationNotCreatedInTime, out);
+        }
+    }
+
+    fn close_group(&mut self, conv: Uuid, by_close: bool, out: &mut Vec<Effect>) {
+        if let Some(group) = self.groups.remove(&conv) {
+            self.group_deadlines
+                .remove(&(group.last_ms + self.cfg.gap_ms, conv));
+            self.write_group(conv, group, by_close, out);
+        }
+    }
+
+    /// Emits the reply of a group that is no longer open.
+    fn write_group(
+        &mut self,
+        conv: Uuid,
+        mut group: OpenGroup,
+        by_close: bool,
+        out: &mut Vec<Effect>,
+    ) {
+        group.members.sort_by_key(|m| (m.arrival_ms, m.offset));
+        // INBOUND rows are written with their group's reply, when the group
+        // closes: one write per message, and a stored INBOUND is final.
+        let ids: Vec<Uuid> = group.members.iter().map(|m| m.id).collect();
+        let id = reply_id(&ids);
+        for m in group.members {
+            self.unpin(m.offset);
+            self.in_window.remove(&m.id);
+            self.stored.insert(
+                m.id,
+                StoredMessage {
+                    conversation_id: conv,
+                    content: m.content.clone(),
+                    reply_id: Some(id),
+                    rejected: false,
+                },
+            );
+            out.push(Effect::Inbound(Inbound {
+                id: m.id,
+                conversation_id: conv,
+                content: m.content,
+                timestamp: m.timestamp,
+                arrival_ms: m.arrival_ms,
+                offset: m.offset,
+                reply_id: id,
+            }));
+        }
+        out.push(Effect::Outbound(Outbound {
+            id,
+            conversation_id: conv,
+            content: reply_text(&ids),
+            timestamp_ms: group.last_ms + self.cfg.gap_ms,
+            last_arrival_ms: group.last_ms,
+            inbound_ids: ids,
+            flushed_by_close: by_close,
+        }));
+    }
+
+    fn pin(&mut self, offset: i64) {
+        *self.pinned.entry(offset).or_default() += 1;
+    }
+
+    fn unpin(&mut self, offset: i64) {
+        if let Some(n) = self.pinned.get_mut(&offset) {
+            *n -= 1;
+            if *n == 0 {
+                self.pinned.remove(&offset);
+            }
+        }
+    }
+}

@@ -1,0 +1,191 @@
+//! Crash test: `kill -9` the processor at random moments (≥ 10 times) while
+//! 1,000 conversations send bursts; afterwards every inbound is stored once,
+//! every group has exactly one reply, and the database equals that of a run
+//! without crashes over the same log.
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use chatpipe_tests::{create_topic, kafka_bootstrap, TestDb};
+use common::*;
+use futures::future::join_all;
+use rand::Rng;
+use uuid::Uuid;
+
+const CONVERSATIONS: usize = 1_000;
+const BURSTS: usize = 4;
+const PER_BURST: usize = 3;
+
+fn envs() -> Vec<(&'static str, &'static str)> {
+    vec![
+        ("CHATPIPE_GROUPING_GAP", "1s"),
+        ("CHATPIPE_LATE_TOLERANCE", "1200ms"),
+        ("CHATPIPE_WATERMARK_ALLOWANCE", "300ms"),
+        ("CHATPIPE_POLL_BATCH_SIZE", "500"),
+    ]
+}
+
+/// Waits until every inbound is stored and nothing changes for longer
+/// than G + allowance (all groups replied).
+async fn settled(db: &TestDb, inbound: usize) -> Snapshot {
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let a = snapshot(db).await;
+        if a.inbound.len() == inbound {
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            let b = snapshot(db).await;
+            if a == b {
+                return b;
+            }
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not settled: {} inbound",
+            a.inbound.len()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Every inbound is in exactly one reply, and every reply is one row.
+fn check_replies(s: &Snapshot) {
+    assert_eq!(s.reply_rows as usize, s.replies.len(), "duplicate replies");
+    let mut seen = std::collections::BTreeSet::new();
+    for (_, text) in &s.replies {
+        for line in text.lines().skip(1) {
+            let id: Uuid = line.parse().unwrap();
+            assert!(seen.insert(id), "{id} in two replies");
+        }
+    }
+    assert_eq!(seen, s.inbound);
+    assert_eq!(s.unreplied, 0);
+}
+
+/// The broker for this test: `$CHATPIPE_TEST_KAFKA` when set, else a Tansu
+/// with memory storage of the test's own. (The kit's SQLite-backed broker
+/// times out requests under this test's load on a 2-core machine.)
+async fn broker() -> (String, Option<std::process::Child>) {
+    if std::env::var("CHATPIPE_TEST_KAFKA").is_ok_and(|b| !b.is_empty()) {
+        return (kafka_bootstrap().await, None);
+    }
+    let port = chatpipe_tests::free_port();
+    let url = format!("tcp://127.0.0.1:{port}");
+    let mut cmd = std::process::Command::new(chatpipe_tests::tansu_path().unwrap());
+    cmd.args([
+        "broker",
+        "--listener-url",
+        &url,
+        "--advertised-listener-url",
+        &url,
+    ])
+    .args(["--storage-engine", "memory://tansu/"])
+    .env("RUST_LOG", "error")
+    .stdin(std::process::Stdio::null())
+    .stdout(std::process::Stdio::null())
+    .stderr(std::process::Stdio::null());
+    let child = chatpipe_tests::spawn_tied(cmd).unwrap();
+    let bootstrap = format!("127.0.0.1:{port}");
+    chatpipe_tests::wait_for_broker(&bootstrap, Duration::from_secs(30))
+        .await
+        .unwrap();
+    (bootstrap, Some(child))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill9_during_bursts_changes_nothing() {
+    let (bootstrap, mut own_broker) = broker().await;
+    let topic = create_topic(&bootstrap, 4).await;
+    let db = TestDb::create().await.unwrap();
+    let mut p = processor(&db, &bootstrap, &topic, &envs()).await;
+
+    let convs: Vec<Uuid> = (0..CONVERSATIONS).map(|_| Uuid::new_v4()).collect();
+    let done = Arc::new(AtomicBool::new(false));
+    let producer = {
+        let (bootstrap, topic, convs, done) = (
+            bootstrap.clone(),
+            topic.clone(),
+            convs.clone(),
+            done.clone(),
+        );
+        tokio::spawn(async move {
+            let prod = Producer::new(&bootstrap, &topic);
+            for chunk in convs.chunks(250) {
+                join_all(chunk.iter().map(|c| prod.send_ev(conv(*c)))).await;
+            }
+            for burst in 0..BURSTS {
+                for _ in 0..PER_BURST {
+                    // 250 conversations at a time; a burst's messages stay
+                    // well within G of each other.
+                    for chunk in convs.chunks(250) {
+                        join_all(chunk.iter().map(|c| prod.send_ev(msg(Uuid::new_v4(), *c)))).await;
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                if burst + 1 < BURSTS {
+                    tokio::time::sleep(Duration::from_millis(2_500)).await;
+                }
+            }
+            // Close every other conversation: flushes its last group.
+            join_all(convs.iter().step_by(2).map(|c| prod.send_ev(close(*c)))).await;
+            done.store(true, Ordering::SeqCst);
+        })
+    };
+
+    let mut kills = 0;
+    while kills < 10 || !done.load(Ordering::SeqCst) {
+        let wait = rand::rng().random_range(150..700);
+        tokio::time::sleep(Duration::from_millis(wait)).await;
+        p.kill9();
+        kills += 1;
+        p.start().await.unwrap();
+    }
+    producer.await.unwrap();
+    eprintln!("killed the processor {kills} times");
+
+    let inbound = CONVERSATIONS * BURSTS * PER_BURST;
+    if std::env::var("CRASH_DIAG").is_ok() {
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        let text = reqwest::get(format!("{}/metrics", p.base_url()))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        for l in text.lines().filter(|l| {
+            l.starts_with("chatpipe_processor_lag")
+                || l.starts_with("chatpipe_processor_open")
+                || l.starts_with("chatpipe_processor_buffered")
+                || l.starts_with("chatpipe_processor_rejections")
+        }) {
+            eprintln!("{l}");
+        }
+        let c = db.client().await.unwrap();
+        for r in c.query("SELECT partition, resume_offset, processed_offset, owner_epoch FROM processor_partitions", &[]).await.unwrap() {
+            let (pa, ro, po, e): (i32, i64, i64, i64) = (r.get(0), r.get(1), r.get(2), r.get(3));
+            eprintln!("partition {pa}: resume {ro} processed {po} epoch {e}");
+        }
+        let s = snapshot(&db).await;
+        eprintln!(
+            "inbound {} rejected {:?}",
+            s.inbound.len(),
+            s.rejected.len()
+        );
+    }
+    let crashed = settled(&db, inbound).await;
+    check_replies(&crashed);
+    assert!(crashed.rejected.is_empty(), "{:?}", crashed.rejected);
+    drop(p);
+
+    // The same log, processed once without crashes.
+    let reference_db = TestDb::create().await.unwrap();
+    let _r = processor(&reference_db, &bootstrap, &topic, &envs()).await;
+    let reference = settled(&reference_db, inbound).await;
+    assert_eq!(crashed, reference);
+    if let Some(b) = own_broker.as_mut() {
+        let _ = b.kill();
+        let _ = b.wait();
+    }
+}
