@@ -658,6 +658,11 @@ async fn hundred_conversations_in_parallel() {
         Pipeline::start(Options {
             partitions: 4,
             processors: 2,
+            // 300 posts at once on two cores can take longer than the
+            // short 400 ms gap between one conversation's messages; this
+            // case is about parallel conversations, so its gap is wide
+            // enough that each conversation's messages are one group.
+            gap: Duration::from_secs(3),
             ..Options::short()
         })
         .await,
