@@ -18,21 +18,9 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 step "building all binaries"
 cargo build --workspace --bins --locked
 
-# A shared broker for the tests (each test makes its own topics), with file
-# storage: Tansu 0.6.0's memory engine misreports end offsets and cannot
-# fetch from inside a multi-record batch. Tests that
-# stop and restart a broker start their own.
-state=$(mktemp -d)
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-step "starting the test broker on 127.0.0.1:$port"
-( cd "$state" && exec tansu broker --listener-url "tcp://127.0.0.1:$port" \
-    --advertised-listener-url "tcp://127.0.0.1:$port" --storage-engine sqlite://tansu.db \
-    >"$state/tansu.log" 2>&1 ) &
-broker_pid=$!
-cleanup() { kill "$broker_pid" 2>/dev/null || true; wait "$broker_pid" 2>/dev/null || true; rm -rf "$state"; }
-trap cleanup EXIT
-for _ in $(seq 1 100); do (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.1; done
-export CHATPIPE_TEST_KAFKA="127.0.0.1:$port"
+# Every test process starts its own Tansu broker (file storage, a free port,
+# ended with the process): tests never share broker state or load. Set
+# CHATPIPE_TEST_KAFKA=host:port to point all tests at one broker instead.
 
 # Databases left behind by an interrupted earlier run.
 psql -h 127.0.0.1 -U postgres -d postgres -tAc \

@@ -2,11 +2,10 @@
 //! tests, and the black-box conformance suite under `tests/`.
 //!
 //! # Layout
-//! - Broker: [`kafka_bootstrap`] gives the shared test broker (the one named
-//!   by `$CHATPIPE_TEST_KAFKA`, which the test command starts, or a Tansu
-//!   started for this test process); [`PrivateBroker`] is a broker of the
-//!   test's own that it may stop and restart; [`create_topic`] makes a
-//!   unique topic.
+//! - Broker: [`kafka_bootstrap`] gives this test process's broker (a Tansu
+//!   started on first use, or the one named by `$CHATPIPE_TEST_KAFKA`);
+//!   [`PrivateBroker`] is a broker of the test's own that it may stop and
+//!   restart; [`create_topic`] makes a unique topic.
 //! - Postgres: [`TestDb::create`] makes a fresh, migrated database
 //!   (dropped when the value is dropped).
 //! - Binaries: [`binary`] finds a workspace binary; [`Service::spawn`] starts
@@ -271,9 +270,10 @@ pub async fn wait_for_broker(bootstrap: &str, timeout: Duration) -> anyhow::Resu
     }
 }
 
-/// The shared test broker: `$CHATPIPE_TEST_KAFKA` when set (the test command
-/// starts one), otherwise a Tansu started once for this test process. Both
-/// use file storage: Tansu 0.6.0's memory engine misreports end offsets and
+/// The test process's broker: a Tansu started once for this process (the
+/// test runner runs each test in its own process, so tests share neither
+/// broker state nor broker load), or `$CHATPIPE_TEST_KAFKA` when set. It uses
+/// file storage: Tansu 0.6.0's memory engine misreports end offsets and
 /// cannot fetch from inside a multi-record batch.
 pub async fn kafka_bootstrap() -> String {
     static SHARED: OnceCell<String> = OnceCell::const_new();
