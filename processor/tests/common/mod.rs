@@ -185,6 +185,21 @@ pub async fn replies_of(db: &TestDb, conversation: Uuid) -> Vec<(String, i64, i6
     .collect()
 }
 
+/// INBOUND rows of one conversation: (id, reply_id), in arrival order.
+pub async fn inbound_of(db: &TestDb, conversation: Uuid) -> Vec<(Uuid, Option<Uuid>)> {
+    let c = db.client().await.unwrap();
+    c.query(
+        "SELECT id, reply_id FROM messages
+          WHERE conversation_id = $1 AND direction = 'INBOUND' ORDER BY arrival, id",
+        &[&conversation],
+    )
+    .await
+    .unwrap()
+    .iter()
+    .map(|r| (r.get(0), r.get(1)))
+    .collect()
+}
+
 /// Rejection reasons recorded for an event id.
 pub async fn rejections_of(db: &TestDb, event_id: Uuid) -> Vec<String> {
     let c = db.client().await.unwrap();
