@@ -61,7 +61,8 @@ impl Reason {
     }
 }
 
-/// An accepted INBOUND message.
+/// An accepted INBOUND message, written (without reply) in the batch that
+/// accepts it; its reply is recorded by the group's [`Outbound`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Inbound {
     /// Message id.
@@ -76,9 +77,6 @@ pub struct Inbound {
     pub arrival_ms: i64,
     /// Log offset of the record.
     pub offset: i64,
-    /// The reply that covered it (INBOUND rows are written when their group
-    /// closes).
-    pub reply_id: Uuid,
 }
 
 /// The single OUTBOUND reply of a closed group.
@@ -94,8 +92,8 @@ pub struct Outbound {
     pub timestamp_ms: i64,
     /// Arrival of the group's last message (ms).
     pub last_arrival_ms: i64,
-    /// The group's inbound ids in arrival order; each INBOUND row records
-    /// this reply's id.
+    /// The group's inbound ids in arrival order; writing the reply sets
+    /// `reply_id` on each of their INBOUND rows (same transaction).
     pub inbound_ids: Vec<Uuid>,
     /// The group was flushed by CLOSE_CONVERSATION before its window ended.
     pub flushed_by_close: bool,
@@ -141,10 +139,11 @@ pub enum Effect {
         /// Its arrival (ms).
         arrival_ms: i64,
     },
-    /// Insert an INBOUND message with the reply that covered it (emitted
-    /// when its group closes, just before the group's [`Effect::Outbound`]).
+    /// Insert an INBOUND message without reply (emitted when the engine
+    /// accepts or attaches it, so it is visible at once).
     Inbound(Inbound),
-    /// Insert an OUTBOUND reply and record it on its inbound rows.
+    /// Insert an OUTBOUND reply and set `reply_id` on its INBOUND rows
+    /// (where not set yet).
     Outbound(Outbound),
     /// Record a rejected event.
     Rejected(Rejection),

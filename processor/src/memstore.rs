@@ -19,7 +19,7 @@ pub struct MemMessage {
     pub outbound: bool,
     /// Text.
     pub content: String,
-    /// INBOUND: covering reply.
+    /// INBOUND: covering reply (`None` from accept until its group closes).
     pub reply_id: Option<Uuid>,
     /// OUTBOUND: timestamp (last arrival + G), ms. INBOUND: arrival.
     pub time_ms: i64,
@@ -76,7 +76,7 @@ impl MemStore {
                         conversation_id: m.conversation_id,
                         outbound: false,
                         content: m.content.clone(),
-                        reply_id: Some(m.reply_id),
+                        reply_id: None,
                         time_ms: m.arrival_ms,
                     });
                 }
@@ -90,7 +90,7 @@ impl MemStore {
                     });
                     for id in &o.inbound_ids {
                         if let Some(m) = self.messages.get_mut(id) {
-                            if m.reply_id.is_none() {
+                            if !m.outbound && m.reply_id.is_none() {
                                 m.reply_id = Some(o.id);
                             }
                         }

@@ -1,8 +1,14 @@
 //! Postgres access of the processor: pre-loading the persisted facts a batch
 //! needs, and writing a poll batch's effects in ONE transaction with
 //! multi-row idempotent statements (`INSERT … SELECT … FROM unnest(…) ON
-//! CONFLICT DO NOTHING`), together with the resume positions and the
-//! fencing check.
+//! CONFLICT …`, `UPDATE … FROM unnest(…)`), together with the resume
+//! positions and the fencing check.
+//!
+//! An INBOUND row is inserted (reply `NULL`) in the batch that accepts its
+//! message, so the api shows it at once; the batch that writes the group's
+//! OUTBOUND sets `reply_id` on the group's rows where it is still `NULL`
+//! (in the insert itself when the rows are written by the same batch).
+//! Nothing is overwritten once set, so a replayed batch changes nothing.
 
 use std::collections::{HashMap, HashSet};
 
@@ -160,6 +166,9 @@ struct Columns {
     msg_ts: Vec<DateTime<Utc>>,
     msg_arrivals: Vec<DateTime<Utc>>,
     msg_replies: Vec<Option<Uuid>>,
+    /// INBOUND rows written by an earlier batch whose reply is written now.
+    upd_ids: Vec<Uuid>,
+    upd_replies: Vec<Uuid>,
     rej_types: Vec<&'static str>,
     rej_event_ids: Vec<Uuid>,
     rej_convs: Vec<Uuid>,
@@ -229,9 +238,6 @@ impl Columns {
                         m.timestamp,
                         ms(m.arrival_ms),
                     );
-                    if let Some(&i) = self.msg_index.get(&m.id) {
-                        self.msg_replies[i] = Some(m.reply_id);
-                    }
                 }
                 Effect::Outbound(o) => {
                     self.push_message(
@@ -242,6 +248,23 @@ impl Columns {
                         ms(o.timestamp_ms),
                         ms(o.last_arrival_ms),
                     );
+                    // Record the reply on its INBOUND rows: directly in the
+                    // insert when the row is written by this batch (the
+                    // upsert also covers a replayed row stored without
+                    // reply), else by an UPDATE of the stored row.
+                    for id in &o.inbound_ids {
+                        match self.msg_index.get(id) {
+                            Some(&i) if self.msg_dirs[i] == "INBOUND" => {
+                                if self.msg_replies[i].is_none() {
+                                    self.msg_replies[i] = Some(o.id);
+                                }
+                            }
+                            _ => {
+                                self.upd_ids.push(*id);
+                                self.upd_replies.push(o.id);
+                            }
+                        }
+                    }
                 }
                 Effect::Rejected(r) => {
                     self.rej_types.push(r.event.event_type().as_str());
@@ -261,9 +284,10 @@ impl Columns {
 
 /// Writes a poll batch in one transaction: the fencing check and positions
 /// of every partition, then conversations, conversation log positions,
-/// messages (INBOUND rows with the reply that covered them, OUTBOUND rows)
-/// and rejected events. All statements are
-/// idempotent, so replaying a batch changes nothing.
+/// messages (INBOUND rows of accepted messages, OUTBOUND rows), `reply_id`
+/// on the INBOUND rows of the groups replied in this batch (set where still
+/// `NULL`), and rejected events. All statements are idempotent, so
+/// replaying a batch changes nothing.
 pub async fn write_batch(
     client: &mut tokio_postgres::Client,
     topic: &str,
@@ -329,7 +353,9 @@ pub async fn write_batch(
             "INSERT INTO messages (id, conversation_id, direction, content, \"timestamp\", arrival, reply_id)
              SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[],
                                   $5::timestamptz[], $6::timestamptz[], $7::uuid[])
-             ON CONFLICT (id) DO NOTHING",
+             ON CONFLICT (id) DO UPDATE SET reply_id = EXCLUDED.reply_id
+              WHERE messages.reply_id IS NULL AND EXCLUDED.reply_id IS NOT NULL
+                AND messages.direction = 'INBOUND'",
             &[
                 &c.msg_ids,
                 &c.msg_convs,
@@ -339,6 +365,15 @@ pub async fn write_batch(
                 &c.msg_arrivals,
                 &c.msg_replies,
             ],
+        )
+        .await?;
+    }
+    if !c.upd_ids.is_empty() {
+        tx.execute(
+            "UPDATE messages m SET reply_id = u.r
+               FROM unnest($1::uuid[], $2::uuid[]) AS u(id, r)
+              WHERE m.id = u.id AND m.direction = 'INBOUND' AND m.reply_id IS NULL",
+            &[&c.upd_ids, &c.upd_replies],
         )
         .await?;
     }

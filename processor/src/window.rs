@@ -34,12 +34,17 @@
 //!   nothing (a rejection is final for that id, so a redelivery cannot
 //!   resurrect it, live or on replay); with different content or
 //!   conversation it is rejected `id_reused_with_different_content`.
-//! - **INBOUND rows are written when their group closes**, each with the
-//!   reply that covered it (one write per message). A stored INBOUND is
-//!   therefore final: a replayed record whose row exists is skipped for
-//!   grouping, so a written group is never re-made. (A stored row without
-//!   reply — not written by this version — is treated as an open group's
-//!   original.)
+//! - **INBOUND rows are written when the message is accepted** (reply
+//!   `NULL`, in the batch that accepts or attaches it), so the api shows a
+//!   message as soon as the processor has decided it; orphans stay
+//!   invisible until attached. When the group closes, its OUTBOUND is
+//!   written and `reply_id` is set on the group's INBOUND rows in the same
+//!   transaction ([`Effect::Outbound`] carries the ids). A stored INBOUND
+//!   *with* a reply is final: a replayed record whose row has one is skipped
+//!   for grouping, so a written group is never re-made. A stored INBOUND
+//!   *without* reply is a member of an open group being replayed (the
+//!   resume offset is at or before it, since open groups pin their
+//!   members' offsets) and is accepted again, rebuilding the group.
 //! - **Final decisions.** Offsets whose rejection is stored are skipped.
 //! - **Resume offset** = the lowest offset an open group or buffered orphan
 //!   still needs, else the next offset to read.
@@ -47,7 +52,6 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use chatpipe_core::Event;
-use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use crate::effects::{Effect, Inbound, Outbound, Reason, Rejection};
@@ -141,8 +145,6 @@ struct Member {
     id: Uuid,
     offset: i64,
     arrival_ms: i64,
-    content: String,
-    timestamp: DateTime<Utc>,
 }
 
 #[derive(Debug, Clone)]
@@ -467,7 +469,8 @@ impl PartitionEngine {
                 self.stats.duplicates += 1;
                 return;
             }
-            // Stored without reply: the original of an open group, replayed.
+            // Stored without reply: a member of an open group, replayed
+            // from the resume offset; accepted again below.
         }
         let log = *self.conversation(conversation_id);
         if log.closed_before(record.offset) {
@@ -508,15 +511,25 @@ impl PartitionEngine {
             id,
             offset: record.offset,
             arrival_ms: arrival,
-            content,
-            timestamp,
         };
-
         if let Some(group) = self.groups.get(&conv) {
             if arrival > group.last_ms + g {
                 // Its window ended (the watermark is past it): write it first.
                 self.close_group(conv, false, out);
-            } else if arrival < group.first_ms - g {
+            }
+        }
+        // Visible at once: the row is written (without reply) in this batch.
+        out.push(Effect::Inbound(Inbound {
+            id,
+            conversation_id: conv,
+            content,
+            timestamp,
+            arrival_ms: arrival,
+            offset: record.offset,
+        }));
+
+        if let Some(group) = self.groups.get(&conv) {
+            if arrival < group.first_ms - g {
                 // Older than the open group by more than G: a group of its
                 // own whose window has already passed.
                 self.stats.late_new_groups += 1;
@@ -605,31 +618,23 @@ impl PartitionEngine {
         out: &mut Vec<Effect>,
     ) {
         group.members.sort_by_key(|m| (m.arrival_ms, m.offset));
-        // INBOUND rows are written with their group's reply, when the group
-        // closes: one write per message, and a stored INBOUND is final.
+        // The INBOUND rows were written on accept; the OUTBOUND records its
+        // id on them (same transaction), which makes them final.
         let ids: Vec<Uuid> = group.members.iter().map(|m| m.id).collect();
         let id = reply_id(&ids);
         for m in group.members {
             self.unpin(m.offset);
-            self.in_window.remove(&m.id);
-            self.stored.insert(
-                m.id,
-                StoredMessage {
-                    conversation_id: conv,
-                    content: m.content.clone(),
-                    reply_id: Some(id),
-                    rejected: false,
-                },
-            );
-            out.push(Effect::Inbound(Inbound {
-                id: m.id,
-                conversation_id: conv,
-                content: m.content,
-                timestamp: m.timestamp,
-                arrival_ms: m.arrival_ms,
-                offset: m.offset,
-                reply_id: id,
-            }));
+            if let Some((_, content)) = self.in_window.remove(&m.id) {
+                self.stored.insert(
+                    m.id,
+                    StoredMessage {
+                        conversation_id: conv,
+                        content,
+                        reply_id: Some(id),
+                        rejected: false,
+                    },
+                );
+            }
         }
         out.push(Effect::Outbound(Outbound {
             id,

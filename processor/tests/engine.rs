@@ -420,3 +420,90 @@ fn replay_from_resume_offset_is_idempotent() {
     assert_eq!(replay.store, live.store);
     let _ = replay.store.replies();
 }
+
+/// An accepted message is stored (without reply) by the batch that accepts
+/// it, so the api shows it at once; the batch that closes its group writes
+/// the reply and records it on every INBOUND row of the group.
+#[test]
+fn inbound_visible_on_accept_reply_recorded_on_close() {
+    let mut s = Sim::new();
+    let c = id(100);
+    s.feed(0, conv(c));
+    s.feed(1_000, msg(id(1), c));
+    let m1 = &s.store.messages[&id(1)];
+    assert!(!m1.outbound);
+    assert_eq!(m1.reply_id, None, "visible before its reply");
+    s.feed(2_000, msg(id(2), c));
+    assert_eq!(s.store.messages[&id(2)].reply_id, None);
+    assert!(s.store.replies().is_empty());
+    s.tick(7_000);
+    assert_eq!(s.store.messages[&id(1)].reply_id, None, "group still open");
+    s.tick(7_001);
+    let reply = reply_id(&[id(1), id(2)]);
+    assert_eq!(s.store.messages[&id(1)].reply_id, Some(reply));
+    assert_eq!(s.store.messages[&id(2)].reply_id, Some(reply));
+    assert!(s.store.messages[&reply].outbound);
+    // The Inbound effects came with the accepting records, before the reply.
+    let kinds: Vec<&str> = s
+        .effects
+        .iter()
+        .map(|e| match e {
+            Effect::Inbound(_) => "in",
+            Effect::Outbound(_) => "out",
+            _ => "other",
+        })
+        .collect();
+    assert_eq!(kinds, vec!["other", "in", "in", "out"]);
+}
+
+/// An orphan is invisible until attached, then visible without reply.
+#[test]
+fn orphan_invisible_until_attached() {
+    let mut s = Sim::new();
+    let c = id(100);
+    s.feed(0, msg(id(1), c));
+    assert!(!s.store.messages.contains_key(&id(1)));
+    s.feed(2_000, conv(c));
+    assert_eq!(s.store.messages[&id(1)].reply_id, None);
+    s.tick(100_000);
+    assert_eq!(s.store.messages[&id(1)].reply_id, Some(reply_id(&[id(1)])));
+}
+
+/// A crash while a group is open: its rows are stored without reply; the
+/// replay from the resume offset re-accepts them (not duplicates), and the
+/// reply is written once, recorded on every row, as without the crash.
+#[test]
+fn replay_rebuilds_open_group_from_rows_without_reply() {
+    let c = id(100);
+    let events = vec![(0, conv(c)), (1_000, msg(id(1), c)), (2_000, msg(id(2), c))];
+    let mut live = Sim::new();
+    for (t, e) in &events {
+        live.feed(*t, e.clone());
+    }
+    let resume = live.engine.resume_offset();
+    assert_eq!(resume, 1);
+    let snapshot = live.store.clone();
+    assert_eq!(snapshot.messages.len(), 2);
+    assert!(snapshot.messages.values().all(|m| m.reply_id.is_none()));
+    live.feed(2_500, msg(id(3), c));
+    live.tick(100_000);
+
+    let mut replay = Sim::new();
+    replay.engine = PartitionEngine::new(EngineConfig::default(), resume);
+    replay.store = snapshot;
+    for (t, e) in &events {
+        replay.feed(*t, e.clone());
+    }
+    replay.feed(2_500, msg(id(3), c));
+    replay.tick(100_000);
+    assert_eq!(replay.engine.stats().duplicates, 0);
+    assert_eq!(
+        replay.replies(),
+        vec![(c, vec![id(1), id(2), id(3)], 7_500, false)]
+    );
+    assert_eq!(replay.store, live.store);
+    let reply = reply_id(&[id(1), id(2), id(3)]);
+    for m in [id(1), id(2), id(3)] {
+        assert_eq!(replay.store.messages[&m].reply_id, Some(reply));
+    }
+}

@@ -1,7 +1,9 @@
 //! Property tests of the window engine over random interleavings of
 //! events (simulated time): grouping invariants, orphan rule, nothing
-//! silently dropped, and replay equivalence from any committed resume
-//! position with the state persisted as of that commit.
+//! silently dropped, accepted messages stored in the commit that accepts
+//! them (their reply recorded when the group closes), and replay
+//! equivalence from any committed resume position with the state persisted
+//! as of that commit.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -111,6 +113,7 @@ proptest! {
         let mut store = MemStore::default();
         let mut effects = vec![];
         let mut commits = vec![];
+        let mut accepted_at: HashMap<Uuid, i64> = HashMap::new();
         for (i, input) in inputs.iter().enumerate() {
             let out = step(&mut engine, &mut store, input);
             for e in &out {
@@ -119,6 +122,19 @@ proptest! {
                         // No reply before last arrival + G.
                         prop_assert!(engine.watermark().unwrap() > o.last_arrival_ms + G);
                     }
+                }
+                if let Effect::Inbound(m) = e {
+                    // Visible in the commit that accepts it.
+                    prop_assert!(store.messages.get(&m.id).is_some_and(|s| !s.outbound));
+                    accepted_at.entry(m.id).or_insert(m.offset);
+                }
+            }
+            // A stored INBOUND without reply belongs to an open group, so a
+            // replay from this commit's resume offset re-reads it.
+            for (id, m) in &store.messages {
+                if !m.outbound && m.reply_id.is_none() {
+                    prop_assert!(accepted_at[id] >= engine.resume_offset(),
+                        "unreplied {} at {} before resume {}", id, accepted_at[id], engine.resume_offset());
                 }
             }
             effects.extend(out);

@@ -49,7 +49,6 @@ async fn stale_owner_batch_is_refused() {
             timestamp: Utc::now(),
             arrival_ms: 0,
             offset: 3,
-            reply_id: Uuid::new_v4(),
         })],
     };
     match write_batch(&mut c, "topic-a", std::slice::from_ref(&batch)).await {

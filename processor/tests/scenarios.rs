@@ -153,6 +153,12 @@ async fn real_windows_5s_6s() {
         replies_of(&db, c).await.is_empty(),
         "no reply before last + 5 s"
     );
+    // The accepted messages are visible already, without reply.
+    assert_eq!(
+        inbound_of(&db, c).await,
+        vec![(m1, None), (m2, None), (m3, None)],
+        "INBOUND rows are written when accepted"
+    );
     let r = eventually(Duration::from_secs(10), "the reply", || async {
         let r = replies_of(&db, c).await;
         (!r.is_empty()).then_some(r)
@@ -163,6 +169,12 @@ async fn real_windows_5s_6s() {
     assert_eq!(r[0].0, expected_reply(&[m1, m2, m3]));
     assert_eq!(r[0].1, last + 5_000, "timestamp = last arrival + G");
     assert!(r[0].2 >= last + 5_000, "written after last arrival + G");
+    let reply = chatpipe_processor::reply::reply_id(&[m1, m2, m3]);
+    assert_eq!(
+        inbound_of(&db, c).await,
+        vec![(m1, Some(reply)), (m2, Some(reply)), (m3, Some(reply))],
+        "the reply is recorded on its INBOUND rows"
+    );
     // SIGTERM: the batch in progress is committed and the process exits 0.
     assert!(p.kill(), "graceful shutdown on SIGTERM");
 }

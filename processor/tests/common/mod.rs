@@ -23,7 +23,13 @@ pub struct Producer {
 
 impl Producer {
     pub fn new(bootstrap: &str, topic: &str) -> Self {
-        let inner = producer_config(bootstrap, Duration::from_secs(60), Duration::from_millis(5))
+        Self::with_linger(bootstrap, topic, Duration::from_millis(5))
+    }
+
+    /// A producer batching records for `linger` (fewer, larger produce
+    /// requests: lighter on a SQLite-backed broker).
+    pub fn with_linger(bootstrap: &str, topic: &str, linger: Duration) -> Self {
+        let inner = producer_config(bootstrap, Duration::from_secs(120), linger)
             .create()
             .unwrap();
         Producer {
@@ -58,7 +64,7 @@ impl Producer {
             .timestamp(arrival_ms)
             .headers(headers);
         self.inner
-            .send(record, Duration::from_secs(60))
+            .send(record, Duration::from_secs(120))
             .await
             .map_err(|(e, _)| e)
             .unwrap();
@@ -182,6 +188,21 @@ pub async fn replies_of(db: &TestDb, conversation: Uuid) -> Vec<(String, i64, i6
     .unwrap()
     .iter()
     .map(|r| (r.get(0), r.get(1), r.get(2)))
+    .collect()
+}
+
+/// INBOUND rows of one conversation: (id, reply_id), in arrival order.
+pub async fn inbound_of(db: &TestDb, conversation: Uuid) -> Vec<(Uuid, Option<Uuid>)> {
+    let c = db.client().await.unwrap();
+    c.query(
+        "SELECT id, reply_id FROM messages
+          WHERE conversation_id = $1 AND direction = 'INBOUND' ORDER BY arrival, id",
+        &[&conversation],
+    )
+    .await
+    .unwrap()
+    .iter()
+    .map(|r| (r.get(0), r.get(1)))
     .collect()
 }
 
