@@ -97,22 +97,14 @@ impl Lifecycle {
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<T, E>>,
     {
-        let t = self.timeout;
-        let mut client = bounded(t, "getting a connection", self.pool.get()).await?;
-        let tx = bounded(t, "begin", client.transaction()).await?;
-        let stmt = bounded(t, "prepare", tx.prepare_cached(INSERT_SQL)).await?;
-        let inserted = bounded(t, "insert", tx.query_opt(&stmt, &[&id, &ts])).await?;
-        if inserted.is_none() {
-            let stmt = bounded(t, "prepare", tx.prepare_cached(STATUS_SQL)).await?;
-            let row = bounded(t, "status", tx.query_opt(&stmt, &[&id])).await?;
+        self.decide(INSERT_SQL, id, ts, produce, |row| {
             let status = row
                 .and_then(|r| r.try_get::<_, String>(0).ok())
                 .and_then(|s| ConversationStatus::from_db(&s))
                 .unwrap_or(ConversationStatus::Open);
-            let _ = bounded::<_, _, E>(t, "rollback", tx.rollback()).await;
-            return Ok(Decision::Rejected(Rejection::AlreadyExists(status)));
-        }
-        self.finish(tx, produce).await
+            Rejection::AlreadyExists(status)
+        })
+        .await
     }
 
     /// CLOSE_CONVERSATION `id` at event time `ts`: moves the OPEN row to
@@ -127,21 +119,41 @@ impl Lifecycle {
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<T, E>>,
     {
+        // A row that is not OPEN after the UPDATE is CLOSED (a concurrent
+        // close committed first).
+        self.decide(CLOSE_SQL, id, ts, produce, |row| match row {
+            None => Rejection::Unknown,
+            Some(_) => Rejection::AlreadyClosed,
+        })
+        .await
+    }
+
+    /// Runs `change_sql` (`$1` = id, `$2` = event time) in a transaction.
+    /// When it returns no row, the conversation's status row (if any) goes
+    /// to `refused` and the transaction is rolled back; otherwise `produce`
+    /// runs and the transaction commits only on its success.
+    async fn decide<T, E, F, Fut>(
+        &self,
+        change_sql: &str,
+        id: Uuid,
+        ts: DateTime<Utc>,
+        produce: F,
+        refused: impl FnOnce(Option<tokio_postgres::Row>) -> Rejection,
+    ) -> Result<Decision<T>, LifecycleError<E>>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+    {
         let t = self.timeout;
         let mut client = bounded(t, "getting a connection", self.pool.get()).await?;
         let tx = bounded(t, "begin", client.transaction()).await?;
-        let stmt = bounded(t, "prepare", tx.prepare_cached(CLOSE_SQL)).await?;
-        let closed = bounded(t, "close", tx.query_opt(&stmt, &[&id, &ts])).await?;
-        if closed.is_none() {
+        let stmt = bounded(t, "prepare", tx.prepare_cached(change_sql)).await?;
+        let changed = bounded(t, "change", tx.query_opt(&stmt, &[&id, &ts])).await?;
+        if changed.is_none() {
             let stmt = bounded(t, "prepare", tx.prepare_cached(STATUS_SQL)).await?;
             let row = bounded(t, "status", tx.query_opt(&stmt, &[&id])).await?;
             let _ = bounded::<_, _, E>(t, "rollback", tx.rollback()).await;
-            // A row that is not OPEN after the UPDATE is CLOSED (a concurrent
-            // close committed first).
-            return Ok(Decision::Rejected(match row {
-                None => Rejection::Unknown,
-                Some(_) => Rejection::AlreadyClosed,
-            }));
+            return Ok(Decision::Rejected(refused(row)));
         }
         self.finish(tx, produce).await
     }
