@@ -34,15 +34,8 @@ fn chromium() -> Option<PathBuf> {
 /// `--screenshot=<file>`) and returns its stdout.
 fn run_chromium(bin: &PathBuf, profile: &std::path::Path, mode: &str, url: &str) -> String {
     let out = Command::new(bin)
+        .args(cdp::HEADLESS_ARGS)
         .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-quic",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
             "--hide-scrollbars",
             "--window-size=1280,900",
             "--virtual-time-budget=5000",

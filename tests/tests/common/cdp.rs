@@ -13,6 +13,20 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
+/// The flags every headless Chromium of the tests needs on these machines:
+/// no sandbox as root, no GPU, and none of the background connections a
+/// machine without internet access refuses.
+pub const HEADLESS_ARGS: &[&str] = &[
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+];
+
 /// A headless Chromium driven through the DevTools pipe (killed on drop).
 pub struct Browser {
     child: Child,
@@ -37,23 +51,13 @@ impl Browser {
         let (cmd_read, cmd_write) = pipe();
         let (out_read, out_write) = pipe();
         let mut cmd = Command::new(bin);
-        cmd.args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-quic",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--remote-debugging-pipe",
-            "--window-size=1280,900",
-        ])
-        .arg(format!("--user-data-dir={}", profile.display()))
-        .arg("about:blank")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
+        cmd.args(HEADLESS_ARGS)
+            .args(["--remote-debugging-pipe", "--window-size=1280,900"])
+            .arg(format!("--user-data-dir={}", profile.display()))
+            .arg("about:blank")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
         // SAFETY: only dup2/prctl (async-signal-safe) between fork and exec.
         unsafe {
             cmd.pre_exec(move || {
