@@ -12,8 +12,14 @@ use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::types::RDKafkaErrorCode;
 
-/// Record header carrying the event type (`NEW_MESSAGE`, …).
-pub const EVENT_TYPE_HEADER: &str = "chatpipe-event-type";
+/// Event records carry no headers: the event type is in the payload, and
+/// Tansu 0.6.0's SQLite storage looks up the headers of every fetched
+/// record with a scan of its whole (unindexed) header table, so a fetch
+/// costs O(records fetched × records stored) once records carry headers.
+/// With headers, a processor replaying a few thousand records of a topic
+/// of ~10 k records kept the broker's single storage task busy for seconds
+/// per fetch, and repeated restarts wedged the broker.
+pub const EVENT_RECORDS_HAVE_HEADERS: bool = false;
 
 /// Producer configuration for webhook events: idempotent, `acks=all`,
 /// murmur2 placement, `linger.ms` batching, and a delivery timeout after

@@ -1,7 +1,7 @@
 //! The Kafka side of ingest: a wrapper around rdkafka's `FutureProducer`
 //! that writes one [`Event`] as the record the contract describes (key =
 //! conversation id, value = [`Event::encode`], timestamp = arrival time,
-//! header `chatpipe-event-type`) and resolves only on the broker's
+//! no headers: see [`chatpipe_core::kafka::EVENT_RECORDS_HAVE_HEADERS`]) and resolves only on the broker's
 //! acknowledgement, bounded by the produce timeout.
 //!
 //! # Timeouts without epoch bumps
@@ -21,10 +21,9 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use chatpipe_core::event::Event;
-use chatpipe_core::kafka::{producer_config, EVENT_TYPE_HEADER};
+use chatpipe_core::kafka::producer_config;
 use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer, PurgeConfig};
 
 use crate::metrics::Metrics;
@@ -133,16 +132,10 @@ impl EventProducer {
         let producer = self.current();
         let key = record_key(event.conversation_id());
         let value = event.encode();
-        let event_type = event.event_type().as_str();
-        let headers = OwnedHeaders::new_with_capacity(1).insert(Header {
-            key: EVENT_TYPE_HEADER,
-            value: Some(event_type),
-        });
         let record = FutureRecord::to(&self.topic)
             .key(&key[..])
             .payload(&value)
-            .timestamp(arrival_ms)
-            .headers(headers);
+            .timestamp(arrival_ms);
         let started = Instant::now();
         let result = match producer.send_result(record) {
             Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use chatpipe_core::kafka::{ensure_topic, producer_config, EVENT_TYPE_HEADER};
+use chatpipe_core::kafka::{ensure_topic, producer_config};
 use chatpipe_core::Event;
 use chatpipe_processor::metrics::Metrics;
 use chatpipe_processor::pipeline::{Processor, Settings};
@@ -23,7 +23,6 @@ use chatpipe_processor::window::EngineConfig;
 use chrono::{TimeZone, Utc};
 use clap::Parser;
 use futures::future::join_all;
-use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use uuid::Uuid;
 
@@ -63,17 +62,12 @@ fn record_for<'a>(
     topic: &'a str,
     key: &'a str,
     payload: &'a [u8],
-    ev: &Event,
     ts: i64,
 ) -> FutureRecord<'a, str, [u8]> {
     FutureRecord::to(topic)
         .key(key)
         .payload(payload)
         .timestamp(ts)
-        .headers(OwnedHeaders::new().insert(Header {
-            key: EVENT_TYPE_HEADER,
-            value: Some(ev.event_type().as_str()),
-        }))
 }
 
 async fn send_all(
@@ -81,14 +75,14 @@ async fn send_all(
     topic: &str,
     events: Vec<(Event, i64)>,
 ) -> anyhow::Result<()> {
-    let encoded: Vec<(String, Vec<u8>, Event, i64)> = events
+    let encoded: Vec<(String, Vec<u8>, i64)> = events
         .into_iter()
-        .map(|(e, ts)| (e.conversation_id().to_string(), e.encode(), e, ts))
+        .map(|(e, ts)| (e.conversation_id().to_string(), e.encode(), ts))
         .collect();
     let results = join_all(
         encoded
             .iter()
-            .map(|(k, v, e, ts)| p.send(record_for(topic, k, v, e, *ts), Duration::from_secs(30))),
+            .map(|(k, v, ts)| p.send(record_for(topic, k, v, *ts), Duration::from_secs(30))),
     )
     .await;
     for r in results {

@@ -1,5 +1,5 @@
 //! Helpers shared by the real-component tests: producing records the way
-//! ingest does (key = conversation id, CreateTime = arrival, type header),
+//! ingest does (key = conversation id, CreateTime = arrival, no headers),
 //! starting the processor binary, and reading the resulting rows.
 
 #![allow(dead_code)]
@@ -7,11 +7,10 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use chatpipe_core::kafka::{producer_config, EVENT_TYPE_HEADER};
+use chatpipe_core::kafka::producer_config;
 use chatpipe_core::Event;
 use chatpipe_tests::{Service, TestDb};
 use chrono::Utc;
-use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use uuid::Uuid;
 
@@ -54,15 +53,10 @@ impl Producer {
     pub async fn send_at(&self, event: &Event, arrival_ms: i64) {
         let key = event.conversation_id().hyphenated().to_string();
         let payload = event.encode();
-        let headers = OwnedHeaders::new().insert(Header {
-            key: EVENT_TYPE_HEADER,
-            value: Some(event.event_type().as_str()),
-        });
         let record = FutureRecord::to(&self.topic)
             .key(&key)
             .payload(&payload)
-            .timestamp(arrival_ms)
-            .headers(headers);
+            .timestamp(arrival_ms);
         self.inner
             .send(record, Duration::from_secs(120))
             .await

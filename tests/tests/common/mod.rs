@@ -339,7 +339,6 @@ impl Pipeline {
     /// Produces an event straight to the topic (as an ingest replica would),
     /// bypassing the ingest's lifecycle checks; record timestamp = now.
     pub async fn produce_direct(&self, event: &chatpipe_core::event::Event) {
-        use rdkafka::message::{Header, OwnedHeaders};
         use rdkafka::producer::{FutureProducer, FutureRecord};
         let producer: FutureProducer = chatpipe_core::kafka::producer_config(
             &self.bootstrap,
@@ -350,16 +349,11 @@ impl Pipeline {
         .expect("producer");
         let key = event.conversation_id().to_string();
         let payload = event.encode();
-        let headers = OwnedHeaders::new().insert(Header {
-            key: chatpipe_core::kafka::EVENT_TYPE_HEADER,
-            value: Some(event.event_type().as_str()),
-        });
         producer
             .send(
                 FutureRecord::to(&self.topic)
                     .key(&key)
                     .payload(&payload)
-                    .headers(headers)
                     .timestamp(Utc::now().timestamp_millis()),
                 Duration::from_secs(10),
             )
