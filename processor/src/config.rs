@@ -73,6 +73,11 @@ pub struct ProcessorArgs {
     /// connections (each transaction with its own fencing check).
     #[arg(long, env = "CHATPIPE_WRITE_PARALLELISM", default_value_t = 1)]
     pub write_parallelism: usize,
+    /// While a partition is behind, an accepted message's INBOUND row is
+    /// written with its reply (one write instead of two), but no later
+    /// than this after it was read; a caught-up partition writes it at once.
+    #[arg(long, env = "CHATPIPE_INBOUND_MAX_DELAY", default_value = "1s", value_parser = parse_duration)]
+    pub inbound_max_delay: Duration,
     /// Largest number of idle conversation states cached per partition.
     #[arg(long, env = "CHATPIPE_CONVERSATION_CACHE", default_value_t = 200_000)]
     pub conversation_cache: usize,

@@ -8,6 +8,8 @@
 //! - [`watermark`]: the watermark rule.
 //! - [`effects`]: what the engine decides, and the rejection reasons.
 //! - [`reply`]: reply text and deterministic reply id.
+//! - [`visibility`]: when INBOUND rows are written (at once live, with
+//!   their reply while behind).
 //! - [`memstore`]: an in-memory model of the store (tests, replay checks).
 //! - [`store`]: the Postgres writes (one transaction per poll batch).
 //! - [`ownership`]: static partition assignment and owner-epoch fencing.
@@ -23,5 +25,6 @@ pub mod ownership;
 pub mod pipeline;
 pub mod reply;
 pub mod store;
+pub mod visibility;
 pub mod watermark;
 pub mod window;

@@ -38,6 +38,7 @@ async fn main() -> anyhow::Result<()> {
         idle_tick: args.idle_tick,
         conversation_cache: args.conversation_cache,
         write_parallelism: args.write_parallelism.max(1),
+        inbound_max_delay: args.inbound_max_delay,
         owner: format!(
             "{}/{}",
             std::env::var("HOSTNAME").unwrap_or_else(|_| "local".into()),

@@ -15,6 +15,8 @@ pub struct Metrics {
     pub open_groups: IntGaugeVec,
     /// Buffered orphan messages per partition.
     pub buffered_orphans: IntGaugeVec,
+    /// INBOUND rows of a behind partition held until their reply.
+    pub held_inbound: IntGaugeVec,
     /// Rejected events by reason.
     pub rejections: IntCounterVec,
     /// Records whose timestamp was behind the watermark.
@@ -59,6 +61,13 @@ impl Metrics {
             ),
             &["partition"],
         )?;
+        let held_inbound = IntGaugeVec::new(
+            p(
+                "held_inbound",
+                "INBOUND rows of a behind partition held to be written with their reply",
+            ),
+            &["partition"],
+        )?;
         let rejections = IntCounterVec::new(
             p("rejections_total", "rejected events by reason"),
             &["reason"],
@@ -97,6 +106,7 @@ impl Metrics {
         registry.register(Box::new(lag.clone()))?;
         registry.register(Box::new(open_groups.clone()))?;
         registry.register(Box::new(buffered_orphans.clone()))?;
+        registry.register(Box::new(held_inbound.clone()))?;
         registry.register(Box::new(rejections.clone()))?;
         registry.register(Box::new(late_records.clone()))?;
         registry.register(Box::new(late_new_groups.clone()))?;
@@ -117,6 +127,7 @@ impl Metrics {
             lag,
             open_groups,
             buffered_orphans,
+            held_inbound,
             rejections,
             late_records,
             late_new_groups,

@@ -35,6 +35,7 @@ use crate::effects::Effect;
 use crate::metrics::Metrics;
 use crate::ownership::{claim, owned_partitions, positions_if_owner, PositionUpdate};
 use crate::store::{self, PartitionBatch, StoreError};
+use crate::visibility::PendingInbound;
 use crate::watermark::clock_target;
 use crate::window::{EngineConfig, EngineStats, PartitionEngine, Record};
 
@@ -84,10 +85,14 @@ pub struct Settings {
     pub owner: String,
     /// Concurrent write transactions per batch (1 = one transaction).
     pub write_parallelism: usize,
+    /// Longest a behind partition holds an INBOUND row for its reply.
+    pub inbound_max_delay: Duration,
 }
 
 struct Owned {
     engine: PartitionEngine,
+    /// INBOUND rows held while the partition is behind.
+    held: PendingInbound,
     epoch: i64,
     /// Records below this offset may have stored decisions (replay).
     replay_until: i64,
@@ -168,6 +173,7 @@ impl Processor {
                 p,
                 Owned {
                     engine: PartitionEngine::new(s.engine, c.resume_offset),
+                    held: PendingInbound::new(),
                     epoch: c.epoch,
                     replay_until: c.processed_offset,
                     at_eof: false,
@@ -283,13 +289,16 @@ impl Processor {
 
     /// Feeds a batch (possibly empty: a wall-clock tick) and commits it.
     async fn process(&mut self, batch: BTreeMap<i32, Vec<Record>>) {
-        let target = clock_target(now_ms(), self.settings.allowance_ms);
+        let now = now_ms();
+        let target = clock_target(now, self.settings.allowance_ms);
+        let max_delay = self.settings.inbound_max_delay.as_millis() as i64;
         let due: Vec<i32> = self
             .parts
             .iter()
             .filter(|(p, o)| {
                 batch.contains_key(p)
                     || (o.at_eof && o.engine.next_deadline().is_some_and(|d| target > d))
+                    || o.held.release_due(now, max_delay, o.at_eof)
             })
             .map(|(p, _)| *p)
             .collect();
@@ -327,6 +336,7 @@ impl Processor {
             if o.at_eof {
                 o.engine.advance_watermark(target, &mut effects);
             }
+            let effects = o.held.route(effects, now, max_delay, o.at_eof);
             batches.push(PartitionBatch {
                 position: PositionUpdate {
                     partition: *p,
@@ -493,6 +503,10 @@ impl Processor {
                 .buffered_orphans
                 .with_label_values(&[&p.to_string()])
                 .set(0);
+            self.metrics
+                .held_inbound
+                .with_label_values(&[&p.to_string()])
+                .set(0);
         }
         loop {
             match self.rebuild(due).await {
@@ -519,6 +533,7 @@ impl Processor {
                         *p,
                         Owned {
                             engine: PartitionEngine::new(self.settings.engine, c.resume_offset),
+                            held: PendingInbound::new(),
                             epoch: c.epoch,
                             replay_until: c.processed_offset,
                             at_eof: false,
@@ -571,6 +586,10 @@ impl Processor {
                 .buffered_orphans
                 .with_label_values(&[&label])
                 .set(o.engine.buffered_orphans() as i64);
+            self.metrics
+                .held_inbound
+                .with_label_values(&[&label])
+                .set(o.held.len() as i64);
             let s = o.engine.stats();
             self.metrics
                 .late_records

@@ -50,6 +50,9 @@ struct Args {
     /// Concurrent write transactions per batch.
     #[arg(long, default_value_t = 1)]
     parallel: usize,
+    /// Longest a behind partition holds an INBOUND row for its reply (ms).
+    #[arg(long, default_value_t = 1_000)]
+    inbound_max_delay_ms: u64,
     /// Live: conversations.
     #[arg(long, default_value_t = 2000)]
     conversations: usize,
@@ -105,6 +108,7 @@ fn settings(a: &Args, topic: &str, engine: EngineConfig) -> Settings {
         conversation_cache: 200_000,
         owner: "bench".into(),
         write_parallelism: a.parallel,
+        inbound_max_delay: Duration::from_millis(a.inbound_max_delay_ms),
     }
 }
 
