@@ -132,6 +132,10 @@ pub enum Effect {
     ConversationClosed {
         /// Conversation id.
         conversation_id: Uuid,
+        /// Where its NEW_CONVERSATION is in the log (known to the engine:
+        /// only a created conversation can be closed), so the store can
+        /// write the close as an upsert keyed by the unique index.
+        created: crate::window::LogPos,
         /// Provider event time.
         closed_at: DateTime<Utc>,
         /// Offset of the CLOSE record.

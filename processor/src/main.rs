@@ -23,7 +23,7 @@ async fn main() -> anyhow::Result<()> {
         chatpipe_core::db::ensure_database(url).await?;
         chatpipe_core::db::migrate(url).await?;
     }
-    let pool = chatpipe_core::db::pool(url, cli.postgres.postgres_pool_size.max(2))?;
+    let pool = chatpipe_processor::store::pool(url, cli.postgres.postgres_pool_size.max(2))?;
     let metrics = Metrics::new().context("registering metrics")?;
     let ordinal = args.resolved_ordinal();
     let settings = Settings {

@@ -419,10 +419,10 @@ impl PartitionEngine {
         };
         let offset = record.offset;
         let log = *self.conversation(id);
-        if !log.created_before(offset) {
+        let Some(created) = log.created.filter(|c| c.offset < offset) else {
             self.reject(record, Reason::ConversationNotFound, out);
             return;
-        }
+        };
         if log.closed_before(offset) {
             self.reject(record, Reason::ConversationAlreadyClosed, out);
             return;
@@ -434,6 +434,7 @@ impl PartitionEngine {
         self.close_group(id, true, out);
         out.push(Effect::ConversationClosed {
             conversation_id: id,
+            created,
             closed_at: timestamp,
             offset,
             arrival_ms: record.arrival_ms,
