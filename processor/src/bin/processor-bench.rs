@@ -50,6 +50,14 @@ struct Args {
     /// Concurrent write transactions per batch.
     #[arg(long, default_value_t = 1)]
     parallel: usize,
+    /// Catch-up: `steady` (a backlog of steady traffic at `--rate`: about
+    /// 2,000 conversations active at once) or `dense` (every conversation
+    /// active at once: each group stays open across ~300 k records).
+    #[arg(long, default_value = "steady")]
+    shape: String,
+    /// Catch-up, steady shape: events per second of record time.
+    #[arg(long, default_value_t = 2_000)]
+    rate: usize,
     /// Longest a behind partition holds an INBOUND row for its reply (ms).
     #[arg(long, default_value_t = 1_000)]
     inbound_max_delay_ms: u64,
@@ -120,7 +128,7 @@ async fn fresh_db(base: &str) -> anyhow::Result<(String, deadpool_postgres::Pool
     );
     chatpipe_core::db::ensure_database(&url).await?;
     chatpipe_core::db::migrate(&url).await?;
-    let pool = chatpipe_core::db::pool(&url, 8)?;
+    let pool = chatpipe_processor::store::pool(&url, 8)?;
     Ok((url, pool))
 }
 
@@ -154,14 +162,23 @@ async fn catchup(a: &Args) -> anyhow::Result<()> {
     // instead of its last message.
     let convs = a.events.div_ceil(20);
     let ids: Vec<Uuid> = (0..convs).map(|_| Uuid::new_v4()).collect();
-    let t0 = Utc::now().timestamp_millis() - 3_600_000;
+    let t0 = Utc::now().timestamp_millis() - 3_600_000 - (a.events / a.rate.max(1)) as i64 * 1000;
+    // Start of conversation i (ms after t0), by shape.
+    let start_of = |i: usize| -> i64 {
+        match a.shape.as_str() {
+            "dense" => i as i64 * 100 / convs as i64,
+            _ => (i as u128 * 20_000 / a.rate.max(1) as u128) as i64,
+        }
+    };
+    if !matches!(a.shape.as_str(), "dense" | "steady") {
+        anyhow::bail!("--shape must be dense or steady");
+    }
     let started = Instant::now();
-    let mut total = 0usize;
-    for round in 0..20usize {
-        let ts = t0 + round as i64 * 100 + (round as i64 / 5) * 6_000;
-        let at = Utc.timestamp_millis_opt(ts).single().unwrap_or_default();
-        let mut events = Vec::with_capacity(convs);
-        for (i, c) in ids.iter().enumerate() {
+    let mut events: Vec<(Event, i64)> = Vec::with_capacity(convs * 20);
+    for (i, c) in ids.iter().enumerate() {
+        for round in 0..20usize {
+            let ts = t0 + start_of(i) + round as i64 * 100 + (round as i64 / 5) * 6_000;
+            let at = Utc.timestamp_millis_opt(ts).single().unwrap_or_default();
             let ev = match round {
                 0 => Event::NewConversation {
                     id: *c,
@@ -180,16 +197,18 @@ async fn catchup(a: &Args) -> anyhow::Result<()> {
                     timestamp: at,
                 },
             };
-            events.push((ev, ts + (i as i64 * 100 / convs as i64)));
+            events.push((ev, ts));
         }
-        total += events.len();
-        for chunk in events.chunks(50_000) {
-            send_all(&producer, &topic, chunk.to_vec()).await?;
-        }
+    }
+    // Log order = arrival order (stable: a conversation's rounds keep theirs).
+    events.sort_by_key(|(_, ts)| *ts);
+    let total = events.len();
+    for chunk in events.chunks(50_000) {
+        send_all(&producer, &topic, chunk.to_vec()).await?;
     }
     producer.flush(Duration::from_secs(60))?;
     let produce_s = started.elapsed().as_secs_f64();
-    println!("pre-filled {total} events into {topic} ({} partitions) in {produce_s:.1} s ({:.0} events/s)", a.partitions, total as f64 / produce_s);
+    println!("pre-filled {total} events ({} shape) into {topic} ({} partitions) in {produce_s:.1} s ({:.0} events/s)", a.shape, a.partitions, total as f64 / produce_s);
 
     let (url, pool) = fresh_db(&a.postgres).await?;
     let metrics = Metrics::new()?;
