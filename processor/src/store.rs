@@ -81,8 +81,19 @@ pub async fn load_conversations(
     }
     let rows = client
         .query(
-            "SELECT conversation_id, created_offset, created_arrival_ms, closed_offset, closed_arrival_ms
-               FROM processor_conversation_log WHERE topic = $1 AND conversation_id = ANY($2)",
+            // Driven by the keys, one index probe each. With
+            // `conversation_id = ANY($2)`, or a plain join, the planner may
+            // use only the constant `topic` as index condition and read
+            // every row of the topic (20 ms instead of 0.8 ms for 250 keys
+            // in a 50 k-row table, growing with the table); the LIMIT keeps
+            // the per-key subquery from being flattened into such a join.
+            "SELECT u.id, l.created_offset, l.created_arrival_ms, l.closed_offset, l.closed_arrival_ms
+               FROM unnest($2::uuid[]) AS u(id)
+               CROSS JOIN LATERAL (
+                    SELECT created_offset, created_arrival_ms, closed_offset, closed_arrival_ms
+                      FROM processor_conversation_log
+                     WHERE topic = $1 AND conversation_id = u.id
+                     LIMIT 1) AS l",
             &[&topic, &ids],
         )
         .await?;
@@ -367,10 +378,14 @@ pub async fn write_batch(
         .await?;
     }
     if !c.close_ids.is_empty() {
+        // `<> 'CLOSED'` (the CHECK allows OPEN and CLOSED only) rather than
+        // `= 'OPEN'`: no index can serve it, so the planner cannot read
+        // every open conversation through the status index instead of
+        // probing the batch's ids.
         tx.execute(
             "UPDATE conversations c SET status = 'CLOSED', closed_at = u.ts, updated_at = u.ts
                FROM unnest($1::uuid[], $2::timestamptz[]) AS u(id, ts)
-              WHERE c.id = u.id AND c.status = 'OPEN'",
+              WHERE c.id = u.id AND c.status <> 'CLOSED'",
             &[&c.close_ids, &c.close_ts],
         )
         .await?;
