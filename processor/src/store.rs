@@ -440,10 +440,19 @@ pub async fn write_batch(
         .await?;
     }
     if !c.upd_ids.is_empty() {
+        // Only the key in WHERE: with `reply_id IS NULL` there as well, a
+        // table without statistics looks as if few rows qualify, and the
+        // planner read the whole table once per statement with the keys on
+        // the inner side (~440 µs per updated row over a 1 M-row table)
+        // instead of probing the primary key per key. "Set where unset"
+        // is therefore in the SET: a replayed statement rewrites the same
+        // value.
         tx.execute(
-            "UPDATE messages m SET reply_id = u.r
+            "UPDATE messages m
+                SET reply_id = CASE WHEN m.direction = 'INBOUND' AND m.reply_id IS NULL
+                                    THEN u.r ELSE m.reply_id END
                FROM unnest($1::uuid[], $2::uuid[]) AS u(id, r)
-              WHERE m.id = u.id AND m.direction = 'INBOUND' AND m.reply_id IS NULL",
+              WHERE m.id = u.id",
             &[&c.upd_ids, &c.upd_replies],
         )
         .await?;
