@@ -73,9 +73,10 @@ pub struct ProcessorArgs {
     /// connections (each transaction with its own fencing check).
     #[arg(long, env = "CHATPIPE_WRITE_PARALLELISM", default_value_t = 1)]
     pub write_parallelism: usize,
-    /// While a partition is behind, an accepted message's INBOUND row is
-    /// written with its reply (one write instead of two), but no later
-    /// than this after it was read; a caught-up partition writes it at once.
+    /// While a partition works through a backlog (its end not reached and
+    /// its newest record older than this), an accepted message's INBOUND
+    /// row is written with its reply (one write instead of two), but no
+    /// later than this after it was read; a live partition writes it at once.
     #[arg(long, env = "CHATPIPE_INBOUND_MAX_DELAY", default_value = "1s", value_parser = parse_duration)]
     pub inbound_max_delay: Duration,
     /// Largest number of idle conversation states cached per partition.

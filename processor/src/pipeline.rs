@@ -93,11 +93,23 @@ struct Owned {
     engine: PartitionEngine,
     /// INBOUND rows held while the partition is behind.
     held: PendingInbound,
+    /// Newest record arrival fed (ms); `i64::MIN` before the first.
+    newest_arrival_ms: i64,
     epoch: i64,
     /// Records below this offset may have stored decisions (replay).
     replay_until: i64,
     at_eof: bool,
     last_stats: EngineStats,
+}
+
+impl Owned {
+    /// Whether INBOUND rows are written at once: the partition's end was
+    /// reached, or its newest record arrived less than `max_delay_ms` ago
+    /// (live traffic, even when the end-of-partition signal comes a fetch
+    /// later). Otherwise it is working through a backlog.
+    fn live(&self, now_ms: i64, max_delay_ms: i64) -> bool {
+        self.at_eof || self.newest_arrival_ms >= now_ms - max_delay_ms
+    }
 }
 
 /// The processor's running state.
@@ -174,6 +186,7 @@ impl Processor {
                 Owned {
                     engine: PartitionEngine::new(s.engine, c.resume_offset),
                     held: PendingInbound::new(),
+                    newest_arrival_ms: i64::MIN,
                     epoch: c.epoch,
                     replay_until: c.processed_offset,
                     at_eof: false,
@@ -298,7 +311,7 @@ impl Processor {
             .filter(|(p, o)| {
                 batch.contains_key(p)
                     || (o.at_eof && o.engine.next_deadline().is_some_and(|d| target > d))
-                    || o.held.release_due(now, max_delay, o.at_eof)
+                    || o.held.release_due(now, max_delay, o.live(now, max_delay))
             })
             .map(|(p, _)| *p)
             .collect();
@@ -331,12 +344,14 @@ impl Processor {
             let mut effects = Vec::new();
             for r in batch.remove(p).unwrap_or_default() {
                 records += 1;
+                o.newest_arrival_ms = o.newest_arrival_ms.max(r.arrival_ms);
                 o.engine.on_record(r, &mut effects);
             }
             if o.at_eof {
                 o.engine.advance_watermark(target, &mut effects);
             }
-            let effects = o.held.route(effects, now, max_delay, o.at_eof);
+            let live = o.live(now, max_delay);
+            let effects = o.held.route(effects, now, max_delay, live);
             batches.push(PartitionBatch {
                 position: PositionUpdate {
                     partition: *p,
@@ -534,6 +549,7 @@ impl Processor {
                         Owned {
                             engine: PartitionEngine::new(self.settings.engine, c.resume_offset),
                             held: PendingInbound::new(),
+                            newest_arrival_ms: i64::MIN,
                             epoch: c.epoch,
                             replay_until: c.processed_offset,
                             at_eof: false,

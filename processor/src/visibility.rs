@@ -1,19 +1,19 @@
 //! When an accepted message's INBOUND row is written: at once while the
-//! partition is caught up, and together with its reply while it works
+//! partition is live, and together with its reply while it works
 //! through a backlog.
 //!
 //! The engine emits [`Effect::Inbound`] when it accepts a message, so the
-//! api can show the message before its reply exists. Live, the shell writes
-//! it in the same batch. While a partition is behind (no end of partition
-//! seen since its last records), the message is already late for any
-//! reader by the whole backlog, and its group usually closes a few batches
+//! api can show the message before its reply exists. Live (the partition's
+//! end reached, or its newest record younger than `max_delay`), the shell
+//! writes it in the same batch. While a partition works through a backlog,
+//! the message is already late for any reader by the whole backlog, and its group usually closes a few batches
 //! later as the watermark races through record time; writing the row then,
 //! with its `reply_id` in the same insert, saves a second write (the
 //! `UPDATE` that records the reply) per message. So [`PendingInbound`]
 //! holds a behind partition's INBOUND rows until the first of:
 //! - the group's [`Effect::Outbound`]: the row is written just before it in
 //!   the same batch (the store then inserts it with its reply);
-//! - the partition is caught up: every held row is written;
+//! - the partition is live again: every held row is written;
 //! - the row has waited `max_delay` of wall time: it is written without
 //!   reply (bounded visibility even under a backlog that never drains).
 //!
