@@ -383,6 +383,27 @@ async fn live(a: &Args) -> anyhow::Result<()> {
         h.max() as f64 / 1000.0,
         metrics.late_records.get()
     );
+    // Visibility: an accepted message's INBOUND row, written − arrival.
+    let rows = pool
+        .get()
+        .await?
+        .query(
+            "SELECT (extract(epoch from (written_at - arrival)) * 1000000)::int8 FROM messages WHERE direction = 'INBOUND'",
+            &[],
+        )
+        .await?;
+    let mut v = hdrhistogram::Histogram::<u64>::new(3)?;
+    for r in &rows {
+        let us: i64 = r.get(0);
+        v.record(us.max(0) as u64)?;
+    }
+    println!(
+        "live: {} INBOUND rows; visible (written − arrival): p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+        rows.len(),
+        v.value_at_quantile(0.5) as f64 / 1000.0,
+        v.value_at_quantile(0.99) as f64 / 1000.0,
+        v.max() as f64 / 1000.0,
+    );
     println!("database: {}", chatpipe_core::db::redact(&url));
     Ok(())
 }
