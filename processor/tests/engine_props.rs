@@ -90,8 +90,9 @@ fn conv(c: u8) -> Uuid {
     Uuid::from_u128(c as u128 + 1)
 }
 
-/// Feeds one input as its own committed batch; returns its effects.
-fn step(engine: &mut PartitionEngine, store: &mut MemStore, input: &Input) -> Vec<Effect> {
+/// The engine's effects for one input fed as its own batch (pre-loaded
+/// from `store` as the shell does), not yet applied.
+fn decide(engine: &mut PartitionEngine, store: &MemStore, input: &Input) -> Vec<Effect> {
     let mut out = vec![];
     match input {
         Input::Rec(r) => {
@@ -101,6 +102,12 @@ fn step(engine: &mut PartitionEngine, store: &mut MemStore, input: &Input) -> Ve
         }
         Input::Tick(t) => engine.advance_watermark(*t, &mut out),
     }
+    out
+}
+
+/// Feeds one input as its own committed batch; returns its effects.
+fn step(engine: &mut PartitionEngine, store: &mut MemStore, input: &Input) -> Vec<Effect> {
+    let out = decide(engine, store, input);
     store.apply(&out);
     out
 }
@@ -115,15 +122,7 @@ fn step_held(
     now: i64,
     caught_up: bool,
 ) -> Vec<Effect> {
-    let mut out = vec![];
-    match input {
-        Input::Rec(r) => {
-            engine.begin_batch(2);
-            store.preload(engine, std::slice::from_ref(r));
-            engine.on_record(r.clone(), &mut out);
-        }
-        Input::Tick(t) => engine.advance_watermark(*t, &mut out),
-    }
+    let out = decide(engine, store, input);
     store.apply(&held.route(out.clone(), now, 100, caught_up));
     out
 }

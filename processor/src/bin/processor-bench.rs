@@ -132,6 +132,25 @@ async fn fresh_db(base: &str) -> anyhow::Result<(String, deadpool_postgres::Pool
     Ok((url, pool))
 }
 
+/// Histogram of the microsecond values `sql` returns (negative values
+/// recorded as 0), the number of rows, and how many were negative.
+async fn micros_histogram(
+    pool: &deadpool_postgres::Pool,
+    sql: &str,
+) -> anyhow::Result<(hdrhistogram::Histogram<u64>, usize, usize)> {
+    let rows = pool.get().await?.query(sql, &[]).await?;
+    let mut h = hdrhistogram::Histogram::<u64>::new(3)?;
+    let mut negative = 0usize;
+    for r in &rows {
+        let us: i64 = r.get(0);
+        if us < 0 {
+            negative += 1;
+        }
+        h.record(us.max(0) as u64)?;
+    }
+    Ok((h, rows.len(), negative))
+}
+
 async fn count(pool: &deadpool_postgres::Pool, sql: &str) -> anyhow::Result<i64> {
     Ok(pool.get().await?.query_one(sql, &[]).await?.get(0))
 }
@@ -354,52 +373,30 @@ async fn live(a: &Args) -> anyhow::Result<()> {
     tokio::time::sleep(Duration::from_secs(7)).await;
     done.store(true, Ordering::SeqCst);
     handle.await??;
-    let rows = pool
-        .get()
-        .await?
-        .query(
-            "SELECT (extract(epoch from (written_at - \"timestamp\")) * 1000000)::int8 FROM messages WHERE direction = 'OUTBOUND'",
-            &[],
-        )
-        .await?;
-    let mut h = hdrhistogram::Histogram::<u64>::new(3)?;
-    let mut early = 0usize;
-    for r in &rows {
-        let us: i64 = r.get(0);
-        if us < 0 {
-            early += 1;
-        }
-        h.record(us.max(0) as u64)?;
-    }
+    let (h, replies, early) = micros_histogram(
+        &pool,
+        "SELECT (extract(epoch from (written_at - \"timestamp\")) * 1000000)::int8 FROM messages WHERE direction = 'OUTBOUND'",
+    )
+    .await?;
     println!(
         "live: {} conversations, {sent} messages in {} s ({rate:.0} events/s), G = 5 s, allowance 50 ms, fetch.wait.max.ms 10",
         a.conversations, a.seconds
     );
     println!(
-        "live: {} replies; δ = written − (last arrival + G): p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms; early replies (δ < 0): {early}; late records: {}",
-        rows.len(),
+        "live: {replies} replies; δ = written − (last arrival + G): p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms; early replies (δ < 0): {early}; late records: {}",
         h.value_at_quantile(0.5) as f64 / 1000.0,
         h.value_at_quantile(0.99) as f64 / 1000.0,
         h.max() as f64 / 1000.0,
         metrics.late_records.get()
     );
     // Visibility: an accepted message's INBOUND row, written − arrival.
-    let rows = pool
-        .get()
-        .await?
-        .query(
-            "SELECT (extract(epoch from (written_at - arrival)) * 1000000)::int8 FROM messages WHERE direction = 'INBOUND'",
-            &[],
-        )
-        .await?;
-    let mut v = hdrhistogram::Histogram::<u64>::new(3)?;
-    for r in &rows {
-        let us: i64 = r.get(0);
-        v.record(us.max(0) as u64)?;
-    }
+    let (v, inbound, _) = micros_histogram(
+        &pool,
+        "SELECT (extract(epoch from (written_at - arrival)) * 1000000)::int8 FROM messages WHERE direction = 'INBOUND'",
+    )
+    .await?;
     println!(
-        "live: {} INBOUND rows; visible (written − arrival): p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
-        rows.len(),
+        "live: {inbound} INBOUND rows; visible (written − arrival): p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
         v.value_at_quantile(0.5) as f64 / 1000.0,
         v.value_at_quantile(0.99) as f64 / 1000.0,
         v.max() as f64 / 1000.0,
