@@ -193,6 +193,7 @@ struct Columns {
     log_parts: Vec<i32>,
     log_offsets: Vec<i64>,
     log_arrivals: Vec<i64>,
+    close_seen: HashSet<Uuid>,
     close_ids: Vec<Uuid>,
     close_ts: Vec<DateTime<Utc>>,
     close_parts: Vec<i32>,
@@ -267,6 +268,12 @@ impl Columns {
                     offset,
                     arrival_ms,
                 } => {
+                    // One row per key: an upsert cannot touch a row twice.
+                    // (The engine closes a conversation once; this keeps
+                    // a batch writable whatever it is handed.)
+                    if !self.close_seen.insert(*conversation_id) {
+                        continue;
+                    }
                     self.close_ids.push(*conversation_id);
                     self.close_ts.push(*closed_at);
                     self.close_parts.push(partition);

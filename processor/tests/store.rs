@@ -147,6 +147,31 @@ async fn inbound_visible_after_accepting_batch_reply_set_on_close() {
             .unwrap();
     }
     assert_eq!(rows(&c).await, last);
+
+    // The whole history twice in ONE batch (each effect repeated, the close
+    // included) into an empty database: writable, and the same rows.
+    let fresh = TestDb::create().await.unwrap();
+    let mut f = fresh.client().await.unwrap();
+    let epoch = claim(&f, topic, 0, "test").await.unwrap().epoch;
+    let all: Vec<Effect> = written.iter().flat_map(|b| b.effects.clone()).collect();
+    let twice = PartitionBatch {
+        position: PositionUpdate {
+            epoch,
+            ..written[2].position
+        },
+        effects: all.iter().chain(all.iter()).cloned().collect(),
+    };
+    write_batch(&mut f, topic, &[twice]).await.unwrap();
+    assert_eq!(rows(&f).await, last);
+    let closed: Option<i64> = f
+        .query_one(
+            "SELECT closed_offset FROM processor_conversation_log WHERE conversation_id = $1",
+            &[&conv],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(closed, Some(4));
 }
 
 /// A row stored without reply by an earlier batch, re-emitted by a replay
