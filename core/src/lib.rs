@@ -4,6 +4,8 @@
 //! # Layout
 //! - [`event`]: typed events, pure validation of webhook bodies, the
 //!   canonical encoding written to Kafka.
+//! - [`examples`]: the catalogue of invalid webhook payloads and the field
+//!   each `400` names (shared by core's and the end-to-end tests).
 //! - [`murmur2`]: Kafka's Java-compatible key partitioner.
 //! - [`config`]: clap argument groups (Postgres, Kafka, logs) shared by the
 //!   binaries, each flag with an env var.
@@ -16,6 +18,7 @@
 pub mod config;
 pub mod db;
 pub mod event;
+pub mod examples;
 pub mod kafka;
 pub mod murmur2;
 pub mod ops;

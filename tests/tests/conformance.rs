@@ -66,88 +66,9 @@ async fn invalid_payload_catalogue_is_400_naming_the_field_and_writes_nothing() 
     let p = Pipeline::start(opts).await;
     let (c, m) = (Uuid::new_v4(), Uuid::new_v4());
     let ts = "2025-06-04T14:20:00Z";
-    let cases: Vec<(String, &str)> = vec![
-        ("not json".into(), "body"),
-        ("".into(), "body"),
-        ("[1,2]".into(), "body"),
-        (
-            format!(r#"{{"timestamp":"{ts}","data":{{"id":"{c}"}}}}"#),
-            "type",
-        ),
-        (
-            format!(r#"{{"type":"NEW_THING","timestamp":"{ts}","data":{{"id":"{c}"}}}}"#),
-            "type",
-        ),
-        (
-            format!(r#"{{"type":"new_conversation","timestamp":"{ts}","data":{{"id":"{c}"}}}}"#),
-            "type",
-        ),
-        (
-            format!(r#"{{"type":"NEW_CONVERSATION","data":{{"id":"{c}"}}}}"#),
-            "timestamp",
-        ),
-        (
-            format!(
-                r#"{{"type":"NEW_CONVERSATION","timestamp":1717510800,"data":{{"id":"{c}"}}}}"#
-            ),
-            "timestamp",
-        ),
-        (
-            format!(
-                r#"{{"type":"NEW_CONVERSATION","timestamp":"2025-06-04 14:20","data":{{"id":"{c}"}}}}"#
-            ),
-            "timestamp",
-        ),
-        (
-            format!(
-                r#"{{"type":"NEW_CONVERSATION","timestamp":"2025-06-04T14:20:00","data":{{"id":"{c}"}}}}"#
-            ),
-            "timestamp",
-        ),
-        (
-            format!(r#"{{"type":"NEW_CONVERSATION","timestamp":"{ts}"}}"#),
-            "data",
-        ),
-        (
-            format!(r#"{{"type":"NEW_CONVERSATION","timestamp":"{ts}","data":"{c}"}}"#),
-            "data",
-        ),
-        (
-            format!(r#"{{"type":"NEW_CONVERSATION","timestamp":"{ts}","data":{{}}}}"#),
-            "data.id",
-        ),
-        (
-            format!(r#"{{"type":"NEW_CONVERSATION","timestamp":"{ts}","data":{{"id":42}}}}"#),
-            "data.id",
-        ),
-        (
-            format!(r#"{{"type":"NEW_CONVERSATION","timestamp":"{ts}","data":{{"id":"123"}}}}"#),
-            "data.id",
-        ),
-        (
-            format!(
-                r#"{{"type":"CLOSE_CONVERSATION","timestamp":"{ts}","data":{{"id":"not-a-uuid"}}}}"#
-            ),
-            "data.id",
-        ),
-        (
-            format!(
-                r#"{{"type":"NEW_MESSAGE","timestamp":"{ts}","data":{{"content":"x","conversation_id":"{c}"}}}}"#
-            ),
-            "data.id",
-        ),
-        (
-            format!(
-                r#"{{"type":"NEW_MESSAGE","timestamp":"{ts}","data":{{"id":"{m}","conversation_id":"{c}"}}}}"#
-            ),
-            "data.content",
-        ),
-        (
-            format!(
-                r#"{{"type":"NEW_MESSAGE","timestamp":"{ts}","data":{{"id":"{m}","content":5,"conversation_id":"{c}"}}}}"#
-            ),
-            "data.content",
-        ),
+    // The contract's catalogue, plus the cases of this ingest's limits.
+    let mut cases = chatpipe_core::examples::invalid_payloads(c, m);
+    cases.extend([
         (
             format!(
                 r#"{{"type":"NEW_MESSAGE","timestamp":"{ts}","data":{{"id":"{m}","content":"{}","conversation_id":"{c}"}}}}"#,
@@ -157,24 +78,12 @@ async fn invalid_payload_catalogue_is_400_naming_the_field_and_writes_nothing() 
         ),
         (
             format!(
-                r#"{{"type":"NEW_MESSAGE","timestamp":"{ts}","data":{{"id":"{m}","content":"x"}}}}"#
-            ),
-            "data.conversation_id",
-        ),
-        (
-            format!(
-                r#"{{"type":"NEW_MESSAGE","timestamp":"{ts}","data":{{"id":"{m}","content":"x","conversation_id":"nope"}}}}"#
-            ),
-            "data.conversation_id",
-        ),
-        (
-            format!(
                 r#"{{"type":"NEW_MESSAGE","timestamp":"{ts}","data":{{"id":"{m}","content":"x","conversation_id":"{c}"}},"pad":"{}"}}"#,
                 "y".repeat(1100)
             ),
             "body",
         ),
-    ];
+    ]);
     for (body, field) in &cases {
         let r = p.post_raw(body.clone().into_bytes()).await;
         assert_eq!(
