@@ -33,7 +33,7 @@ use uuid::Uuid;
 
 use crate::effects::Effect;
 use crate::metrics::Metrics;
-use crate::ownership::{claim, owned_partitions, positions_if_owner, PositionUpdate};
+use crate::ownership::{claim, owned_partitions, positions_if_owner, Claim, PositionUpdate};
 use crate::store::{self, PartitionBatch, StoreError};
 use crate::visibility::PendingInbound;
 use crate::watermark::clock_target;
@@ -103,6 +103,20 @@ struct Owned {
 }
 
 impl Owned {
+    /// A partition as claimed (or re-read while still owned): a fresh
+    /// engine that replays from the resume offset, nothing held.
+    fn from_claim(engine: EngineConfig, c: &Claim) -> Self {
+        Self {
+            engine: PartitionEngine::new(engine, c.resume_offset),
+            held: PendingInbound::new(),
+            newest_arrival_ms: i64::MIN,
+            epoch: c.epoch,
+            replay_until: c.processed_offset,
+            at_eof: false,
+            last_stats: EngineStats::default(),
+        }
+    }
+
     /// Whether INBOUND rows are written at once: the partition's end was
     /// reached, or its newest record arrived less than `max_delay_ms` ago
     /// (live traffic, even when the end-of-partition signal comes a fetch
@@ -181,18 +195,7 @@ impl Processor {
                 processed = c.processed_offset,
                 "claimed partition"
             );
-            self.parts.insert(
-                p,
-                Owned {
-                    engine: PartitionEngine::new(s.engine, c.resume_offset),
-                    held: PendingInbound::new(),
-                    newest_arrival_ms: i64::MIN,
-                    epoch: c.epoch,
-                    replay_until: c.processed_offset,
-                    at_eof: false,
-                    last_stats: EngineStats::default(),
-                },
-            );
+            self.parts.insert(p, Owned::from_claim(s.engine, &c));
         }
         self.metrics.owned_partitions.set(self.parts.len() as i64);
         self.assign()
@@ -544,18 +547,8 @@ impl Processor {
             let Some(o) = self.parts.get(p) else { continue };
             match positions_if_owner(&**client, &self.settings.topic, *p, o.epoch).await? {
                 Some(c) => {
-                    self.parts.insert(
-                        *p,
-                        Owned {
-                            engine: PartitionEngine::new(self.settings.engine, c.resume_offset),
-                            held: PendingInbound::new(),
-                            newest_arrival_ms: i64::MIN,
-                            epoch: c.epoch,
-                            replay_until: c.processed_offset,
-                            at_eof: false,
-                            last_stats: EngineStats::default(),
-                        },
-                    );
+                    self.parts
+                        .insert(*p, Owned::from_claim(self.settings.engine, &c));
                 }
                 None => {
                     tracing::warn!(
