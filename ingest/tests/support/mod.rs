@@ -144,15 +144,7 @@ pub fn client() -> reqwest::Client {
 
 /// POSTs `body` to `<base>/webhook/`; returns status and JSON body.
 pub async fn post(http: &reqwest::Client, base: &str, body: &Value) -> (u16, Value) {
-    let r = http
-        .post(format!("{base}/webhook/"))
-        .json(body)
-        .send()
-        .await
-        .unwrap();
-    let status = r.status().as_u16();
-    let json = r.json::<Value>().await.unwrap_or(Value::Null);
-    (status, json)
+    post_raw(http, base, "/webhook/", body.to_string().into_bytes()).await
 }
 
 /// POSTs raw bytes to `<base><path>`.
