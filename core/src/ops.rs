@@ -18,15 +18,38 @@ use prometheus::{Encoder, Registry, TextEncoder};
 pub type ReadinessCheck =
     Arc<dyn Fn() -> Pin<Box<dyn Future<Output = Result<(), String>> + Send>> + Send + Sync>;
 
+/// Warnings a ready service reports on `/readyz` (things an operator must
+/// know that do not stop it working).
+pub type WarningsFn = Arc<dyn Fn() -> Vec<String> + Send + Sync>;
+
 #[derive(Clone)]
 struct OpsState {
     registry: Registry,
     readiness: ReadinessCheck,
+    warnings: Option<WarningsFn>,
 }
 
 /// A router serving `/healthz`, `/readyz` and `/metrics`; merge it into a
 /// service's router or serve it on its own.
 pub fn router(registry: Registry, readiness: ReadinessCheck) -> Router {
+    ops_router(registry, readiness, None)
+}
+
+/// [`router`] whose `/readyz` answer also lists `warnings` (as
+/// `"warnings": [...]`, ready or not).
+pub fn router_with_warnings(
+    registry: Registry,
+    readiness: ReadinessCheck,
+    warnings: WarningsFn,
+) -> Router {
+    ops_router(registry, readiness, Some(warnings))
+}
+
+fn ops_router(
+    registry: Registry,
+    readiness: ReadinessCheck,
+    warnings: Option<WarningsFn>,
+) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
@@ -34,6 +57,7 @@ pub fn router(registry: Registry, readiness: ReadinessCheck) -> Router {
         .with_state(OpsState {
             registry,
             readiness,
+            warnings,
         })
 }
 
@@ -42,14 +66,20 @@ async fn healthz() -> impl IntoResponse {
 }
 
 async fn readyz(State(state): State<OpsState>) -> Response {
-    match (state.readiness)().await {
-        Ok(()) => Json(serde_json::json!({ "ready": true })).into_response(),
+    let (status, mut body) = match (state.readiness)().await {
+        Ok(()) => (StatusCode::OK, serde_json::json!({ "ready": true })),
         Err(reason) => (
             StatusCode::SERVICE_UNAVAILABLE,
-            Json(serde_json::json!({ "ready": false, "reason": reason })),
-        )
-            .into_response(),
+            serde_json::json!({ "ready": false, "reason": reason }),
+        ),
+    };
+    if let Some(w) = &state.warnings {
+        let w = w();
+        if !w.is_empty() {
+            body["warnings"] = serde_json::json!(w);
+        }
     }
+    (status, Json(body)).into_response()
 }
 
 async fn metrics(State(state): State<OpsState>) -> Response {

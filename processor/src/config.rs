@@ -82,14 +82,51 @@ pub struct ProcessorArgs {
     /// Largest number of idle conversation states cached per partition.
     #[arg(long, env = "CHATPIPE_CONVERSATION_CACHE", default_value_t = 200_000)]
     pub conversation_cache: usize,
+    /// Longest span of one group (first to last arrival): a conversation
+    /// that keeps talking within the gap is answered at least this often.
+    #[arg(long, env = "CHATPIPE_MAX_GROUP_SPAN", default_value = "60s", value_parser = parse_duration)]
+    pub max_group_span: Duration,
+    /// Most messages in one group; the group is answered when it has them.
+    #[arg(long, env = "CHATPIPE_MAX_GROUP_MESSAGES", default_value_t = crate::window::DEFAULT_MAX_GROUP_MESSAGES)]
+    pub max_group_messages: usize,
+    /// Record timestamps further ahead of this processor's clock are
+    /// clamped to clock + skew (and counted), so one bad clock cannot push
+    /// a partition's watermark into the future.
+    #[arg(long, env = "CHATPIPE_MAX_CLOCK_SKEW", default_value = "5s", value_parser = parse_duration)]
+    pub max_clock_skew: Duration,
+    /// Postgres `lock_timeout` of the processor's sessions.
+    #[arg(long, env = "CHATPIPE_LOCK_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    pub lock_timeout: Duration,
+    /// Postgres `statement_timeout` of the processor's sessions.
+    #[arg(long, env = "CHATPIPE_STATEMENT_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
+    pub statement_timeout: Duration,
+    /// Times Postgres may refuse one record's effects before the record is
+    /// set aside as a `storage_refused` rejection and its partition goes on.
+    #[arg(long, env = "CHATPIPE_POISON_ATTEMPTS", default_value_t = 3)]
+    pub poison_attempts: u32,
+    /// Failed writes in a row after which a partition makes the replica
+    /// not ready.
+    #[arg(long, env = "CHATPIPE_STUCK_AFTER", default_value_t = 5)]
+    pub stuck_after: u32,
+    /// Check stored positions against the log's bounds (at claim and every
+    /// lag refresh) and move on, loudly, when they are outside it.
+    #[arg(long, env = "CHATPIPE_LOG_RESET_CHECK", default_value_t = true, action = clap::ArgAction::Set)]
+    pub log_reset_check: bool,
+    /// How long an ingest replica's in-flight report (`ingest_inflight`)
+    /// counts without a fresh heartbeat.
+    #[arg(long, env = "CHATPIPE_INFLIGHT_LEASE", default_value = "3s", value_parser = parse_duration)]
+    pub inflight_lease: Duration,
 }
 
 impl ProcessorArgs {
     /// The engine windows.
     pub fn engine(&self) -> EngineConfig {
+        let ms = |d: Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
         EngineConfig {
-            gap_ms: self.grouping_gap.as_millis() as i64,
-            tolerance_ms: self.late_tolerance.as_millis() as i64,
+            gap_ms: ms(self.grouping_gap),
+            tolerance_ms: ms(self.late_tolerance),
+            max_group_span_ms: ms(self.max_group_span),
+            max_group_messages: self.max_group_messages.max(1),
         }
     }
 

@@ -23,17 +23,24 @@ pub enum Reason {
     ConversationNotFound,
     /// A second CLOSE_CONVERSATION for an already closed conversation.
     ConversationAlreadyClosed,
+    /// A NEW_MESSAGE whose id is an automatic reply's (OUTBOUND) id.
+    IdUsedByReply,
+    /// Postgres refused the record's effects every time they were tried
+    /// (the record was isolated so its partition could go on).
+    StorageRefused,
 }
 
 impl Reason {
     /// Every reason, for metrics.
-    pub const ALL: [Reason; 6] = [
+    pub const ALL: [Reason; 8] = [
         Reason::ConversationClosed,
         Reason::ConversationNotCreatedInTime,
         Reason::IdReusedWithDifferentContent,
         Reason::ConversationAlreadyExists,
         Reason::ConversationNotFound,
         Reason::ConversationAlreadyClosed,
+        Reason::IdUsedByReply,
+        Reason::StorageRefused,
     ];
 
     /// Machine-readable reason code.
@@ -45,6 +52,8 @@ impl Reason {
             Reason::ConversationAlreadyExists => "conversation_already_exists",
             Reason::ConversationNotFound => "conversation_not_found",
             Reason::ConversationAlreadyClosed => "conversation_already_closed",
+            Reason::IdUsedByReply => "id_used_by_reply",
+            Reason::StorageRefused => "storage_refused",
         }
     }
 
@@ -57,6 +66,8 @@ impl Reason {
             Reason::ConversationAlreadyExists => "a NEW_CONVERSATION with this id is earlier in the log",
             Reason::ConversationNotFound => "the log has no NEW_CONVERSATION before this CLOSE_CONVERSATION",
             Reason::ConversationAlreadyClosed => "the conversation was already closed earlier in the log",
+            Reason::IdUsedByReply => "the message id is the id of an automatic reply",
+            Reason::StorageRefused => "the database refused this record's effects on every retry; the record was set aside so its partition could go on",
         }
     }
 }
@@ -97,6 +108,22 @@ pub struct Outbound {
     pub inbound_ids: Vec<Uuid>,
     /// The group was flushed by CLOSE_CONVERSATION before its window ended.
     pub flushed_by_close: bool,
+    /// The group was answered at one of its bounds (maximum span or size)
+    /// rather than when its gap ended.
+    pub capped: bool,
+}
+
+/// Why a group was answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReplyCause {
+    /// The watermark passed `last + G`.
+    Window,
+    /// CLOSE_CONVERSATION flushed it.
+    Close,
+    /// The watermark passed `first + max span`.
+    Span,
+    /// It reached the maximum number of messages.
+    Size,
 }
 
 /// An event that was not applied, with its reason.
@@ -110,6 +137,9 @@ pub struct Rejection {
     pub event: Event,
     /// Why.
     pub reason: Reason,
+    /// What went wrong, when more than the reason's fixed text (e.g. the
+    /// database's error for [`Reason::StorageRefused`]).
+    pub error: Option<String>,
 }
 
 /// One decision of the engine. Applying effects is idempotent, so a replay

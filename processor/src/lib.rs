@@ -15,16 +15,24 @@
 //! - [`ownership`]: static partition assignment and owner-epoch fencing.
 //! - [`pipeline`]: the consume loop (I/O shell around the engine).
 //! - [`metrics`]: Prometheus metrics.
+//! - [`failure`]: what a failed write means and when to try again.
+//! - [`logcheck`]: whether a stored position is still inside the log.
+//! - [`stranded`]: replies for messages whose records are gone.
+//! - [`health`]: what `/readyz` reports.
 //! - [`config`]: flags and environment.
 
 pub mod config;
 pub mod effects;
+pub mod failure;
+pub mod health;
+pub mod logcheck;
 pub mod memstore;
 pub mod metrics;
 pub mod ownership;
 pub mod pipeline;
 pub mod reply;
 pub mod store;
+pub mod stranded;
 pub mod visibility;
 pub mod watermark;
 pub mod window;

@@ -6,8 +6,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use chatpipe_core::ops::{router, ReadinessCheck};
+use chatpipe_core::ops::{router_with_warnings, ReadinessCheck, WarningsFn};
 use chatpipe_processor::config::Cli;
+use chatpipe_processor::failure::RetryPolicy;
 use chatpipe_processor::metrics::Metrics;
 use chatpipe_processor::pipeline::{Processor, Settings};
 use clap::Parser;
@@ -23,7 +24,14 @@ async fn main() -> anyhow::Result<()> {
         chatpipe_core::db::ensure_database(url).await?;
         chatpipe_core::db::migrate(url).await?;
     }
-    let pool = chatpipe_processor::store::pool(url, cli.postgres.postgres_pool_size.max(2))?;
+    let pool = chatpipe_processor::store::pool_with(
+        url,
+        cli.postgres.postgres_pool_size.max(2),
+        chatpipe_processor::store::SessionTimeouts {
+            lock: args.lock_timeout,
+            statement: args.statement_timeout,
+        },
+    )?;
     let metrics = Metrics::new().context("registering metrics")?;
     let ordinal = args.resolved_ordinal();
     let settings = Settings {
@@ -39,6 +47,14 @@ async fn main() -> anyhow::Result<()> {
         conversation_cache: args.conversation_cache,
         write_parallelism: args.write_parallelism.max(1),
         inbound_max_delay: args.inbound_max_delay,
+        max_clock_skew_ms: i64::try_from(args.max_clock_skew.as_millis()).unwrap_or(i64::MAX),
+        retry: RetryPolicy {
+            poison_attempts: args.poison_attempts.max(1),
+            stuck_after: args.stuck_after.max(1),
+            ..RetryPolicy::default()
+        },
+        log_reset_check: args.log_reset_check,
+        inflight_lease: args.inflight_lease,
         owner: format!(
             "{}/{}",
             std::env::var("HOSTNAME").unwrap_or_else(|_| "local".into()),
@@ -49,12 +65,19 @@ async fn main() -> anyhow::Result<()> {
 
     let mut processor = Processor::new(settings.clone(), pool.clone(), metrics.clone())?;
     let ready = Arc::new(AtomicBool::new(false));
+    let health = processor.health();
+    let warnings: WarningsFn = {
+        let health = health.clone();
+        Arc::new(move || health.warnings())
+    };
     let readiness: ReadinessCheck = {
+        let health = health.clone();
         let ready = ready.clone();
         let pool = pool.clone();
         let consumer = processor.consumer();
         let topic = settings.topic.clone();
         Arc::new(move || {
+            let health = health.clone();
             let ready = ready.clone();
             let pool = pool.clone();
             let consumer = consumer.clone();
@@ -63,6 +86,8 @@ async fn main() -> anyhow::Result<()> {
                 if !ready.load(Ordering::SeqCst) {
                     return Err("partitions not claimed yet".to_string());
                 }
+                // Fenced, or a partition whose writes keep failing.
+                health.readiness()?;
                 let client = pool.get().await.map_err(|e| format!("postgres: {e}"))?;
                 client
                     .simple_query("SELECT 1")
@@ -83,7 +108,7 @@ async fn main() -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding {}", args.listen))?;
     tracing::info!(listen = %args.listen, ordinal, replicas = args.replicas, "ops server listening");
-    let app = router(metrics.registry.clone(), readiness);
+    let app = router_with_warnings(metrics.registry.clone(), readiness, warnings);
     tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app).await {
             tracing::error!(error = %e, "ops server failed");

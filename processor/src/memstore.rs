@@ -45,9 +45,9 @@ impl MemStore {
             match e {
                 Effect::ConversationCreated {
                     conversation_id,
+                    created_at,
                     offset,
                     arrival_ms,
-                    ..
                 } => {
                     let c = self.conversations.entry(*conversation_id).or_default();
                     if c.created.is_none() {
@@ -55,10 +55,12 @@ impl MemStore {
                             offset: *offset,
                             arrival_ms: *arrival_ms,
                         });
+                        c.created_event_us = Some(created_at.timestamp_micros());
                     }
                 }
                 Effect::ConversationClosed {
                     conversation_id,
+                    closed_at,
                     offset,
                     arrival_ms,
                     ..
@@ -69,6 +71,7 @@ impl MemStore {
                             offset: *offset,
                             arrival_ms: *arrival_ms,
                         });
+                        c.closed_event_us = Some(closed_at.timestamp_micros());
                     }
                 }
                 Effect::Inbound(m) => {
@@ -105,7 +108,10 @@ impl MemStore {
                     } = &r.event
                     {
                         // A reused id is not this message's fate.
-                        if r.reason != Reason::IdReusedWithDifferentContent {
+                        if !matches!(
+                            r.reason,
+                            Reason::IdReusedWithDifferentContent | Reason::IdUsedByReply
+                        ) {
                             self.rejected_messages
                                 .entry(*id)
                                 .or_insert((*conversation_id, content.clone()));
@@ -135,21 +141,21 @@ impl MemStore {
                             content: content.clone(),
                             reply_id: None,
                             rejected: true,
+                            is_reply: false,
                         },
                     );
                 }
                 if let Some(m) = self.messages.get(id) {
-                    if !m.outbound {
-                        engine.load_stored_message(
-                            *id,
-                            StoredMessage {
-                                conversation_id: m.conversation_id,
-                                content: m.content.clone(),
-                                reply_id: m.reply_id,
-                                rejected: false,
-                            },
-                        );
-                    }
+                    engine.load_stored_message(
+                        *id,
+                        StoredMessage {
+                            conversation_id: m.conversation_id,
+                            content: m.content.clone(),
+                            reply_id: m.reply_id,
+                            rejected: false,
+                            is_reply: m.outbound,
+                        },
+                    );
                 }
             }
             if self.rejected.contains_key(&r.offset) {

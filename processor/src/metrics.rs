@@ -41,6 +41,25 @@ pub struct Metrics {
     pub write_errors: IntCounter,
     /// Partitions currently owned.
     pub owned_partitions: IntGauge,
+    /// Failed writes by kind (data, transient).
+    pub write_failures: IntCounterVec,
+    /// Failed writes in a row, per partition (0 when healthy).
+    pub consecutive_failures: IntGaugeVec,
+    /// Records set aside because Postgres refused their effects.
+    pub poison_records: IntCounter,
+    /// Partitions whose stored position was outside the log, by kind.
+    pub partition_resets: IntCounterVec,
+    /// Record timestamps clamped to clock + max skew.
+    pub clamped_records: IntCounter,
+    /// Groups answered at their maximum span or size.
+    pub capped_groups: IntCounter,
+    /// Identical redeliveries of NEW_CONVERSATION / CLOSE_CONVERSATION.
+    pub lifecycle_duplicates: IntCounter,
+    /// Replies whose derived id was taken and that moved to a salted id.
+    pub reply_id_collisions: IntCounter,
+    /// Wall-clock watermark advances held back by an ingest record in
+    /// flight.
+    pub watermark_held: IntCounter,
 }
 
 impl Metrics {
@@ -119,8 +138,68 @@ impl Metrics {
         registry.register(Box::new(fenced.clone()))?;
         registry.register(Box::new(write_errors.clone()))?;
         registry.register(Box::new(owned_partitions.clone()))?;
+        let write_failures = IntCounterVec::new(
+            p(
+                "write_failures_total",
+                "failed batch writes by kind (data, transient)",
+            ),
+            &["kind"],
+        )?;
+        let consecutive_failures = IntGaugeVec::new(
+            p(
+                "consecutive_failures",
+                "failed writes in a row (0 when healthy)",
+            ),
+            &["partition"],
+        )?;
+        let poison_records = IntCounter::with_opts(p(
+            "poison_records_total",
+            "records set aside because Postgres refused their effects",
+        ))?;
+        let partition_resets = IntCounterVec::new(
+            p(
+                "partition_resets_total",
+                "stored positions found outside the log (see partition_resets)",
+            ),
+            &["kind"],
+        )?;
+        let clamped_records = IntCounter::with_opts(p(
+            "clamped_records_total",
+            "record timestamps clamped to clock + max skew",
+        ))?;
+        let capped_groups = IntCounter::with_opts(p(
+            "capped_groups_total",
+            "groups answered at their maximum span or size",
+        ))?;
+        let lifecycle_duplicates = IntCounter::with_opts(p(
+            "lifecycle_duplicates_total",
+            "identical redeliveries of NEW_CONVERSATION or CLOSE_CONVERSATION",
+        ))?;
+        let reply_id_collisions = IntCounter::with_opts(p(
+            "reply_id_collisions_total",
+            "replies whose derived id was taken by a message",
+        ))?;
+        let watermark_held = IntCounter::with_opts(p(
+            "watermark_held_total",
+            "wall-clock watermark advances held back by a record still in flight at ingest",
+        ))?;
+        registry.register(Box::new(write_failures.clone()))?;
+        registry.register(Box::new(consecutive_failures.clone()))?;
+        registry.register(Box::new(poison_records.clone()))?;
+        registry.register(Box::new(partition_resets.clone()))?;
+        registry.register(Box::new(clamped_records.clone()))?;
+        registry.register(Box::new(capped_groups.clone()))?;
+        registry.register(Box::new(lifecycle_duplicates.clone()))?;
+        registry.register(Box::new(reply_id_collisions.clone()))?;
+        registry.register(Box::new(watermark_held.clone()))?;
         for r in crate::effects::Reason::ALL {
             rejections.with_label_values(&[r.as_str()]);
+        }
+        for k in ["data", "transient"] {
+            write_failures.with_label_values(&[k]);
+        }
+        for k in ["beyond_log_end", "before_log_start"] {
+            partition_resets.with_label_values(&[k]);
         }
         Ok(Self {
             registry,
@@ -140,6 +219,15 @@ impl Metrics {
             fenced,
             write_errors,
             owned_partitions,
+            write_failures,
+            consecutive_failures,
+            poison_records,
+            partition_resets,
+            clamped_records,
+            capped_groups,
+            lifecycle_duplicates,
+            reply_id_collisions,
+            watermark_held,
         })
     }
 }

@@ -1,24 +1,31 @@
 //! The consume loop: the I/O shell around the pure engine.
 //!
 //! 1. Claim the statically owned partitions (bumping their owner epochs),
-//!    `assign()` them at their committed resume offsets (no consumer-group
+//!    check each stored position against the log's bounds (a position
+//!    outside the log is reset loudly, see [`crate::logcheck`]), `assign()`
+//!    them at their committed resume offsets (no consumer-group
 //!    rebalancing) and rebuild open windows by replaying from there.
 //! 2. Each iteration polls a batch (up to `poll_batch_size` records), pre-loads
 //!    the persisted facts the batch needs (conversation log states, stored
 //!    messages, stored rejections while replaying), feeds the engines, and
 //!    — for partitions that reached their end (partition EOF, no backlog) —
-//!    advances the watermark to wall clock minus allowance.
+//!    advances the watermark to wall clock minus allowance, never past the
+//!    oldest record an ingest replica is still producing.
 //! 3. The batch's effects, resume positions and fencing check are written
-//!    in one transaction. Fenced partitions are dropped (never reclaimed);
-//!    on any other failure the batch's partitions are rebuilt from the
-//!    committed state.
+//!    in one transaction. Fenced partitions are dropped (never reclaimed,
+//!    and the replica reports not ready). A partition whose write failed is
+//!    rebuilt from its committed state and paused for a backoff; until it
+//!    succeeds again it is written in a transaction of its own, so it
+//!    cannot hold up the others. When Postgres refuses its data, it goes
+//!    record by record and a record refused `poison_attempts` times is set
+//!    aside as a `storage_refused` rejection ([`crate::failure`]).
 //! 4. Shutdown is checked only between batches: the current batch is
 //!    finished and committed first.
 
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -28,10 +35,14 @@ use futures::FutureExt;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
+use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Offset, TopicPartitionList};
 use uuid::Uuid;
 
-use crate::effects::Effect;
+use crate::effects::{Effect, Reason, Rejection};
+use crate::failure::{classify_sqlstate, FailureKind, RetryPolicy};
+use crate::health::Health;
+use crate::logcheck::{check_position, BeyondEndConfirmation, PositionCheck};
 use crate::metrics::Metrics;
 use crate::ownership::{claim, owned_partitions, positions_if_owner, Claim, PositionUpdate};
 use crate::store::{self, PartitionBatch, StoreError};
@@ -46,7 +57,7 @@ pub struct QuietContext;
 impl rdkafka::client::ClientContext for QuietContext {
     fn error(&self, error: KafkaError, reason: &str) {
         let eof = matches!(error, KafkaError::PartitionEOF(_))
-            || error.rdkafka_error_code() == Some(rdkafka::types::RDKafkaErrorCode::PartitionEOF);
+            || error.rdkafka_error_code() == Some(RDKafkaErrorCode::PartitionEOF);
         if !eof {
             tracing::error!(error = %error, reason, "librdkafka error");
         }
@@ -87,6 +98,69 @@ pub struct Settings {
     pub write_parallelism: usize,
     /// Longest a behind partition holds an INBOUND row for its reply.
     pub inbound_max_delay: Duration,
+    /// Record timestamps ahead of the clock by more are clamped (ms).
+    pub max_clock_skew_ms: i64,
+    /// Retries, poison records and stuck partitions.
+    pub retry: RetryPolicy,
+    /// Check stored positions against the log's bounds.
+    pub log_reset_check: bool,
+    /// How long an ingest in-flight report counts without a heartbeat.
+    pub inflight_lease: Duration,
+}
+
+impl Settings {
+    /// Settings with the defaults of everything but the connection, topic
+    /// and windows (tests and benchmarks start from here).
+    pub fn new(brokers: &str, topic: &str, engine: EngineConfig) -> Self {
+        Self {
+            brokers: brokers.to_owned(),
+            topic: topic.to_owned(),
+            engine,
+            allowance_ms: 50,
+            replicas: 1,
+            ordinal: 0,
+            batch_size: 5_000,
+            fetch_wait: Duration::from_millis(10),
+            idle_tick: Duration::from_millis(5),
+            conversation_cache: 200_000,
+            owner: format!("local/{}", std::process::id()),
+            write_parallelism: 1,
+            inbound_max_delay: Duration::from_secs(1),
+            max_clock_skew_ms: 5_000,
+            retry: RetryPolicy::default(),
+            log_reset_check: true,
+            inflight_lease: Duration::from_secs(3),
+        }
+    }
+}
+
+/// What a partition keeps across rebuilds while its writes fail.
+#[derive(Debug, Clone, Default)]
+struct Recovery {
+    /// Failed writes in a row.
+    failures: u32,
+    /// The last failure, for logs and `/readyz`.
+    last_error: String,
+    /// No reads or writes before this (backoff); paused meanwhile.
+    retry_at: Option<Instant>,
+    /// Record by record (one transaction each) until the engine has read
+    /// past this offset: set by a data failure of this partition alone.
+    careful_until: Option<i64>,
+    /// Refusals of single records, by offset (careful mode).
+    refusals: HashMap<i64, u32>,
+    /// Records set aside, by offset: the database's error.
+    poison: BTreeMap<i64, String>,
+}
+
+/// One reading of a partition's log bounds, taken off the loop.
+#[derive(Debug, Clone, Copy)]
+struct LogReading {
+    partition: i32,
+    start: i64,
+    end: i64,
+    /// The engine's positions when the reading was requested.
+    resume: i64,
+    next: i64,
 }
 
 struct Owned {
@@ -100,6 +174,8 @@ struct Owned {
     replay_until: i64,
     at_eof: bool,
     last_stats: EngineStats,
+    recovery: Recovery,
+    beyond_end: BeyondEndConfirmation,
 }
 
 impl Owned {
@@ -114,7 +190,17 @@ impl Owned {
             replay_until: c.processed_offset,
             at_eof: false,
             last_stats: EngineStats::default(),
+            recovery: Recovery::default(),
+            beyond_end: BeyondEndConfirmation::default(),
         }
+    }
+
+    fn careful(&self) -> bool {
+        self.recovery.careful_until.is_some()
+    }
+
+    fn waiting(&self) -> bool {
+        self.recovery.retry_at.is_some()
     }
 
     /// Whether INBOUND rows are written at once: the partition's end was
@@ -133,6 +219,16 @@ pub struct Processor {
     pool: Pool,
     metrics: Metrics,
     parts: BTreeMap<i32, Owned>,
+    health: Health,
+    /// Oldest arrival stamp still in flight at some ingest replica
+    /// (`i64::MAX`: none), refreshed by a background task.
+    inflight_floor: Arc<AtomicI64>,
+    /// Whether the last wall-clock advance was held back by it.
+    held_by_floor: bool,
+    /// Log bound readings from the lag task, applied by the loop.
+    readings: Arc<Mutex<Vec<LogReading>>>,
+    /// Read the log bounds at the next lag refresh, whatever the time.
+    check_logs_now: bool,
 }
 
 fn now_ms() -> i64 {
@@ -148,6 +244,9 @@ impl Processor {
             settings.fetch_wait,
         )
         .set("queued.max.messages.kbytes", "65536")
+        // A position outside the log is an error to handle (loudly), never
+        // a silent jump to another offset.
+        .set("auto.offset.reset", "error")
         .create_with_context(QuietContext)
         .context("creating the Kafka consumer")?;
         Ok(Self {
@@ -156,7 +255,17 @@ impl Processor {
             pool,
             metrics,
             parts: BTreeMap::new(),
+            health: Health::default(),
+            inflight_floor: Arc::new(AtomicI64::new(i64::MAX)),
+            held_by_floor: false,
+            readings: Arc::new(Mutex::new(Vec::new())),
+            check_logs_now: false,
         })
+    }
+
+    /// What `/readyz` reports (shared with the ops server).
+    pub fn health(&self) -> Health {
+        self.health.clone()
     }
 
     /// The consumer, for readiness checks (metadata requests).
@@ -164,8 +273,9 @@ impl Processor {
         self.consumer.clone()
     }
 
-    /// Waits for the topic, claims the owned partitions and assigns them at
-    /// their resume offsets.
+    /// Waits for the topic, claims the owned partitions, checks their
+    /// stored positions against the log and assigns them at their resume
+    /// offsets.
     pub async fn start(&mut self) -> anyhow::Result<()> {
         let s = &self.settings;
         let partitions = loop {
@@ -197,13 +307,25 @@ impl Processor {
             );
             self.parts.insert(p, Owned::from_claim(s.engine, &c));
         }
+        drop(client);
         self.metrics.owned_partitions.set(self.parts.len() as i64);
-        self.assign()
+        if self.settings.log_reset_check {
+            // Nothing is read yet: one reading decides.
+            let readings = self.read_bounds_now().await;
+            for r in readings {
+                self.apply_reading(r, 1).await;
+            }
+        }
+        self.assign()?;
+        self.health.set_claimed(true);
+        Ok(())
     }
 
-    /// (Re-)assigns every owned partition at its engine's next offset.
+    /// (Re-)assigns every owned partition at its engine's next offset, and
+    /// pauses those waiting out a backoff.
     fn assign(&mut self) -> anyhow::Result<()> {
         let mut tpl = TopicPartitionList::new();
+        let mut paused = TopicPartitionList::new();
         for (p, o) in &self.parts {
             tpl.add_partition_offset(
                 &self.settings.topic,
@@ -211,8 +333,16 @@ impl Processor {
                 Offset::Offset(o.engine.next_offset()),
             )
             .context("building the assignment")?;
+            if o.waiting() {
+                paused.add_partition(&self.settings.topic, *p);
+            }
         }
         self.consumer.assign(&tpl).context("assigning partitions")?;
+        if paused.count() > 0 {
+            self.consumer
+                .pause(&paused)
+                .context("pausing partitions in backoff")?;
+        }
         for o in self.parts.values_mut() {
             o.at_eof = false;
         }
@@ -232,6 +362,7 @@ impl Processor {
     ) -> anyhow::Result<()> {
         tokio::pin!(shutdown);
         ready.store(true, Ordering::SeqCst);
+        let floor_task = self.spawn_inflight_floor();
         let mut last_lag = Instant::now() - Duration::from_secs(10);
         let consumer = self.consumer.clone();
         loop {
@@ -251,15 +382,73 @@ impl Processor {
                     }
                 }
             }
+            self.resume_waiting();
             self.process(batch).await;
-            if last_lag.elapsed() >= Duration::from_secs(2) {
+            self.apply_readings().await;
+            if self.check_logs_now || last_lag.elapsed() >= Duration::from_secs(2) {
                 last_lag = Instant::now();
+                self.check_logs_now = false;
                 self.update_lag();
             }
         }
+        floor_task.abort();
         tracing::info!("shutting down: last batch committed");
         ready.store(false, Ordering::SeqCst);
         Ok(())
+    }
+
+    /// Keeps [`Self::inflight_floor`] fresh: every 100 ms, the oldest
+    /// record any live ingest replica is still producing. On a failed read
+    /// the last value stays (a processor without Postgres writes nothing).
+    fn spawn_inflight_floor(&self) -> tokio::task::JoinHandle<()> {
+        let pool = self.pool.clone();
+        let floor = self.inflight_floor.clone();
+        let lease = self.settings.inflight_lease;
+        let errors = self.metrics.write_failures.clone();
+        tokio::spawn(async move {
+            let mut failing = false;
+            loop {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                let r = match pool.get().await {
+                    Ok(c) => store::inflight_floor(&**c, lease)
+                        .await
+                        .map_err(|e| e.to_string()),
+                    Err(e) => Err(e.to_string()),
+                };
+                match r {
+                    Ok(v) => {
+                        floor.store(v.unwrap_or(i64::MAX), Ordering::Relaxed);
+                        failing = false;
+                    }
+                    Err(e) => {
+                        if !failing {
+                            tracing::warn!(error = %e, "reading ingest in-flight reports failed");
+                            errors.with_label_values(&["transient"]).inc();
+                        }
+                        failing = true;
+                    }
+                }
+            }
+        })
+    }
+
+    /// Where a caught-up partition's watermark may move now: the wall
+    /// clock minus the allowance, but never past the oldest record an
+    /// ingest replica is still waiting to have acknowledged (it can still
+    /// land, with that arrival stamp).
+    fn wall_clock_target(&mut self, now: i64) -> i64 {
+        let t = clock_target(now, self.settings.allowance_ms);
+        let floor = self.inflight_floor.load(Ordering::Relaxed);
+        let held = floor < t;
+        if held && !self.held_by_floor {
+            self.metrics.watermark_held.inc();
+            tracing::info!(
+                held_ms = t - floor,
+                "watermark held back by a record still in flight at ingest"
+            );
+        }
+        self.held_by_floor = held;
+        t.min(floor)
     }
 
     fn take(
@@ -274,16 +463,35 @@ impl Processor {
                 let Some(owned) = self.parts.get_mut(&p) else {
                     return;
                 };
+                if owned.waiting() {
+                    // Fetched before the pause; read again after it.
+                    return;
+                }
                 owned.at_eof = false;
                 *n += 1;
                 let offset = m.offset();
                 let decoded = m.payload().map(|b| Event::decode(b, usize::MAX));
                 match decoded {
-                    Some(Ok(event)) => batch.entry(p).or_default().push(Record {
-                        offset,
-                        arrival_ms: m.timestamp().to_millis().unwrap_or_else(now_ms),
-                        event,
-                    }),
+                    Some(Ok(event)) => {
+                        let now = now_ms();
+                        let mut arrival_ms = m.timestamp().to_millis().unwrap_or(now);
+                        let limit = now.saturating_add(self.settings.max_clock_skew_ms);
+                        if arrival_ms > limit {
+                            self.metrics.clamped_records.inc();
+                            tracing::warn!(
+                                partition = p,
+                                offset,
+                                ahead_ms = arrival_ms.saturating_sub(now),
+                                "record timestamp ahead of this clock by more than the allowed skew; clamped"
+                            );
+                            arrival_ms = limit;
+                        }
+                        batch.entry(p).or_default().push(Record {
+                            offset,
+                            arrival_ms,
+                            event,
+                        })
+                    }
                     _ => {
                         tracing::warn!(
                             partition = p,
@@ -299,22 +507,52 @@ impl Processor {
                     o.at_eof = true;
                 }
             }
-            Err(e) => tracing::warn!(error = %e, "consumer error"),
+            Err(e) => {
+                let code = e.rdkafka_error_code();
+                if matches!(
+                    code,
+                    Some(RDKafkaErrorCode::AutoOffsetReset | RDKafkaErrorCode::OffsetOutOfRange)
+                ) {
+                    tracing::error!(error = %e, "a partition's position is outside the log; checking the log bounds");
+                    self.check_logs_now = true;
+                } else {
+                    tracing::warn!(error = %e, "consumer error");
+                }
+            }
+        }
+    }
+
+    /// Ends the backoff of partitions whose wait is over: they are read
+    /// again from their rebuilt state.
+    fn resume_waiting(&mut self) {
+        let now = Instant::now();
+        let mut resumed = false;
+        for o in self.parts.values_mut() {
+            if o.recovery.retry_at.is_some_and(|t| t <= now) {
+                o.recovery.retry_at = None;
+                resumed = true;
+            }
+        }
+        if resumed {
+            if let Err(e) = self.assign() {
+                tracing::error!(error = %e, "re-assigning partitions failed");
+            }
         }
     }
 
     /// Feeds a batch (possibly empty: a wall-clock tick) and commits it.
-    async fn process(&mut self, batch: BTreeMap<i32, Vec<Record>>) {
+    async fn process(&mut self, mut batch: BTreeMap<i32, Vec<Record>>) {
         let now = now_ms();
-        let target = clock_target(now, self.settings.allowance_ms);
+        let target = self.wall_clock_target(now);
         let max_delay = self.settings.inbound_max_delay.as_millis() as i64;
         let due: Vec<i32> = self
             .parts
             .iter()
             .filter(|(p, o)| {
-                batch.contains_key(p)
-                    || (o.at_eof && o.engine.next_deadline().is_some_and(|d| target > d))
-                    || o.held.release_due(now, max_delay, o.live(now, max_delay))
+                !o.waiting()
+                    && (batch.contains_key(p)
+                        || (o.at_eof && o.engine.next_deadline().is_some_and(|d| target > d))
+                        || o.held.release_due(now, max_delay, o.live(now, max_delay)))
             })
             .map(|(p, _)| *p)
             .collect();
@@ -324,132 +562,358 @@ impl Processor {
         let client = match self.pool.get().await {
             Ok(c) => c,
             Err(e) => {
-                tracing::warn!(error = %e, "Postgres unavailable; rebuilding partitions");
-                self.metrics.write_errors.inc();
-                self.recover(&due, &[]).await;
+                let msg = format!("Postgres unavailable: {e}");
+                self.fail(&due, &msg, FailureKind::Transient, None).await;
                 return;
             }
         };
         if let Err(e) = self.preload(&client, &batch).await {
-            tracing::warn!(error = %e, "pre-loading state failed; rebuilding partitions");
-            self.metrics.write_errors.inc();
-            self.recover(&due, &[]).await;
+            let kind = classify_sqlstate(e.code().map(|c| c.code()));
+            let msg = format!("pre-loading state: {e}");
+            // A read cannot be narrowed to a record: retry it later.
+            let kind = if kind == FailureKind::Data {
+                FailureKind::Transient
+            } else {
+                kind
+            };
+            self.fail(&due, &msg, kind, None).await;
             return;
         }
-        // Feed the engines.
+        let (careful, normal): (Vec<i32>, Vec<i32>) = due
+            .iter()
+            .partition(|p| self.parts.get(p).is_some_and(Owned::careful));
+
+        // Partitions in good standing: one transaction (or `write_parallelism`);
+        // a partition whose last write failed, one of its own.
         let mut records = 0u64;
-        let mut batches = Vec::with_capacity(due.len());
-        let mut batch = batch;
-        for p in &due {
-            let Some(o) = self.parts.get_mut(p) else {
-                continue;
-            };
-            let mut effects = Vec::new();
-            for r in batch.remove(p).unwrap_or_default() {
-                records += 1;
-                o.newest_arrival_ms = o.newest_arrival_ms.max(r.arrival_ms);
-                o.engine.on_record(r, &mut effects);
+        let mut batches = Vec::with_capacity(normal.len());
+        for p in &normal {
+            let recs = batch.remove(p).unwrap_or_default();
+            records += recs.len() as u64;
+            if let Some(b) = self.feed(*p, recs, now, target, false) {
+                batches.push(b);
             }
-            if o.at_eof {
-                o.engine.advance_watermark(target, &mut effects);
-            }
-            let live = o.live(now, max_delay);
-            let effects = o.held.route(effects, now, max_delay, live);
-            batches.push(PartitionBatch {
-                position: PositionUpdate {
-                    partition: *p,
-                    epoch: o.epoch,
-                    resume_offset: o.engine.resume_offset(),
-                    processed_offset: o.engine.next_offset(),
-                },
-                effects,
-            });
         }
-        let started = Instant::now();
-        let result = self.write(client, &batches).await;
-        match result {
-            Ok(()) => {
-                let written = now_ms();
-                self.metrics
-                    .batch_seconds
-                    .observe(started.elapsed().as_secs_f64());
-                self.metrics.batches.inc();
-                self.metrics.records.inc_by(records);
-                for b in &batches {
-                    self.observe_effects(written, &b.effects);
+        let mut client = Some(client);
+        if !batches.is_empty() {
+            let c = match client.take() {
+                Some(c) => c,
+                None => return,
+            };
+            self.write_and_settle(c, batches, records, None).await;
+        }
+        // Partitions narrowing a refused write down: one record per
+        // transaction.
+        for p in careful {
+            let recs = batch.remove(&p).unwrap_or_default();
+            let singles: Vec<Vec<Record>> = if recs.is_empty() {
+                vec![Vec::new()]
+            } else {
+                recs.into_iter().map(|r| vec![r]).collect()
+            };
+            for one in singles {
+                let offset = one.first().map(|r| r.offset);
+                let Some(b) = self.feed(p, one, now, target, true) else {
+                    break;
+                };
+                let c = match client.take() {
+                    Some(c) => c,
+                    None => match self.pool.get().await {
+                        Ok(c) => c,
+                        Err(e) => {
+                            let msg = format!("Postgres unavailable: {e}");
+                            self.fail(&[p], &msg, FailureKind::Transient, None).await;
+                            break;
+                        }
+                    },
+                };
+                let n = offset.map_or(0, |_| 1);
+                if !self
+                    .write_and_settle(c, vec![b], n, offset.map(|o| (p, o)))
+                    .await
+                {
+                    break;
                 }
-                self.update_gauges();
-            }
-            Err(StoreError::Fenced(fenced)) => {
-                self.metrics.fenced.inc();
-                tracing::warn!(?fenced, "a newer owner claimed partitions; dropping them");
-                self.recover(&due, &fenced).await;
-            }
-            Err(e) => {
-                self.metrics.write_errors.inc();
-                tracing::warn!(error = %e, "batch write failed; rebuilding partitions");
-                tokio::time::sleep(Duration::from_millis(200)).await;
-                self.recover(&due, &[]).await;
             }
         }
     }
 
-    /// Writes the batch: one transaction, or with `write_parallelism` > 1 one
-    /// transaction per group of partitions on separate connections (each
-    /// with its own fencing check; partitions are independent). On any
-    /// failure the caller rebuilds every partition of the batch from its
-    /// committed state, which is correct whether or not a group committed.
-    async fn write(
-        &self,
-        mut client: deadpool_postgres::Object,
-        batches: &[PartitionBatch],
-    ) -> Result<(), StoreError> {
-        let topic = &self.settings.topic;
-        let par = self
-            .settings
-            .write_parallelism
-            .clamp(1, batches.len().max(1));
-        if par == 1 {
-            return store::write_batch(&mut client, topic, batches).await;
+    /// Feeds `records` of partition `p` to its engine and returns the
+    /// partition's batch. Records set aside earlier become `storage_refused`
+    /// rejections; `force_live` writes INBOUND rows at once (record by
+    /// record, a row must be written with the record that made it).
+    fn feed(
+        &mut self,
+        p: i32,
+        records: Vec<Record>,
+        now: i64,
+        target: i64,
+        force_live: bool,
+    ) -> Option<PartitionBatch> {
+        let max_delay = self.settings.inbound_max_delay.as_millis() as i64;
+        let o = self.parts.get_mut(&p)?;
+        let mut effects = Vec::new();
+        for r in records {
+            o.newest_arrival_ms = o.newest_arrival_ms.max(r.arrival_ms);
+            if let Some(error) = o.recovery.poison.get(&r.offset) {
+                if r.offset >= o.engine.next_offset() {
+                    o.engine.skip_record(r.offset);
+                    effects.push(Effect::Rejected(Rejection {
+                        offset: r.offset,
+                        arrival_ms: r.arrival_ms,
+                        event: r.event,
+                        reason: Reason::StorageRefused,
+                        error: Some(error.clone()),
+                    }));
+                }
+                continue;
+            }
+            o.engine.on_record(r, &mut effects);
         }
+        if o.at_eof {
+            o.engine.advance_watermark(target, &mut effects);
+        }
+        let live = force_live || o.live(now, max_delay);
+        let effects = o.held.route(effects, now, max_delay, live);
+        Some(PartitionBatch {
+            position: PositionUpdate {
+                partition: p,
+                epoch: o.epoch,
+                resume_offset: o.engine.resume_offset(),
+                processed_offset: o.engine.next_offset(),
+            },
+            effects,
+        })
+    }
+
+    /// Writes `batches` and settles the outcome of every partition in
+    /// them. `single` names the one record written, when record by record.
+    /// Returns whether everything was written.
+    async fn write_and_settle(
+        &mut self,
+        client: deadpool_postgres::Object,
+        mut batches: Vec<PartitionBatch>,
+        records: u64,
+        single: Option<(i32, i64)>,
+    ) -> bool {
+        let started = Instant::now();
+        match store::resolve_reply_ids(&**client, &mut batches).await {
+            Ok(moved) => self.metrics.reply_id_collisions.inc_by(moved),
+            Err(e) => {
+                let parts: Vec<i32> = batches.iter().map(|b| b.position.partition).collect();
+                let msg = format!("checking reply ids: {e}");
+                self.fail(&parts, &msg, FailureKind::Transient, None).await;
+                return false;
+            }
+        }
+        // Groups of partitions that share a transaction.
+        let par = self.settings.write_parallelism.max(1);
         let mut groups: Vec<Vec<PartitionBatch>> = vec![Vec::new(); par];
-        for (i, b) in batches.iter().enumerate() {
-            groups[i % par].push(b.clone());
+        let mut alone: Vec<Vec<PartitionBatch>> = Vec::new();
+        for (i, b) in batches.into_iter().enumerate() {
+            let suspect = self
+                .parts
+                .get(&b.position.partition)
+                .is_some_and(|o| o.recovery.failures > 0);
+            if suspect {
+                alone.push(vec![b]);
+            } else {
+                groups[i % par].push(b);
+            }
         }
+        groups.retain(|g| !g.is_empty());
+        groups.extend(alone);
+        let mut clients = Vec::with_capacity(groups.len());
         let mut first = Some(client);
-        let mut clients = Vec::with_capacity(par);
-        for _ in 0..par {
+        for _ in 0..groups.len() {
             match first.take() {
-                Some(c) => clients.push(c),
-                None => clients.push(
-                    self.pool
-                        .get()
-                        .await
-                        .map_err(|e| StoreError::Unavailable(e.to_string()))?,
-                ),
+                Some(c) => clients.push(Ok(c)),
+                None => clients.push(self.pool.get().await.map_err(|e| e.to_string())),
             }
         }
-        let results = futures::future::join_all(
-            clients
-                .into_iter()
-                .zip(groups.iter())
-                .map(|(mut c, g)| async move { store::write_batch(&mut c, topic, g).await }),
-        )
-        .await;
-        let mut fenced = Vec::new();
-        let mut failure = None;
-        for r in results {
+        let topic = self.settings.topic.clone();
+        let results =
+            futures::future::join_all(clients.into_iter().zip(groups.iter()).map(|(c, g)| {
+                let topic = &topic;
+                async move {
+                    match c {
+                        Ok(mut c) => store::write_batch(&mut c, topic, g).await,
+                        Err(e) => Err(StoreError::Unavailable(e)),
+                    }
+                }
+            }))
+            .await;
+        self.settle(groups, results, started, records, single).await
+    }
+
+    async fn settle(
+        &mut self,
+        groups: Vec<Vec<PartitionBatch>>,
+        results: Vec<Result<(), StoreError>>,
+        started: Instant,
+        records: u64,
+        single: Option<(i32, i64)>,
+    ) -> bool {
+        let written = now_ms();
+        let mut all_ok = true;
+        let mut any_ok = false;
+        for (g, r) in groups.iter().zip(results) {
+            let parts: Vec<i32> = g.iter().map(|b| b.position.partition).collect();
             match r {
-                Ok(()) => {}
-                Err(StoreError::Fenced(p)) => fenced.extend(p),
-                Err(e) => failure = Some(e),
+                Ok(()) => {
+                    any_ok = true;
+                    for b in g {
+                        self.observe_effects(written, &b.effects);
+                        self.succeeded(b.position.partition);
+                    }
+                }
+                Err(StoreError::Fenced(fenced)) => {
+                    all_ok = false;
+                    self.metrics.fenced.inc();
+                    tracing::error!(?fenced, "a newer owner claimed partitions; dropping them");
+                    self.health.fenced(&fenced);
+                    for p in &fenced {
+                        self.drop_partition(*p);
+                    }
+                    let others: Vec<i32> =
+                        parts.into_iter().filter(|p| !fenced.contains(p)).collect();
+                    self.recover(&others).await;
+                }
+                Err(e) => {
+                    all_ok = false;
+                    let (kind, msg) = match &e {
+                        StoreError::Db(db) => {
+                            (classify_sqlstate(db.code().map(|c| c.code())), describe(db))
+                        }
+                        other => (FailureKind::Transient, other.to_string()),
+                    };
+                    let single = single.filter(|(p, _)| parts == [*p]);
+                    // A data failure is narrowed down only when the
+                    // partition was written alone.
+                    let kind = if parts.len() > 1 {
+                        FailureKind::Transient
+                    } else {
+                        kind
+                    };
+                    self.fail(&parts, &msg, kind, single.map(|s| s.1)).await;
+                }
             }
         }
-        match (fenced.is_empty(), failure) {
-            (false, _) => Err(StoreError::Fenced(fenced)),
-            (true, Some(e)) => Err(e),
-            (true, None) => Ok(()),
+        if any_ok {
+            self.metrics
+                .batch_seconds
+                .observe(started.elapsed().as_secs_f64());
+            self.metrics.batches.inc();
+            self.metrics.records.inc_by(records);
+            self.update_gauges();
         }
+        all_ok
+    }
+
+    /// A write of `p` committed: whatever it was recovering from is over
+    /// once it has read past the records that failed.
+    fn succeeded(&mut self, p: i32) {
+        let Some(o) = self.parts.get_mut(&p) else {
+            return;
+        };
+        let r = &mut o.recovery;
+        if r.failures > 0 {
+            tracing::info!(
+                partition = p,
+                failures = r.failures,
+                "partition writes again"
+            );
+            r.failures = 0;
+            self.health.set_stuck(p, None);
+            self.metrics
+                .consecutive_failures
+                .with_label_values(&[&p.to_string()])
+                .set(0);
+        }
+        if r.careful_until.is_some_and(|u| o.engine.next_offset() > u) {
+            tracing::info!(
+                partition = p,
+                set_aside = r.poison.len(),
+                "partition is past the refused records; batches again"
+            );
+            r.careful_until = None;
+            r.refusals.clear();
+            r.poison.clear();
+        }
+    }
+
+    /// A write of `partitions` failed: count it, narrow a refused record
+    /// down (or set it aside), rebuild them from their committed state and
+    /// pause them for a backoff.
+    async fn fail(
+        &mut self,
+        partitions: &[i32],
+        error: &str,
+        kind: FailureKind,
+        single: Option<i64>,
+    ) {
+        self.metrics.write_errors.inc();
+        self.metrics
+            .write_failures
+            .with_label_values(&[kind.as_str()])
+            .inc();
+        let policy = self.settings.retry;
+        let now = Instant::now();
+        for p in partitions {
+            let Some(o) = self.parts.get_mut(p) else {
+                continue;
+            };
+            let read_up_to = o.engine.next_offset() - 1;
+            let r = &mut o.recovery;
+            r.failures = r.failures.saturating_add(1);
+            r.last_error = error.to_owned();
+            r.retry_at = Some(now + policy.backoff(r.failures, kind));
+            tracing::warn!(
+                partition = p,
+                failures = r.failures,
+                kind = kind.as_str(),
+                error,
+                "batch write failed; rebuilding the partition from its committed state"
+            );
+            if kind == FailureKind::Data {
+                match (r.careful_until, single) {
+                    (None, _) => {
+                        r.careful_until = Some(read_up_to);
+                        tracing::error!(
+                            partition = p,
+                            up_to = read_up_to,
+                            error,
+                            "Postgres refused a batch; writing this partition record by record to find the record"
+                        );
+                    }
+                    (Some(_), Some(offset)) => {
+                        let n = r.refusals.entry(offset).or_default();
+                        *n += 1;
+                        if policy.is_poison(*n) {
+                            r.poison.insert(offset, error.to_owned());
+                            self.metrics.poison_records.inc();
+                            tracing::error!(
+                                partition = p,
+                                offset,
+                                refusals = *n,
+                                error,
+                                "record set aside: recorded as a storage_refused rejection, the partition goes on"
+                            );
+                        }
+                    }
+                    (Some(_), None) => {}
+                }
+            }
+            self.metrics
+                .consecutive_failures
+                .with_label_values(&[&p.to_string()])
+                .set(i64::from(r.failures));
+            if policy.is_stuck(r.failures) {
+                self.health
+                    .set_stuck(*p, Some((r.failures, error.to_owned())));
+            }
+        }
+        self.recover(partitions).await;
     }
 
     /// Pre-loads what the batch's records need from Postgres.
@@ -506,28 +970,27 @@ impl Processor {
         Ok(())
     }
 
-    /// After a failed batch: drops `fenced` partitions and rebuilds the
-    /// others of `due` from their committed positions (still checking the
-    /// epoch), then re-assigns the consumer.
-    async fn recover(&mut self, due: &[i32], fenced: &[i32]) {
-        for p in fenced {
-            self.parts.remove(p);
-            self.metrics.lag.with_label_values(&[&p.to_string()]).set(0);
-            self.metrics
-                .open_groups
-                .with_label_values(&[&p.to_string()])
-                .set(0);
-            self.metrics
-                .buffered_orphans
-                .with_label_values(&[&p.to_string()])
-                .set(0);
-            self.metrics
-                .held_inbound
-                .with_label_values(&[&p.to_string()])
-                .set(0);
+    fn drop_partition(&mut self, p: i32) {
+        self.parts.remove(&p);
+        let label = p.to_string();
+        for g in [
+            &self.metrics.lag,
+            &self.metrics.open_groups,
+            &self.metrics.buffered_orphans,
+            &self.metrics.held_inbound,
+            &self.metrics.consecutive_failures,
+        ] {
+            g.with_label_values(&[&label]).set(0);
         }
+        self.metrics.owned_partitions.set(self.parts.len() as i64);
+    }
+
+    /// Rebuilds `partitions` from their committed positions (still checking
+    /// the epoch; a fenced one is dropped), keeping what they are
+    /// recovering from, then re-assigns the consumer.
+    async fn recover(&mut self, partitions: &[i32]) {
         loop {
-            match self.rebuild(due).await {
+            match self.rebuild(partitions).await {
                 Ok(()) => break,
                 Err(e) => {
                     tracing::warn!(error = %e, "rebuilding partitions failed; retrying");
@@ -541,25 +1004,184 @@ impl Processor {
         }
     }
 
-    async fn rebuild(&mut self, due: &[i32]) -> anyhow::Result<()> {
+    async fn rebuild(&mut self, partitions: &[i32]) -> anyhow::Result<()> {
         let client = self.pool.get().await?;
-        for p in due {
+        for p in partitions {
             let Some(o) = self.parts.get(p) else { continue };
             match positions_if_owner(&**client, &self.settings.topic, *p, o.epoch).await? {
                 Some(c) => {
-                    self.parts
-                        .insert(*p, Owned::from_claim(self.settings.engine, &c));
+                    let mut fresh = Owned::from_claim(self.settings.engine, &c);
+                    fresh.recovery = o.recovery.clone();
+                    self.parts.insert(*p, fresh);
                 }
                 None => {
-                    tracing::warn!(
+                    tracing::error!(
                         partition = p,
                         "partition was claimed by a newer owner; dropping it"
                     );
-                    self.parts.remove(p);
+                    self.health.fenced(&[*p]);
+                    self.drop_partition(*p);
                 }
             }
         }
         Ok(())
+    }
+
+    /// Reads the log bounds of every owned partition now (at start).
+    async fn read_bounds_now(&self) -> Vec<LogReading> {
+        let consumer = self.consumer.clone();
+        let topic = self.settings.topic.clone();
+        let positions: Vec<(i32, i64, i64)> = self
+            .parts
+            .iter()
+            .map(|(p, o)| (*p, o.engine.resume_offset(), o.engine.next_offset()))
+            .collect();
+        let replay_from: HashMap<i32, i64> = self
+            .parts
+            .iter()
+            .map(|(p, o)| (*p, o.replay_until))
+            .collect();
+        let read = tokio::task::spawn_blocking(move || {
+            let mut out = Vec::new();
+            for (p, resume, _next) in positions {
+                match consumer.fetch_watermarks(&topic, p, Duration::from_secs(5)) {
+                    Ok((start, end)) => out.push(LogReading {
+                        partition: p,
+                        start,
+                        end,
+                        resume,
+                        next: resume,
+                    }),
+                    Err(e) => {
+                        tracing::warn!(partition = p, error = %e, "reading the log bounds failed")
+                    }
+                }
+            }
+            out
+        })
+        .await
+        .unwrap_or_default();
+        // At claim, the records below the processed offset were read
+        // before: they must still be in the log.
+        read.into_iter()
+            .map(|mut r| {
+                r.next = replay_from.get(&r.partition).copied().unwrap_or(r.next);
+                r
+            })
+            .collect()
+    }
+
+    /// Applies the readings the lag task took.
+    async fn apply_readings(&mut self) {
+        let readings: Vec<LogReading> = match self.readings.lock() {
+            Ok(mut g) => std::mem::take(&mut *g),
+            Err(p) => std::mem::take(&mut *p.into_inner()),
+        };
+        for r in readings {
+            self.apply_reading(r, 2).await;
+        }
+    }
+
+    /// Acts on one reading: a position outside the log is reset (after
+    /// `confirmations` readings without progress when beyond the end).
+    async fn apply_reading(&mut self, r: LogReading, confirmations: u32) {
+        let Some(o) = self.parts.get_mut(&r.partition) else {
+            return;
+        };
+        if confirmations > 1 && o.engine.next_offset() != r.next {
+            // It read on since the reading was requested: not beyond the
+            // end, whatever the reading said.
+            o.beyond_end = BeyondEndConfirmation::default();
+            return;
+        }
+        let check = check_position(r.resume, r.next, r.start, r.end);
+        let confirmed = match check {
+            PositionCheck::Inside => {
+                o.beyond_end = BeyondEndConfirmation::default();
+                return;
+            }
+            PositionCheck::BeyondEnd => o.beyond_end.observe(check, r.next, confirmations),
+            PositionCheck::BeforeStart => true,
+        };
+        if !confirmed {
+            return;
+        }
+        let stored = Claim {
+            epoch: o.epoch,
+            resume_offset: r.resume,
+            processed_offset: r.next.max(o.replay_until),
+        };
+        let epoch = o.epoch;
+        let mut client = match self.pool.get().await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot reset a partition now: Postgres unavailable");
+                return;
+            }
+        };
+        let result = store::reset_partition(
+            &mut client,
+            &self.settings.topic,
+            r.partition,
+            epoch,
+            check,
+            stored,
+            (r.start, r.end),
+            &self.settings.owner,
+            &self.settings.engine,
+        )
+        .await;
+        drop(client);
+        match result {
+            Ok(reset) => {
+                self.metrics
+                    .partition_resets
+                    .with_label_values(&[check.as_str()])
+                    .inc();
+                let warning = format!(
+                    "partition {}: stored position (resume {}, next {}) was {} (log {}..{}); reading from {} on; skipped offsets [{}, {}); {} stranded messages answered from their rows (see partition_resets)",
+                    r.partition,
+                    r.resume,
+                    r.next,
+                    check.as_str(),
+                    r.start,
+                    r.end,
+                    reset.claim.resume_offset,
+                    reset.skipped.0,
+                    reset.skipped.1,
+                    reset.stranded_answered,
+                );
+                tracing::error!(
+                    partition = r.partition,
+                    kind = check.as_str(),
+                    stored_resume = r.resume,
+                    stored_next = r.next,
+                    log_start = r.start,
+                    log_end = r.end,
+                    skipped_from = reset.skipped.0,
+                    skipped_to = reset.skipped.1,
+                    stranded_answered = reset.stranded_answered,
+                    "stored position outside the log; partition reset"
+                );
+                self.health.warn(warning);
+                self.parts.insert(
+                    r.partition,
+                    Owned::from_claim(self.settings.engine, &reset.claim),
+                );
+                if let Err(e) = self.assign() {
+                    tracing::error!(error = %e, "re-assigning partitions failed");
+                }
+            }
+            Err(StoreError::Fenced(f)) => {
+                self.health.fenced(&f);
+                for p in f {
+                    self.drop_partition(p);
+                }
+            }
+            Err(e) => {
+                tracing::error!(partition = r.partition, error = %e, "resetting a partition failed; will try again");
+            }
+        }
     }
 
     fn observe_effects(&self, written_ms: i64, effects: &[Effect]) {
@@ -600,40 +1222,73 @@ impl Processor {
                 .with_label_values(&[&label])
                 .set(o.held.len() as i64);
             let s = o.engine.stats();
+            let last = o.last_stats;
             self.metrics
                 .late_records
-                .inc_by(s.late_records.saturating_sub(o.last_stats.late_records));
-            self.metrics.late_new_groups.inc_by(
-                s.late_new_groups
-                    .saturating_sub(o.last_stats.late_new_groups),
-            );
+                .inc_by(s.late_records.saturating_sub(last.late_records));
+            self.metrics
+                .late_new_groups
+                .inc_by(s.late_new_groups.saturating_sub(last.late_new_groups));
             self.metrics
                 .duplicates
-                .inc_by(s.duplicates.saturating_sub(o.last_stats.duplicates));
+                .inc_by(s.duplicates.saturating_sub(last.duplicates));
+            self.metrics
+                .capped_groups
+                .inc_by(s.capped_groups.saturating_sub(last.capped_groups));
+            self.metrics.lifecycle_duplicates.inc_by(
+                s.lifecycle_duplicates
+                    .saturating_sub(last.lifecycle_duplicates),
+            );
             o.last_stats = s;
         }
     }
 
-    /// Refreshes the lag gauges from the partitions' high watermarks. The
-    /// metadata requests run on a blocking thread, off the consume loop.
+    /// Refreshes the lag gauges from the partitions' log bounds, and hands
+    /// the bounds to the loop for the position check. The metadata
+    /// requests run on a blocking thread, off the consume loop.
     fn update_lag(&self) {
         let consumer = self.consumer.clone();
         let topic = self.settings.topic.clone();
         let lag = self.metrics.lag.clone();
-        let positions: Vec<(i32, i64)> = self
+        let readings = self.readings.clone();
+        let check = self.settings.log_reset_check;
+        let positions: Vec<(i32, i64, i64)> = self
             .parts
             .iter()
-            .map(|(p, o)| (*p, o.engine.next_offset()))
+            .filter(|(_, o)| !o.waiting())
+            .map(|(p, o)| (*p, o.engine.resume_offset(), o.engine.next_offset()))
             .collect();
         tokio::task::spawn_blocking(move || {
-            for (p, next) in positions {
-                if let Ok((_, high)) =
+            let mut out = Vec::new();
+            for (p, resume, next) in positions {
+                if let Ok((start, end)) =
                     consumer.fetch_watermarks(&topic, p, Duration::from_millis(500))
                 {
                     lag.with_label_values(&[&p.to_string()])
-                        .set((high - next).max(0));
+                        .set((end - next).max(0));
+                    out.push(LogReading {
+                        partition: p,
+                        start,
+                        end,
+                        resume,
+                        next,
+                    });
+                }
+            }
+            if check {
+                match readings.lock() {
+                    Ok(mut g) => g.extend(out),
+                    Err(p) => p.into_inner().extend(out),
                 }
             }
         });
+    }
+}
+
+/// A Postgres error with its SQLSTATE and detail, for logs and rejections.
+fn describe(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{} (SQLSTATE {})", db.message(), db.code().code()),
+        None => e.to_string(),
     }
 }

@@ -28,6 +28,22 @@ pub fn reply_id(ids: &[Uuid]) -> Uuid {
     Uuid::new_v5(&REPLY_NAMESPACE, &name)
 }
 
+/// The `k`-th alternative id of a group, used when its reply id is already
+/// taken by a message (ids are chosen by providers, and a reply id can be
+/// computed in advance): UUIDv5 over the inbound ids followed by `k`.
+/// `reply_id_salted(ids, 0) == reply_id(ids)`.
+pub fn reply_id_salted(ids: &[Uuid], k: u32) -> Uuid {
+    if k == 0 {
+        return reply_id(ids);
+    }
+    let mut name = Vec::with_capacity(ids.len() * 16 + 4);
+    for id in ids {
+        name.extend_from_slice(id.as_bytes());
+    }
+    name.extend_from_slice(&k.to_be_bytes());
+    Uuid::new_v5(&REPLY_NAMESPACE, &name)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -49,5 +65,14 @@ mod tests {
         assert_eq!(reply_id(&[a, b]), reply_id(&[a, b]));
         assert_ne!(reply_id(&[a, b]), reply_id(&[b, a]));
         assert_ne!(reply_id(&[a]), reply_id(&[a, b]));
+    }
+
+    #[test]
+    fn salted_ids_differ_and_start_at_the_plain_one() {
+        let ids = [Uuid::from_u128(1), Uuid::from_u128(2)];
+        assert_eq!(reply_id_salted(&ids, 0), reply_id(&ids));
+        assert_ne!(reply_id_salted(&ids, 1), reply_id(&ids));
+        assert_ne!(reply_id_salted(&ids, 1), reply_id_salted(&ids, 2));
+        assert_eq!(reply_id_salted(&ids, 3), reply_id_salted(&ids, 3));
     }
 }

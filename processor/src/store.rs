@@ -17,9 +17,12 @@ use chrono::{DateTime, TimeZone, Utc};
 use tokio_postgres::GenericClient;
 use uuid::Uuid;
 
-use crate::effects::Effect;
-use crate::ownership::{fence_and_advance, PositionUpdate};
-use crate::window::{ConversationLog, LogPos, StoredMessage};
+use crate::effects::{Effect, Outbound};
+use crate::logcheck::PositionCheck;
+use crate::ownership::{fence_and_advance, Claim, PositionUpdate};
+use crate::reply::reply_id_salted;
+use crate::stranded::{answer_stranded, StrandedRow};
+use crate::window::{ConversationLog, EngineConfig, LogPos, StoredMessage};
 
 /// Errors of a batch write.
 #[derive(Debug, thiserror::Error)]
@@ -49,18 +52,85 @@ pub enum StoreError {
 pub const SESSION_OPTIONS: &str = "-c enable_seqscan=off -c enable_bitmapscan=off \
                                    -c enable_hashjoin=off -c enable_mergejoin=off";
 
+/// Bounds on how long one processor statement may wait for a lock or run.
+/// Ingest holds a conversation's row lock from its lifecycle decision until
+/// the broker acknowledged the record; a replica frozen in between must not
+/// hold a processor transaction (and with it every partition in the batch)
+/// forever: the statement fails with a transient error, the partition is
+/// retried on its own with backoff, and the other partitions go on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SessionTimeouts {
+    /// `lock_timeout`.
+    pub lock: std::time::Duration,
+    /// `statement_timeout`.
+    pub statement: std::time::Duration,
+}
+
+impl Default for SessionTimeouts {
+    fn default() -> Self {
+        Self {
+            lock: std::time::Duration::from_secs(5),
+            statement: std::time::Duration::from_secs(60),
+        }
+    }
+}
+
+impl SessionTimeouts {
+    /// The `-c` options that set them.
+    pub fn options(&self) -> String {
+        format!(
+            "-c lock_timeout={} -c statement_timeout={}",
+            self.lock.as_millis(),
+            self.statement.as_millis()
+        )
+    }
+}
+
 /// The processor's connection pool for `url`: [`chatpipe_core::db::pool`]
-/// with [`SESSION_OPTIONS`] added to the URL's own options.
+/// with [`SESSION_OPTIONS`] and the default [`SessionTimeouts`] added to
+/// the URL's own options.
 pub fn pool(url: &str, max_size: usize) -> anyhow::Result<deadpool_postgres::Pool> {
+    pool_with(url, max_size, SessionTimeouts::default())
+}
+
+/// [`pool`] with explicit statement and lock timeouts.
+pub fn pool_with(
+    url: &str,
+    max_size: usize,
+    timeouts: SessionTimeouts,
+) -> anyhow::Result<deadpool_postgres::Pool> {
     use anyhow::Context;
     let mut config = <tokio_postgres::Config as std::str::FromStr>::from_str(url)
         .with_context(|| format!("invalid Postgres URL {}", chatpipe_core::db::redact(url)))?;
+    let ours = format!("{SESSION_OPTIONS} {}", timeouts.options());
     let options = match config.get_options() {
-        Some(own) if !own.trim().is_empty() => format!("{own} {SESSION_OPTIONS}"),
-        _ => SESSION_OPTIONS.to_owned(),
+        Some(own) if !own.trim().is_empty() => format!("{own} {ours}"),
+        _ => ours,
     };
     config.options(&options);
     chatpipe_core::db::pool_from_config(config, max_size)
+}
+
+/// `text` as Postgres can store it: NUL (which no `text` or `jsonb` value
+/// may hold) becomes U+FFFD. Used for what a rejection records, so even an
+/// event Postgres refused can be recorded.
+pub fn pg_safe_text(text: &str) -> String {
+    text.replace('\0', "\u{FFFD}")
+}
+
+/// `value` with [`pg_safe_text`] applied to every string and key.
+pub fn pg_safe_json(value: serde_json::Value) -> serde_json::Value {
+    use serde_json::Value;
+    match value {
+        Value::String(s) if s.contains('\0') => Value::String(pg_safe_text(&s)),
+        Value::Array(a) => Value::Array(a.into_iter().map(pg_safe_json).collect()),
+        Value::Object(o) => Value::Object(
+            o.into_iter()
+                .map(|(k, v)| (pg_safe_text(&k), pg_safe_json(v)))
+                .collect(),
+        ),
+        v => v,
+    }
 }
 
 fn ms(t: i64) -> DateTime<Utc> {
@@ -87,10 +157,12 @@ pub async fn load_conversations(
             // every row of the topic (20 ms instead of 0.8 ms for 250 keys
             // in a 50 k-row table, growing with the table); the LIMIT keeps
             // the per-key subquery from being flattened into such a join.
-            "SELECT u.id, l.created_offset, l.created_arrival_ms, l.closed_offset, l.closed_arrival_ms
+            "SELECT u.id, l.created_offset, l.created_arrival_ms, l.closed_offset, l.closed_arrival_ms,
+                    l.created_event_us, l.closed_event_us
                FROM unnest($2::uuid[]) AS u(id)
                CROSS JOIN LATERAL (
-                    SELECT created_offset, created_arrival_ms, closed_offset, closed_arrival_ms
+                    SELECT created_offset, created_arrival_ms, closed_offset, closed_arrival_ms,
+                           created_event_us, closed_event_us
                       FROM processor_conversation_log
                      WHERE topic = $1 AND conversation_id = u.id
                      LIMIT 1) AS l",
@@ -111,15 +183,18 @@ pub async fn load_conversations(
                     offset,
                     arrival_ms: closed_arrival.unwrap_or_default(),
                 }),
+                created_event_us: r.get(5),
+                closed_event_us: r.get(6),
             },
         );
     }
     Ok(out)
 }
 
-/// Stored INBOUND messages among `ids`, and rejected NEW_MESSAGE events
-/// (a rejection is final for its id); an accepted row wins over a
-/// rejection of the same id.
+/// Stored messages among `ids` (INBOUND rows, and OUTBOUND rows: a reply's
+/// id may not be reused by a message), and rejected NEW_MESSAGE events (a
+/// rejection is final for its id); a stored row wins over a rejection of
+/// the same id.
 pub async fn load_messages(
     client: &impl GenericClient,
     ids: &[Uuid],
@@ -129,12 +204,13 @@ pub async fn load_messages(
     }
     let rows = client
         .query(
-            "SELECT event_id, conversation_id, COALESCE(event->'data'->>'content', ''), NULL::uuid, true
+            "SELECT event_id, conversation_id, COALESCE(event->'data'->>'content', ''), NULL::uuid, true,
+                    false
                FROM rejected_events WHERE event_type = 'NEW_MESSAGE' AND event_id = ANY($1)
-                AND reason <> 'id_reused_with_different_content'
+                AND reason NOT IN ('id_reused_with_different_content', 'id_used_by_reply')
              UNION ALL
-             SELECT id, conversation_id, content, reply_id, false FROM messages
-              WHERE id = ANY($1) AND direction = 'INBOUND'",
+             SELECT id, conversation_id, content, reply_id, false, direction = 'OUTBOUND'
+               FROM messages WHERE id = ANY($1)",
             &[&ids],
         )
         .await?;
@@ -145,6 +221,7 @@ pub async fn load_messages(
             content: r.get(2),
             reply_id: r.get(3),
             rejected: r.get(4),
+            is_reply: r.get(5),
         };
         let id: Uuid = r.get(0);
         match out.get(&id) {
@@ -190,6 +267,7 @@ pub struct PartitionBatch {
 struct Columns {
     conv_ids: Vec<Uuid>,
     conv_ts: Vec<DateTime<Utc>>,
+    conv_event_us: Vec<i64>,
     log_parts: Vec<i32>,
     log_offsets: Vec<i64>,
     log_arrivals: Vec<i64>,
@@ -201,6 +279,7 @@ struct Columns {
     close_created_arrivals: Vec<i64>,
     close_offsets: Vec<i64>,
     close_arrivals: Vec<i64>,
+    close_event_us: Vec<i64>,
     msg_index: HashMap<Uuid, usize>,
     msg_ids: Vec<Uuid>,
     msg_convs: Vec<Uuid>,
@@ -216,7 +295,7 @@ struct Columns {
     rej_event_ids: Vec<Uuid>,
     rej_convs: Vec<Uuid>,
     rej_reasons: Vec<&'static str>,
-    rej_details: Vec<&'static str>,
+    rej_details: Vec<String>,
     rej_events: Vec<serde_json::Value>,
     rej_arrivals: Vec<DateTime<Utc>>,
     rej_parts: Vec<i32>,
@@ -257,6 +336,7 @@ impl Columns {
                 } => {
                     self.conv_ids.push(*conversation_id);
                     self.conv_ts.push(*created_at);
+                    self.conv_event_us.push(created_at.timestamp_micros());
                     self.log_parts.push(partition);
                     self.log_offsets.push(*offset);
                     self.log_arrivals.push(*arrival_ms);
@@ -281,6 +361,7 @@ impl Columns {
                     self.close_created_arrivals.push(created.arrival_ms);
                     self.close_offsets.push(*offset);
                     self.close_arrivals.push(*arrival_ms);
+                    self.close_event_us.push(closed_at.timestamp_micros());
                 }
                 Effect::Inbound(m) => {
                     self.push_message(
@@ -324,8 +405,11 @@ impl Columns {
                     self.rej_event_ids.push(r.event.id());
                     self.rej_convs.push(r.event.conversation_id());
                     self.rej_reasons.push(r.reason.as_str());
-                    self.rej_details.push(r.reason.detail());
-                    self.rej_events.push(r.event.to_json());
+                    self.rej_details.push(match &r.error {
+                        Some(e) => pg_safe_text(&format!("{}: {e}", r.reason.detail())),
+                        None => r.reason.detail().to_owned(),
+                    });
+                    self.rej_events.push(pg_safe_json(r.event.to_json()));
                     self.rej_arrivals.push(ms(r.arrival_ms));
                     self.rej_parts.push(partition);
                     self.rej_offsets.push(r.offset);
@@ -360,6 +444,17 @@ pub async fn write_batch(
         tx.rollback().await?;
         return Err(StoreError::Fenced(fenced));
     }
+    write_columns(&tx, topic, &c).await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// Runs the statements that write `c` inside the caller's transaction.
+async fn write_columns(
+    tx: &tokio_postgres::Transaction<'_>,
+    topic: &str,
+    c: &Columns,
+) -> Result<(), tokio_postgres::Error> {
     if !c.conv_ids.is_empty() {
         tx.execute(
             "INSERT INTO conversations (id, status, created_at, updated_at)
@@ -370,9 +465,11 @@ pub async fn write_batch(
         .await?;
         tx.execute(
             "INSERT INTO processor_conversation_log
-                    (topic, conversation_id, partition, created_offset, created_arrival_ms)
-             SELECT $1, u.id, u.p, u.o, u.a
-               FROM unnest($2::uuid[], $3::int4[], $4::int8[], $5::int8[]) AS u(id, p, o, a)
+                    (topic, conversation_id, partition, created_offset, created_arrival_ms,
+                     created_event_us)
+             SELECT $1, u.id, u.p, u.o, u.a, u.e
+               FROM unnest($2::uuid[], $3::int4[], $4::int8[], $5::int8[], $6::int8[])
+                    AS u(id, p, o, a, e)
              ON CONFLICT (topic, conversation_id) DO NOTHING",
             &[
                 &topic,
@@ -380,6 +477,7 @@ pub async fn write_batch(
                 &c.log_parts,
                 &c.log_offsets,
                 &c.log_arrivals,
+                &c.conv_event_us,
             ],
         )
         .await?;
@@ -405,13 +503,15 @@ pub async fn write_batch(
         tx.execute(
             "INSERT INTO processor_conversation_log AS l
                     (topic, conversation_id, partition, created_offset, created_arrival_ms,
-                     closed_offset, closed_arrival_ms)
-             SELECT $1, u.id, u.p, u.co, u.ca, u.o, u.a
-               FROM unnest($2::uuid[], $3::int4[], $4::int8[], $5::int8[], $6::int8[], $7::int8[])
-                    AS u(id, p, co, ca, o, a)
+                     closed_offset, closed_arrival_ms, closed_event_us)
+             SELECT $1, u.id, u.p, u.co, u.ca, u.o, u.a, u.e
+               FROM unnest($2::uuid[], $3::int4[], $4::int8[], $5::int8[], $6::int8[], $7::int8[],
+                           $8::int8[])
+                    AS u(id, p, co, ca, o, a, e)
              ON CONFLICT (topic, conversation_id) DO UPDATE
                 SET closed_offset = EXCLUDED.closed_offset,
-                    closed_arrival_ms = EXCLUDED.closed_arrival_ms
+                    closed_arrival_ms = EXCLUDED.closed_arrival_ms,
+                    closed_event_us = EXCLUDED.closed_event_us
               WHERE l.closed_offset IS NULL",
             &[
                 &topic,
@@ -421,6 +521,7 @@ pub async fn write_batch(
                 &c.close_created_arrivals,
                 &c.close_offsets,
                 &c.close_arrivals,
+                &c.close_event_us,
             ],
         )
         .await?;
@@ -467,7 +568,6 @@ pub async fn write_batch(
     if !c.rej_offsets.is_empty() {
         let types: Vec<String> = c.rej_types.iter().map(|s| s.to_string()).collect();
         let reasons: Vec<String> = c.rej_reasons.iter().map(|s| s.to_string()).collect();
-        let details: Vec<String> = c.rej_details.iter().map(|s| s.to_string()).collect();
         tx.execute(
             "INSERT INTO rejected_events (event_type, event_id, conversation_id, reason, detail, event,
                                           arrival, source_topic, source_partition, source_offset)
@@ -482,7 +582,7 @@ pub async fn write_batch(
                 &c.rej_event_ids,
                 &c.rej_convs,
                 &reasons,
-                &details,
+                &c.rej_details,
                 &c.rej_events,
                 &c.rej_arrivals,
                 &c.rej_parts,
@@ -491,7 +591,6 @@ pub async fn write_batch(
         )
         .await?;
     }
-    tx.commit().await?;
     Ok(())
 }
 
@@ -506,4 +605,247 @@ pub fn message_ids<'a>(events: impl IntoIterator<Item = &'a Event>) -> Vec<Uuid>
         })
         .filter(|id| seen.insert(*id))
         .collect()
+}
+
+/// Gives every reply of `batches` an id no other row holds. A reply's id is
+/// derived from its group (so a replay writes the same row), which a
+/// provider can compute in advance and use as a message id. A reply whose
+/// id is an INBOUND message's (stored, or written by this batch), or
+/// another reply's with different content, takes the next salted id
+/// ([`reply_id_salted`]) instead, deterministically, so a replay picks the
+/// same one. Returns how many replies moved.
+pub async fn resolve_reply_ids(
+    client: &impl GenericClient,
+    batches: &mut [PartitionBatch],
+) -> Result<u64, tokio_postgres::Error> {
+    let inbound: HashSet<Uuid> = batches
+        .iter()
+        .flat_map(|b| &b.effects)
+        .filter_map(|e| match e {
+            Effect::Inbound(m) => Some(m.id),
+            _ => None,
+        })
+        .collect();
+    let mut moved = 0u64;
+    // Candidates still to check, by (batch, effect) index.
+    let mut pending: Vec<(usize, usize, u32)> = Vec::new();
+    for (bi, b) in batches.iter().enumerate() {
+        for (ei, e) in b.effects.iter().enumerate() {
+            if matches!(e, Effect::Outbound(_)) {
+                pending.push((bi, ei, 0));
+            }
+        }
+    }
+    // Each round settles every reply whose candidate is free; a taken
+    // candidate moves on to the next salt. Bounded: a provider would need
+    // a stored message for every salt it wants to block.
+    for _round in 0..16 {
+        if pending.is_empty() {
+            break;
+        }
+        let ids: Vec<Uuid> = pending
+            .iter()
+            .filter_map(|(bi, ei, _)| outbound(batches, *bi, *ei).map(|o| o.id))
+            .collect();
+        let rows = client
+            .query(
+                "SELECT id, direction = 'OUTBOUND', conversation_id, content FROM messages
+                  WHERE id = ANY($1)",
+                &[&ids],
+            )
+            .await?;
+        let taken: HashMap<Uuid, (bool, Uuid, String)> = rows
+            .into_iter()
+            .map(|r| (r.get(0), (r.get(1), r.get(2), r.get(3))))
+            .collect();
+        let mut next = Vec::new();
+        for (bi, ei, k) in pending {
+            let Some(Effect::Outbound(o)) = batches[bi].effects.get_mut(ei) else {
+                continue;
+            };
+            let clash = inbound.contains(&o.id)
+                || taken.get(&o.id).is_some_and(|(is_reply, conv, content)| {
+                    !*is_reply || *conv != o.conversation_id || *content != o.content
+                });
+            if clash {
+                let k = k + 1;
+                o.id = reply_id_salted(&o.inbound_ids, k);
+                moved += 1;
+                next.push((bi, ei, k));
+            }
+        }
+        pending = next;
+    }
+    Ok(moved)
+}
+
+fn outbound(batches: &[PartitionBatch], bi: usize, ei: usize) -> Option<&Outbound> {
+    match batches.get(bi).and_then(|b| b.effects.get(ei)) {
+        Some(Effect::Outbound(o)) => Some(o),
+        _ => None,
+    }
+}
+
+/// The oldest arrival stamp of a record some live ingest replica is still
+/// waiting to have acknowledged (`ingest_inflight`, migration V400), among
+/// replicas whose heartbeat is younger than `lease`. A caught-up
+/// partition's watermark must not pass it: that record can still land.
+pub async fn inflight_floor(
+    client: &impl GenericClient,
+    lease: std::time::Duration,
+) -> Result<Option<i64>, tokio_postgres::Error> {
+    let lease_ms = lease.as_millis() as i64;
+    let row = client
+        .query_one(
+            "SELECT min(oldest_inflight_ms) FROM ingest_inflight
+              WHERE oldest_inflight_ms IS NOT NULL
+                AND heartbeat_at > clock_timestamp() - make_interval(secs => $1::int8 / 1000.0)",
+            &[&lease_ms],
+        )
+        .await?;
+    row.try_get(0)
+}
+
+/// What a reset found and did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reset {
+    /// The partition's positions from now on.
+    pub claim: Claim,
+    /// Stored INBOUND messages without reply that were answered from their
+    /// rows (their records are gone).
+    pub stranded_answered: usize,
+    /// Offsets `[from, to)` that could not be read again.
+    pub skipped: (i64, i64),
+}
+
+/// Moves a partition whose stored position is outside the log (see
+/// [`crate::logcheck`]) to the log's start `start`, in one transaction
+/// fenced by `epoch`:
+/// - beyond the end (a new log): the stored log positions of its
+///   conversations and the source offsets of its rejections are moved
+///   below every offset of the new log (`-1`, and `-1 - id`), so the new
+///   log's records are judged as after everything the old one decided and
+///   their rejections are stored under their own offsets;
+/// - either way, INBOUND rows of its conversations still without reply are
+///   answered from the rows ([`answer_stranded`]): their groups' records
+///   cannot be read again;
+/// - a `partition_resets` row records what was skipped.
+#[allow(clippy::too_many_arguments)]
+pub async fn reset_partition(
+    client: &mut tokio_postgres::Client,
+    topic: &str,
+    partition: i32,
+    epoch: i64,
+    kind: PositionCheck,
+    stored: Claim,
+    (start, end): (i64, i64),
+    owner: &str,
+    cfg: &EngineConfig,
+) -> Result<Reset, StoreError> {
+    let tx = client.transaction().await?;
+    let position = PositionUpdate {
+        partition,
+        epoch,
+        resume_offset: start,
+        processed_offset: start,
+    };
+    let fenced = fence_and_advance(&tx, topic, &[position]).await?;
+    if !fenced.is_empty() {
+        tx.rollback().await?;
+        return Err(StoreError::Fenced(fenced));
+    }
+    if kind == PositionCheck::BeyondEnd {
+        tx.execute(
+            "UPDATE processor_conversation_log
+                SET created_offset = -1,
+                    closed_offset = CASE WHEN closed_offset IS NULL THEN NULL ELSE -1 END
+              WHERE topic = $1 AND partition = $2 AND (created_offset >= 0 OR closed_offset >= 0)",
+            &[&topic, &partition],
+        )
+        .await?;
+        tx.execute(
+            "UPDATE rejected_events SET source_offset = -1 - id
+              WHERE source_topic = $1 AND source_partition = $2 AND source_offset >= 0",
+            &[&topic, &partition],
+        )
+        .await?;
+    }
+    let rows = tx
+        .query(
+            "SELECT m.id, m.conversation_id, (extract(epoch FROM m.arrival) * 1000)::int8
+               FROM processor_conversation_log l
+               JOIN messages m ON m.conversation_id = l.conversation_id
+              WHERE l.topic = $1 AND l.partition = $2
+                AND m.direction = 'INBOUND' AND m.reply_id IS NULL",
+            &[&topic, &partition],
+        )
+        .await?;
+    let stranded: Vec<StrandedRow> = rows
+        .iter()
+        .map(|r| StrandedRow {
+            id: r.get(0),
+            conversation_id: r.get(1),
+            arrival_ms: r.get(2),
+        })
+        .collect();
+    let stranded_answered = stranded.len();
+    let effects: Vec<Effect> = answer_stranded(cfg, stranded)
+        .into_iter()
+        .map(Effect::Outbound)
+        .collect();
+    let mut batch = [PartitionBatch { position, effects }];
+    resolve_reply_ids(&tx, &mut batch).await?;
+    let mut c = Columns::default();
+    c.add(partition, &batch[0].effects);
+    write_columns(&tx, topic, &c).await?;
+    let skipped = (stored.resume_offset.min(start), start);
+    let skipped = match kind {
+        // A new log: nothing of it was skipped (the old one's records
+        // after the stored position were never in it).
+        PositionCheck::BeyondEnd => (start, start),
+        _ => skipped,
+    };
+    let detail = match kind {
+        PositionCheck::BeyondEnd => format!(
+            "stored position {} is beyond the log end {end}: the topic was recreated or the broker replaced; reading the new log from {start}",
+            stored.processed_offset
+        ),
+        _ => format!(
+            "stored resume position {} is before the log start {start}: records [{}, {start}) were removed before they were processed",
+            stored.resume_offset, skipped.0
+        ),
+    };
+    let stranded_i32 = i32::try_from(stranded_answered).unwrap_or(i32::MAX);
+    tx.execute(
+        "INSERT INTO partition_resets (topic, partition, kind, stored_resume, stored_processed,
+                                       log_start, log_end, new_offset, skipped_from, skipped_to,
+                                       stranded_answered, detail, owner)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+        &[
+            &topic,
+            &partition,
+            &kind.as_str(),
+            &stored.resume_offset,
+            &stored.processed_offset,
+            &start,
+            &end,
+            &start,
+            &skipped.0,
+            &skipped.1,
+            &stranded_i32,
+            &detail,
+            &owner,
+        ],
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(Reset {
+        claim: Claim {
+            epoch,
+            resume_offset: start,
+            processed_offset: start,
+        },
+        stranded_answered,
+        skipped,
+    })
 }

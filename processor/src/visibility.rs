@@ -152,6 +152,7 @@ mod tests {
             last_arrival_ms: 0,
             inbound_ids: ids,
             flushed_by_close: false,
+            capped: false,
         })
     }
 

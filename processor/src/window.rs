@@ -54,25 +54,55 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use chatpipe_core::Event;
 use uuid::Uuid;
 
-use crate::effects::{Effect, Inbound, Outbound, Reason, Rejection};
+use crate::effects::{Effect, Inbound, Outbound, Reason, Rejection, ReplyCause};
 use crate::reply::{reply_id, reply_text};
 use crate::watermark::Watermark;
 
-/// The two windows, in milliseconds.
+/// The windows (milliseconds) and the bounds of a group.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct EngineConfig {
     /// Grouping gap G.
     pub gap_ms: i64,
     /// Late-arrival tolerance L.
     pub tolerance_ms: i64,
+    /// Longest span of one group (first to last arrival): a group is
+    /// answered at the latest when the watermark passes `first + span`, and
+    /// a message arriving after that starts a new group.
+    pub max_group_span_ms: i64,
+    /// Most messages in one group: the group is answered as soon as it has
+    /// this many, and the next message starts a new group.
+    pub max_group_messages: usize,
 }
+
+/// Default [`EngineConfig::max_group_span_ms`]: one minute.
+pub const DEFAULT_MAX_GROUP_SPAN_MS: i64 = 60_000;
+/// Default [`EngineConfig::max_group_messages`].
+pub const DEFAULT_MAX_GROUP_MESSAGES: usize = 100;
 
 impl Default for EngineConfig {
     fn default() -> Self {
         Self {
             gap_ms: 5_000,
             tolerance_ms: 6_000,
+            max_group_span_ms: DEFAULT_MAX_GROUP_SPAN_MS,
+            max_group_messages: DEFAULT_MAX_GROUP_MESSAGES,
         }
+    }
+}
+
+impl EngineConfig {
+    /// When an open group with this first and last arrival is answered by
+    /// the watermark: `last + G`, or `first + span` when that is earlier.
+    /// Saturating, so no arrival time can overflow.
+    pub fn group_deadline(&self, first_ms: i64, last_ms: i64) -> i64 {
+        last_ms
+            .saturating_add(self.gap_ms)
+            .min(first_ms.saturating_add(self.max_group_span_ms.max(0)))
+    }
+
+    /// When a buffered orphan that arrived at `arrival_ms` expires.
+    pub fn orphan_deadline(&self, arrival_ms: i64) -> i64 {
+        arrival_ms.saturating_add(self.tolerance_ms)
     }
 }
 
@@ -103,6 +133,12 @@ pub struct ConversationLog {
     pub created: Option<LogPos>,
     /// Its CLOSE_CONVERSATION.
     pub closed: Option<LogPos>,
+    /// Event time of its NEW_CONVERSATION in microseconds (Postgres'
+    /// precision), so an identical redelivery is told from a different
+    /// event; `None` for rows written before it was kept.
+    pub created_event_us: Option<i64>,
+    /// Event time of its CLOSE_CONVERSATION in microseconds.
+    pub closed_event_us: Option<i64>,
 }
 
 impl ConversationLog {
@@ -125,6 +161,8 @@ pub struct StoredMessage {
     pub reply_id: Option<Uuid>,
     /// The message was rejected (its id is known, its fate final).
     pub rejected: bool,
+    /// The id is an OUTBOUND reply's: no message may reuse it.
+    pub is_reply: bool,
 }
 
 /// Counters the engine keeps for metrics.
@@ -138,6 +176,10 @@ pub struct EngineStats {
     pub duplicates: u64,
     /// Records skipped because their decision was already stored.
     pub skipped_decided: u64,
+    /// Groups answered at a bound (maximum span or size).
+    pub capped_groups: u64,
+    /// Identical redeliveries of NEW_CONVERSATION or CLOSE_CONVERSATION.
+    pub lifecycle_duplicates: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -355,7 +397,10 @@ impl PartitionEngine {
             false,
         ) = (
             &record.event,
-            reason == Reason::IdReusedWithDifferentContent,
+            matches!(
+                reason,
+                Reason::IdReusedWithDifferentContent | Reason::IdUsedByReply
+            ),
         ) {
             let (id, conversation_id) = (*id, *conversation_id);
             self.stored.entry(id).or_insert_with(|| StoredMessage {
@@ -363,6 +408,7 @@ impl PartitionEngine {
                 content: content.clone(),
                 reply_id: None,
                 rejected: true,
+                is_reply: false,
             });
         }
         out.push(Effect::Rejected(Rejection {
@@ -370,6 +416,7 @@ impl PartitionEngine {
             arrival_ms: record.arrival_ms,
             event: record.event,
             reason,
+            error: None,
         }));
     }
 
@@ -378,10 +425,17 @@ impl PartitionEngine {
             return;
         };
         let offset = record.offset;
+        let event_us = timestamp.timestamp_micros();
         let log = self.conversation(id);
         if let Some(created) = log.created {
             if created.offset < offset {
-                self.reject(record, Reason::ConversationAlreadyExists, out);
+                if log.created_event_us == Some(event_us) {
+                    // The same event delivered again (e.g. a provider's
+                    // retry after a 503 whose record did reach the log).
+                    self.stats.lifecycle_duplicates += 1;
+                } else {
+                    self.reject(record, Reason::ConversationAlreadyExists, out);
+                }
                 return;
             }
         }
@@ -389,6 +443,7 @@ impl PartitionEngine {
             offset,
             arrival_ms: record.arrival_ms,
         });
+        log.created_event_us = Some(event_us);
         out.push(Effect::ConversationCreated {
             conversation_id: id,
             created_at: timestamp,
@@ -402,10 +457,10 @@ impl PartitionEngine {
         for orphan in waiting {
             let r = orphan.record;
             self.orphan_deadlines
-                .remove(&(r.arrival_ms + self.cfg.tolerance_ms, r.offset, id));
+                .remove(&(self.cfg.orphan_deadline(r.arrival_ms), r.offset, id));
             self.in_window.remove(&r.event.id());
             self.unpin(r.offset);
-            if record.arrival_ms <= r.arrival_ms + self.cfg.tolerance_ms {
+            if record.arrival_ms <= self.cfg.orphan_deadline(r.arrival_ms) {
                 self.accept(r, out);
             } else {
                 self.reject(r, Reason::ConversationNotCreatedInTime, out);
@@ -424,14 +479,20 @@ impl PartitionEngine {
             return;
         };
         if log.closed_before(offset) {
-            self.reject(record, Reason::ConversationAlreadyClosed, out);
+            if log.closed_event_us == Some(timestamp.timestamp_micros()) {
+                self.stats.lifecycle_duplicates += 1;
+            } else {
+                self.reject(record, Reason::ConversationAlreadyClosed, out);
+            }
             return;
         }
-        self.conversation(id).closed = Some(LogPos {
+        let entry = self.conversation(id);
+        entry.closed = Some(LogPos {
             offset,
             arrival_ms: record.arrival_ms,
         });
-        self.close_group(id, true, out);
+        entry.closed_event_us = Some(timestamp.timestamp_micros());
+        self.close_group(id, ReplyCause::Close, out);
         out.push(Effect::ConversationClosed {
             conversation_id: id,
             created,
@@ -461,6 +522,10 @@ impl PartitionEngine {
             return;
         }
         if let Some(s) = self.stored.get(&id) {
+            if s.is_reply {
+                self.reject(record, Reason::IdUsedByReply, out);
+                return;
+            }
             if s.conversation_id != conversation_id || &s.content != content {
                 self.reject(record, Reason::IdReusedWithDifferentContent, out);
                 return;
@@ -480,7 +545,7 @@ impl PartitionEngine {
             self.accept(record, out);
         } else {
             // Orphan: wait for NEW_CONVERSATION up to arrival + L.
-            let deadline = record.arrival_ms + self.cfg.tolerance_ms;
+            let deadline = self.cfg.orphan_deadline(record.arrival_ms);
             self.orphan_deadlines
                 .insert((deadline, record.offset, conversation_id));
             self.in_window
@@ -514,9 +579,16 @@ impl PartitionEngine {
             arrival_ms: arrival,
         };
         if let Some(group) = self.groups.get(&conv) {
-            if arrival > group.last_ms + g {
-                // Its window ended (the watermark is past it): write it first.
-                self.close_group(conv, false, out);
+            let deadline = self.cfg.group_deadline(group.first_ms, group.last_ms);
+            if arrival > deadline {
+                // Its window ended or its span is used up (the watermark is
+                // past it): write it first.
+                let cause = if deadline < group.last_ms.saturating_add(g) {
+                    ReplyCause::Span
+                } else {
+                    ReplyCause::Window
+                };
+                self.close_group(conv, cause, out);
             }
         }
         // Visible at once: the row is written (without reply) in this batch.
@@ -530,7 +602,7 @@ impl PartitionEngine {
         }));
 
         if let Some(group) = self.groups.get(&conv) {
-            if arrival < group.first_ms - g {
+            if arrival < group.first_ms.saturating_sub(g) {
                 // Older than the open group by more than G: a group of its
                 // own whose window has already passed.
                 self.stats.late_new_groups += 1;
@@ -539,24 +611,27 @@ impl PartitionEngine {
                     first_ms: arrival,
                     last_ms: arrival,
                 };
-                self.write_group(conv, single, false, out);
+                self.write_group(conv, single, ReplyCause::Window, out);
                 return;
             }
         }
-        match self.groups.get_mut(&conv) {
+        let cfg = self.cfg;
+        let full = match self.groups.get_mut(&conv) {
             Some(group) => {
-                let old = (group.last_ms + g, conv);
+                let old = (cfg.group_deadline(group.first_ms, group.last_ms), conv);
                 group.first_ms = group.first_ms.min(arrival);
                 group.last_ms = group.last_ms.max(arrival);
                 group.members.push(member);
-                let new = (group.last_ms + g, conv);
+                let new = (cfg.group_deadline(group.first_ms, group.last_ms), conv);
                 if new != old {
                     self.group_deadlines.remove(&old);
                     self.group_deadlines.insert(new);
                 }
+                group.members.len() >= cfg.max_group_messages
             }
             None => {
-                if self.watermark.passed(arrival + g) {
+                let deadline = cfg.group_deadline(arrival, arrival);
+                if self.watermark.passed(deadline) {
                     self.stats.late_new_groups += 1;
                 }
                 self.groups.insert(
@@ -567,8 +642,14 @@ impl PartitionEngine {
                         last_ms: arrival,
                     },
                 );
-                self.group_deadlines.insert((arrival + g, conv));
+                self.group_deadlines.insert((deadline, conv));
+                cfg.max_group_messages <= 1
             }
+        };
+        if full {
+            // Bounded size: answered now; the next message starts a group.
+            self.stats.capped_groups += 1;
+            self.close_group(conv, ReplyCause::Size, out);
         }
     }
 
@@ -579,7 +660,14 @@ impl PartitionEngine {
             if !self.watermark.passed(deadline) {
                 break;
             }
-            self.close_group(conv, false, out);
+            let cause = match self.groups.get(&conv) {
+                Some(group) if deadline < group.last_ms.saturating_add(self.cfg.gap_ms) => {
+                    self.stats.capped_groups += 1;
+                    ReplyCause::Span
+                }
+                _ => ReplyCause::Window,
+            };
+            self.close_group(conv, cause, out);
         }
         while let Some(&(deadline, offset, conv)) = self.orphan_deadlines.first() {
             if !self.watermark.passed(deadline) {
@@ -602,11 +690,11 @@ impl PartitionEngine {
         }
     }
 
-    fn close_group(&mut self, conv: Uuid, by_close: bool, out: &mut Vec<Effect>) {
+    fn close_group(&mut self, conv: Uuid, cause: ReplyCause, out: &mut Vec<Effect>) {
         if let Some(group) = self.groups.remove(&conv) {
             self.group_deadlines
-                .remove(&(group.last_ms + self.cfg.gap_ms, conv));
-            self.write_group(conv, group, by_close, out);
+                .remove(&(self.cfg.group_deadline(group.first_ms, group.last_ms), conv));
+            self.write_group(conv, group, cause, out);
         }
     }
 
@@ -615,7 +703,7 @@ impl PartitionEngine {
         &mut self,
         conv: Uuid,
         mut group: OpenGroup,
-        by_close: bool,
+        cause: ReplyCause,
         out: &mut Vec<Effect>,
     ) {
         group.members.sort_by_key(|m| (m.arrival_ms, m.offset));
@@ -633,18 +721,26 @@ impl PartitionEngine {
                         content,
                         reply_id: Some(id),
                         rejected: false,
+                        is_reply: false,
                     },
                 );
             }
         }
+        // `last + G` (the spec's rule), `first + span` for a group cut at
+        // its span, and the last arrival for one cut at its size.
+        let timestamp_ms = match cause {
+            ReplyCause::Size => group.last_ms,
+            _ => self.cfg.group_deadline(group.first_ms, group.last_ms),
+        };
         out.push(Effect::Outbound(Outbound {
             id,
             conversation_id: conv,
             content: reply_text(&ids),
-            timestamp_ms: group.last_ms + self.cfg.gap_ms,
+            timestamp_ms,
             last_arrival_ms: group.last_ms,
             inbound_ids: ids,
-            flushed_by_close: by_close,
+            flushed_by_close: cause == ReplyCause::Close,
+            capped: matches!(cause, ReplyCause::Size | ReplyCause::Span),
         }));
     }
 

@@ -1,12 +1,13 @@
 //! Crash test: `kill -9` the processor at random moments (≥ 10 times) while
 //! 1,000 conversations send bursts; afterwards every inbound is stored once,
-//! every group has exactly one reply, and the database equals that of a run
-//! without crashes over the same log.
+//! each burst is answered by exactly one reply listing exactly its ids, and
+//! the database equals that of a run without crashes over the same log.
 
 mod common;
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chatpipe_tests::{create_topic, PrivateBroker, TestDb};
@@ -25,7 +26,11 @@ fn envs() -> Vec<(&'static str, &'static str)> {
     vec![
         ("CHATPIPE_GROUPING_GAP", "1s"),
         ("CHATPIPE_LATE_TOLERANCE", "1200ms"),
-        ("CHATPIPE_WATERMARK_ALLOWANCE", "300ms"),
+        // Bursts carry explicit arrival stamps (100 ms apart within a burst,
+        // seconds between bursts); a wall-clock watermark this far behind
+        // never overtakes a burst still being sent, so the bursts, not the
+        // broker's speed, decide the groups.
+        ("CHATPIPE_WATERMARK_ALLOWANCE", "5s"),
         ("CHATPIPE_POLL_BATCH_SIZE", "500"),
         // Fewer empty fetches: the SQLite broker is CPU-bound on this box.
         ("CHATPIPE_FETCH_WAIT", "500ms"),
@@ -68,6 +73,30 @@ fn check_replies(s: &Snapshot) {
     assert_eq!(s.unreplied, 0);
 }
 
+/// (conversation, burst number) → the burst's message ids in arrival order.
+type Bursts = BTreeMap<(Uuid, usize), Vec<Uuid>>;
+
+/// Each burst (its ids in order) is exactly one reply's ids, and every
+/// reply is one burst.
+fn check_bursts(s: &Snapshot, bursts: &Bursts) {
+    let mut expected: Vec<(Uuid, Vec<Uuid>)> = bursts
+        .iter()
+        .map(|((c, _), ids)| (*c, ids.clone()))
+        .collect();
+    let mut got: Vec<(Uuid, Vec<Uuid>)> = s
+        .replies
+        .iter()
+        .map(|(c, text)| {
+            let ids = text.lines().skip(1).map(|l| l.parse().unwrap()).collect();
+            (*c, ids)
+        })
+        .collect();
+    expected.sort();
+    got.sort();
+    assert_eq!(got.len(), expected.len(), "one reply per burst");
+    assert_eq!(got, expected, "each reply lists exactly one burst's ids");
+}
+
 /// The broker for this test: a Tansu of its own with file (SQLite)
 /// storage. (It used to wedge after ~13 restarts of the consumer while
 /// records carried a header: see `EVENT_RECORDS_HAVE_HEADERS`.) Not the
@@ -91,12 +120,15 @@ async fn kill9_during_bursts_changes_nothing() {
 
     let convs: Vec<Uuid> = (0..CONVERSATIONS).map(|_| Uuid::new_v4()).collect();
     let done = Arc::new(AtomicBool::new(false));
+    // (conversation, burst) → its message ids in arrival order.
+    let bursts: Arc<Mutex<Bursts>> = Arc::default();
     let producer = {
-        let (bootstrap, topic, convs, done) = (
+        let (bootstrap, topic, convs, done, bursts) = (
             bootstrap.clone(),
             topic.clone(),
             convs.clone(),
             done.clone(),
+            bursts.clone(),
         );
         tokio::spawn(async move {
             let prod = Producer::with_linger(&bootstrap, &topic, Duration::from_millis(50));
@@ -104,13 +136,25 @@ async fn kill9_during_bursts_changes_nothing() {
                 join_all(chunk.iter().map(|c| prod.send_ev(conv(*c)))).await;
             }
             for burst in 0..BURSTS {
-                for _ in 0..PER_BURST {
+                let base = chrono::Utc::now().timestamp_millis();
+                for round in 0..PER_BURST {
                     // CHUNK conversations at a time (the SQLite broker is
-                    // slower than memory storage; arrival timestamps, not
-                    // the send rate, decide the groups, and the reference
-                    // run reads the same log).
+                    // slower than memory storage). Arrival stamps 100 ms
+                    // apart within a burst decide the groups, not the send
+                    // rate; the reference run reads the same log.
+                    let at = base + 100 * round as i64;
                     for chunk in convs.chunks(CHUNK) {
-                        join_all(chunk.iter().map(|c| prod.send_ev(msg(Uuid::new_v4(), *c)))).await;
+                        let sends: Vec<_> = chunk
+                            .iter()
+                            .map(|c| {
+                                let id = Uuid::new_v4();
+                                if let Ok(mut b) = bursts.lock() {
+                                    b.entry((*c, burst)).or_default().push(id);
+                                }
+                                (msg(id, *c), at)
+                            })
+                            .collect();
+                        join_all(sends.iter().map(|(e, at)| prod.send_at(e, *at))).await;
                     }
                     tokio::time::sleep(Duration::from_millis(20)).await;
                 }
@@ -175,6 +219,9 @@ async fn kill9_during_bursts_changes_nothing() {
     }
     let crashed = settled(&db, inbound).await;
     check_replies(&crashed);
+    let bursts = bursts.lock().unwrap().clone();
+    assert_eq!(bursts.len(), CONVERSATIONS * BURSTS);
+    check_bursts(&crashed, &bursts);
     assert!(crashed.rejected.is_empty(), "{:?}", crashed.rejected);
     drop(p);
 

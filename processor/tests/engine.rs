@@ -104,6 +104,19 @@ fn close(c: Uuid) -> Event {
         timestamp: ts(),
     }
 }
+/// A lifecycle event with another event time than [`ts`].
+fn conv_at(c: Uuid, ms: i64) -> Event {
+    Event::NewConversation {
+        id: c,
+        timestamp: Utc.timestamp_millis_opt(T0 + ms).unwrap(),
+    }
+}
+fn close_at(c: Uuid, ms: i64) -> Event {
+    Event::CloseConversation {
+        id: c,
+        timestamp: Utc.timestamp_millis_opt(T0 + ms).unwrap(),
+    }
+}
 fn msg(m: Uuid, c: Uuid) -> Event {
     msg_with(m, c, "hi")
 }
@@ -297,9 +310,14 @@ fn close_flushes_and_rejects_later_messages() {
     assert_eq!(s.replies(), vec![(c, vec![id(1)], 6_000, true)]);
     s.feed(1_600, msg(id(2), c));
     assert_eq!(s.rejections(), vec![(id(2), Reason::ConversationClosed)]);
-    s.feed(1_700, close(c));
+    // Identical redeliveries (same id, type, timestamp) are duplicates;
+    // different events for the taken id are rejected.
+    s.feed(1_650, close(c));
+    s.feed(1_660, conv(c));
+    assert_eq!(s.engine.stats().lifecycle_duplicates, 2);
+    s.feed(1_700, close_at(c, 1));
     s.feed(1_800, close(id(999)));
-    s.feed(1_900, conv(c));
+    s.feed(1_900, conv_at(c, 1));
     assert_eq!(
         s.rejections(),
         vec![
@@ -369,6 +387,7 @@ fn configurable_windows() {
     let mut s = Sim::with(EngineConfig {
         gap_ms: 500,
         tolerance_ms: 600,
+        ..EngineConfig::default()
     });
     let c = id(100);
     s.feed(0, msg(id(1), c));
@@ -506,4 +525,116 @@ fn replay_rebuilds_open_group_from_rows_without_reply() {
     for m in [id(1), id(2), id(3)] {
         assert_eq!(replay.store.messages[&m].reply_id, Some(reply));
     }
+}
+
+/// A conversation that keeps talking within the gap is answered when its
+/// group reaches the maximum span, and the next message starts a group.
+#[test]
+fn groups_are_bounded_by_span() {
+    let mut s = Sim::with(EngineConfig {
+        max_group_span_ms: 10_000,
+        ..EngineConfig::default()
+    });
+    let c = id(100);
+    s.feed(0, conv(c));
+    // Every 3 s for 30 s: within G of each other, forever.
+    for i in 0..10u128 {
+        s.feed(1_000 + 3_000 * i as i64, msg(id(i + 1), c));
+        s.tick(1_000 + 3_000 * i as i64 + 1);
+    }
+    s.tick(100_000);
+    let replies = s.replies();
+    // Groups of first..first+10 s: arrivals 1,4,7,10 | 13,16,19 (22 > 23?) ...
+    assert!(replies.len() >= 3, "{replies:?}");
+    for (_, ids, ts, _) in &replies {
+        assert!(!ids.is_empty());
+        assert!(*ts > 0);
+    }
+    let all: Vec<Uuid> = replies.iter().flat_map(|r| r.1.clone()).collect();
+    assert_eq!(
+        all,
+        (1..=10).map(id).collect::<Vec<_>>(),
+        "every message answered once, in order"
+    );
+    // The first group ends at its span: first arrival + 10 s.
+    assert_eq!(replies[0].1, vec![id(1), id(2), id(3), id(4)]);
+    assert_eq!(replies[0].2, 11_000);
+    assert_eq!(s.engine.stats().capped_groups, 2);
+    assert_eq!(s.engine.resume_offset(), s.engine.next_offset());
+}
+
+/// A group is answered as soon as it has the maximum number of messages.
+#[test]
+fn groups_are_bounded_by_size() {
+    let mut s = Sim::with(EngineConfig {
+        max_group_messages: 3,
+        ..EngineConfig::default()
+    });
+    let c = id(100);
+    s.feed(0, conv(c));
+    for i in 0..7u128 {
+        s.feed(100 + i as i64, msg(id(i + 1), c));
+    }
+    // Two full groups answered at once (at their last arrival), one open.
+    assert_eq!(
+        s.replies(),
+        vec![
+            (c, vec![id(1), id(2), id(3)], 102, false),
+            (c, vec![id(4), id(5), id(6)], 105, false),
+        ]
+    );
+    s.tick(100_000);
+    assert_eq!(s.replies().len(), 3);
+    assert_eq!(s.replies()[2].1, vec![id(7)]);
+    assert_eq!(s.engine.stats().capped_groups, 2);
+}
+
+/// A message reusing a reply's id is rejected and never touches the reply.
+#[test]
+fn message_reusing_a_reply_id_is_rejected() {
+    let mut s = Sim::new();
+    let c = id(100);
+    s.feed(0, conv(c));
+    s.feed(100, msg(id(1), c));
+    s.tick(10_000);
+    let reply = reply_id(&[id(1)]);
+    s.feed(10_100, msg(reply, c));
+    assert_eq!(s.rejections(), vec![(reply, Reason::IdUsedByReply)]);
+    assert!(s.store.messages[&reply].outbound);
+    assert_eq!(s.store.messages[&reply].content, reply_text(&[id(1)]));
+    // Its redelivery is rejected again (the id is not its own).
+    s.feed(10_200, msg(reply, c));
+    assert_eq!(s.rejections().len(), 2);
+}
+
+/// Arrival arithmetic saturates: extreme record timestamps neither panic
+/// nor wrap around.
+#[test]
+fn extreme_arrivals_do_not_overflow() {
+    let mut e = PartitionEngine::new(EngineConfig::default(), 0);
+    let c = id(100);
+    let mut out = vec![];
+    for (i, at) in [i64::MAX - 1, i64::MAX, i64::MIN, 0]
+        .into_iter()
+        .enumerate()
+    {
+        e.on_record(
+            Record {
+                offset: 2 * i as i64,
+                arrival_ms: at,
+                event: conv(c),
+            },
+            &mut out,
+        );
+        e.on_record(
+            Record {
+                offset: 2 * i as i64 + 1,
+                arrival_ms: at,
+                event: msg(id(i as u128 + 1), c),
+            },
+            &mut out,
+        );
+    }
+    e.advance_watermark(i64::MAX, &mut out);
+    assert!(out.iter().any(|e| matches!(e, Effect::Outbound(_))));
 }

@@ -19,9 +19,13 @@ use uuid::Uuid;
 
 const G: i64 = 50;
 const L: i64 = 60;
+/// Unbounded groups: the invariants below are those of the gap rule alone
+/// (the bounds have tests of their own).
 const CFG: EngineConfig = EngineConfig {
     gap_ms: G,
     tolerance_ms: L,
+    max_group_span_ms: i64::MAX,
+    max_group_messages: usize::MAX,
 };
 
 #[derive(Debug, Clone)]
