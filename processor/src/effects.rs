@@ -28,11 +28,14 @@ pub enum Reason {
     /// Postgres refused the record's effects every time they were tried
     /// (the record was isolated so its partition could go on).
     StorageRefused,
+    /// The record is not a valid event (written by something other than
+    /// ingest, or by an ingest that validated less): recorded as it was.
+    Undecodable,
 }
 
 impl Reason {
     /// Every reason, for metrics.
-    pub const ALL: [Reason; 8] = [
+    pub const ALL: [Reason; 9] = [
         Reason::ConversationClosed,
         Reason::ConversationNotCreatedInTime,
         Reason::IdReusedWithDifferentContent,
@@ -41,6 +44,7 @@ impl Reason {
         Reason::ConversationAlreadyClosed,
         Reason::IdUsedByReply,
         Reason::StorageRefused,
+        Reason::Undecodable,
     ];
 
     /// Machine-readable reason code.
@@ -54,6 +58,7 @@ impl Reason {
             Reason::ConversationAlreadyClosed => "conversation_already_closed",
             Reason::IdUsedByReply => "id_used_by_reply",
             Reason::StorageRefused => "storage_refused",
+            Reason::Undecodable => "undecodable",
         }
     }
 
@@ -68,6 +73,7 @@ impl Reason {
             Reason::ConversationAlreadyClosed => "the conversation was already closed earlier in the log",
             Reason::IdUsedByReply => "the message id is the id of an automatic reply",
             Reason::StorageRefused => "the database refused this record's effects on every retry; the record was set aside so its partition could go on",
+            Reason::Undecodable => "the record in the log is not a valid event",
         }
     }
 }
@@ -142,6 +148,56 @@ pub struct Rejection {
     pub error: Option<String>,
 }
 
+/// A record of the log that is not a valid event. The shell records it
+/// (reason [`Reason::Undecodable`]) instead of stepping over it silently.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Undecodable {
+    /// Log offset.
+    pub offset: i64,
+    /// Record timestamp (ms).
+    pub arrival_ms: i64,
+    /// The payload as JSON when it is JSON, else `{"payload": <text>}`
+    /// (lossy UTF-8), or `{"payload": null}` for an empty record.
+    pub payload: serde_json::Value,
+    /// Why it is not an event.
+    pub error: String,
+}
+
+impl Undecodable {
+    /// Describes a record whose `payload` did not decode.
+    pub fn new(offset: i64, arrival_ms: i64, payload: Option<&[u8]>, error: String) -> Self {
+        let payload = match payload {
+            None => serde_json::json!({ "payload": null }),
+            Some(b) => serde_json::from_slice(b)
+                .unwrap_or_else(|_| serde_json::json!({ "payload": String::from_utf8_lossy(b) })),
+        };
+        Self {
+            offset,
+            arrival_ms,
+            payload,
+            error,
+        }
+    }
+
+    /// `data.<key>` of the payload as a UUID, when there is one.
+    pub fn uuid_at(&self, key: &str) -> Option<Uuid> {
+        self.payload
+            .get("data")
+            .and_then(|d| d.get(key))
+            .and_then(|v| v.as_str())
+            .and_then(|s| Uuid::parse_str(s).ok())
+    }
+
+    /// The payload's `type` when it is a string, else `UNDECODABLE`.
+    pub fn event_type(&self) -> String {
+        self.payload
+            .get("type")
+            .and_then(|v| v.as_str())
+            .unwrap_or("UNDECODABLE")
+            .to_owned()
+    }
+}
+
 /// One decision of the engine. Applying effects is idempotent, so a replay
 /// may emit an effect again.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -181,4 +237,6 @@ pub enum Effect {
     Outbound(Outbound),
     /// Record a rejected event.
     Rejected(Rejection),
+    /// Record a record that is not an event (added by the shell).
+    Undecodable(Undecodable),
 }

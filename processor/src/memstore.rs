@@ -99,6 +99,11 @@ impl MemStore {
                         }
                     }
                 }
+                Effect::Undecodable(u) => {
+                    self.rejected
+                        .entry(u.offset)
+                        .or_insert((u.uuid_at("id").unwrap_or_default(), Reason::Undecodable));
+                }
                 Effect::Rejected(r) => {
                     if let chatpipe_core::Event::NewMessage {
                         id,

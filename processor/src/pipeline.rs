@@ -39,7 +39,7 @@ use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Offset, TopicPartitionList};
 use uuid::Uuid;
 
-use crate::effects::{Effect, Reason, Rejection};
+use crate::effects::{Effect, Reason, Rejection, Undecodable};
 use crate::failure::{classify_sqlstate, FailureKind, RetryPolicy};
 use crate::health::Health;
 use crate::logcheck::{check_position, BeyondEndConfirmation, PositionCheck};
@@ -150,6 +150,15 @@ struct Recovery {
     refusals: HashMap<i64, u32>,
     /// Records set aside, by offset: the database's error.
     poison: BTreeMap<i64, String>,
+}
+
+/// One poll batch: decoded records and records that are not events, by
+/// partition, in offset order.
+#[derive(Default)]
+struct Batch {
+    records: BTreeMap<i32, Vec<Record>>,
+    undecodable: BTreeMap<i32, Vec<Undecodable>>,
+    n: usize,
 }
 
 /// One reading of a partition's log bounds, taken off the loop.
@@ -326,6 +335,7 @@ impl Processor {
     fn assign(&mut self) -> anyhow::Result<()> {
         let mut tpl = TopicPartitionList::new();
         let mut paused = TopicPartitionList::new();
+        let mut running = TopicPartitionList::new();
         for (p, o) in &self.parts {
             tpl.add_partition_offset(
                 &self.settings.topic,
@@ -335,13 +345,22 @@ impl Processor {
             .context("building the assignment")?;
             if o.waiting() {
                 paused.add_partition(&self.settings.topic, *p);
+            } else {
+                running.add_partition(&self.settings.topic, *p);
             }
         }
         self.consumer.assign(&tpl).context("assigning partitions")?;
+        // librdkafka keeps a partition's pause flag across assignments:
+        // set both ways explicitly.
         if paused.count() > 0 {
             self.consumer
                 .pause(&paused)
                 .context("pausing partitions in backoff")?;
+        }
+        if running.count() > 0 {
+            self.consumer
+                .resume(&running)
+                .context("resuming partitions")?;
         }
         for o in self.parts.values_mut() {
             o.at_eof = false;
@@ -367,17 +386,16 @@ impl Processor {
         let consumer = self.consumer.clone();
         loop {
             // Collect one poll batch.
-            let mut batch: BTreeMap<i32, Vec<Record>> = BTreeMap::new();
-            let mut n = 0usize;
+            let mut batch = Batch::default();
             let first = tokio::select! {
                 _ = &mut shutdown => break,
                 r = tokio::time::timeout(self.settings.idle_tick, consumer.recv()) => r.ok(),
             };
             if let Some(r) = first {
-                self.take(r, &mut batch, &mut n);
-                while n < self.settings.batch_size {
+                self.take(r, &mut batch);
+                while batch.n < self.settings.batch_size {
                     match consumer.recv().now_or_never() {
-                        Some(r) => self.take(r, &mut batch, &mut n),
+                        Some(r) => self.take(r, &mut batch),
                         None => break,
                     }
                 }
@@ -454,8 +472,7 @@ impl Processor {
     fn take(
         &mut self,
         r: Result<rdkafka::message::BorrowedMessage<'_>, KafkaError>,
-        batch: &mut BTreeMap<i32, Vec<Record>>,
-        n: &mut usize,
+        batch: &mut Batch,
     ) {
         match r {
             Ok(m) => {
@@ -468,37 +485,44 @@ impl Processor {
                     return;
                 }
                 owned.at_eof = false;
-                *n += 1;
+                batch.n += 1;
                 let offset = m.offset();
-                let decoded = m.payload().map(|b| Event::decode(b, usize::MAX));
+                let now = now_ms();
+                let mut arrival_ms = m.timestamp().to_millis().unwrap_or(now);
+                let limit = now.saturating_add(self.settings.max_clock_skew_ms);
+                if arrival_ms > limit {
+                    self.metrics.clamped_records.inc();
+                    tracing::warn!(
+                        partition = p,
+                        offset,
+                        ahead_ms = arrival_ms.saturating_sub(now),
+                        "record timestamp ahead of this clock by more than the allowed skew; clamped"
+                    );
+                    arrival_ms = limit;
+                }
+                let decoded = match m.payload() {
+                    Some(b) => Event::decode(b, usize::MAX).map_err(|e| e.to_string()),
+                    None => Err("the record has no payload".to_owned()),
+                };
                 match decoded {
-                    Some(Ok(event)) => {
-                        let now = now_ms();
-                        let mut arrival_ms = m.timestamp().to_millis().unwrap_or(now);
-                        let limit = now.saturating_add(self.settings.max_clock_skew_ms);
-                        if arrival_ms > limit {
-                            self.metrics.clamped_records.inc();
-                            tracing::warn!(
-                                partition = p,
-                                offset,
-                                ahead_ms = arrival_ms.saturating_sub(now),
-                                "record timestamp ahead of this clock by more than the allowed skew; clamped"
-                            );
-                            arrival_ms = limit;
-                        }
-                        batch.entry(p).or_default().push(Record {
-                            offset,
-                            arrival_ms,
-                            event,
-                        })
-                    }
-                    _ => {
+                    Ok(event) => batch.records.entry(p).or_default().push(Record {
+                        offset,
+                        arrival_ms,
+                        event,
+                    }),
+                    Err(error) => {
                         tracing::warn!(
                             partition = p,
                             offset,
-                            "skipping a record that is not an event"
+                            %error,
+                            "a record that is not an event; recording it as rejected (undecodable)"
                         );
-                        owned.engine.skip_record(offset);
+                        batch.records.entry(p).or_default();
+                        batch
+                            .undecodable
+                            .entry(p)
+                            .or_default()
+                            .push(Undecodable::new(offset, arrival_ms, m.payload(), error));
                     }
                 }
             }
@@ -541,7 +565,12 @@ impl Processor {
     }
 
     /// Feeds a batch (possibly empty: a wall-clock tick) and commits it.
-    async fn process(&mut self, mut batch: BTreeMap<i32, Vec<Record>>) {
+    async fn process(&mut self, batch: Batch) {
+        let Batch {
+            records: mut batch,
+            mut undecodable,
+            ..
+        } = batch;
         let now = now_ms();
         let target = self.wall_clock_target(now);
         let max_delay = self.settings.inbound_max_delay.as_millis() as i64;
@@ -589,8 +618,9 @@ impl Processor {
         let mut batches = Vec::with_capacity(normal.len());
         for p in &normal {
             let recs = batch.remove(p).unwrap_or_default();
-            records += recs.len() as u64;
-            if let Some(b) = self.feed(*p, recs, now, target, false) {
+            let bad = undecodable.remove(p).unwrap_or_default();
+            records += (recs.len() + bad.len()) as u64;
+            if let Some(b) = self.feed(*p, recs, bad, now, target, false) {
                 batches.push(b);
             }
         }
@@ -606,14 +636,25 @@ impl Processor {
         // transaction.
         for p in careful {
             let recs = batch.remove(&p).unwrap_or_default();
+            let mut bad = undecodable.remove(&p).unwrap_or_default();
             let singles: Vec<Vec<Record>> = if recs.is_empty() {
                 vec![Vec::new()]
             } else {
                 recs.into_iter().map(|r| vec![r]).collect()
             };
-            for one in singles {
+            let last = singles.len().saturating_sub(1);
+            for (i, one) in singles.into_iter().enumerate() {
                 let offset = one.first().map(|r| r.offset);
-                let Some(b) = self.feed(p, one, now, target, true) else {
+                // Undecodable records up to this one go with it (the last
+                // takes those after it too).
+                let upto = if i == last {
+                    i64::MAX
+                } else {
+                    offset.unwrap_or(i64::MAX)
+                };
+                let split = bad.partition_point(|u| u.offset < upto);
+                let these: Vec<Undecodable> = bad.drain(..split).collect();
+                let Some(b) = self.feed(p, one, these, now, target, true) else {
                     break;
                 };
                 let c = match client.take() {
@@ -646,6 +687,7 @@ impl Processor {
         &mut self,
         p: i32,
         records: Vec<Record>,
+        undecodable: Vec<Undecodable>,
         now: i64,
         target: i64,
         force_live: bool,
@@ -653,7 +695,16 @@ impl Processor {
         let max_delay = self.settings.inbound_max_delay.as_millis() as i64;
         let o = self.parts.get_mut(&p)?;
         let mut effects = Vec::new();
+        let mut bad = undecodable.into_iter().peekable();
         for r in records {
+            // Undecodable records are recorded in log order, each stepped
+            // over only after the records before it.
+            while let Some(u) = bad.next_if(|u| u.offset < r.offset) {
+                if u.offset >= o.engine.next_offset() {
+                    o.engine.skip_record(u.offset);
+                    effects.push(Effect::Undecodable(u));
+                }
+            }
             o.newest_arrival_ms = o.newest_arrival_ms.max(r.arrival_ms);
             if let Some(error) = o.recovery.poison.get(&r.offset) {
                 if r.offset >= o.engine.next_offset() {
@@ -669,6 +720,12 @@ impl Processor {
                 continue;
             }
             o.engine.on_record(r, &mut effects);
+        }
+        for u in bad {
+            if u.offset >= o.engine.next_offset() {
+                o.engine.skip_record(u.offset);
+                effects.push(Effect::Undecodable(u));
+            }
         }
         if o.at_eof {
             o.engine.advance_watermark(target, &mut effects);
@@ -1199,6 +1256,12 @@ impl Processor {
                     self.metrics
                         .rejections
                         .with_label_values(&[r.reason.as_str()])
+                        .inc();
+                }
+                Effect::Undecodable(_) => {
+                    self.metrics
+                        .rejections
+                        .with_label_values(&[Reason::Undecodable.as_str()])
                         .inc();
                 }
                 _ => {}

@@ -17,7 +17,7 @@ use chrono::{DateTime, TimeZone, Utc};
 use tokio_postgres::GenericClient;
 use uuid::Uuid;
 
-use crate::effects::{Effect, Outbound};
+use crate::effects::{Effect, Outbound, Reason};
 use crate::logcheck::PositionCheck;
 use crate::ownership::{fence_and_advance, Claim, PositionUpdate};
 use crate::reply::reply_id_salted;
@@ -291,9 +291,9 @@ struct Columns {
     /// INBOUND rows written by an earlier batch whose reply is written now.
     upd_ids: Vec<Uuid>,
     upd_replies: Vec<Uuid>,
-    rej_types: Vec<&'static str>,
-    rej_event_ids: Vec<Uuid>,
-    rej_convs: Vec<Uuid>,
+    rej_types: Vec<String>,
+    rej_event_ids: Vec<Option<Uuid>>,
+    rej_convs: Vec<Option<Uuid>>,
     rej_reasons: Vec<&'static str>,
     rej_details: Vec<String>,
     rej_events: Vec<serde_json::Value>,
@@ -400,10 +400,27 @@ impl Columns {
                         }
                     }
                 }
+                Effect::Undecodable(u) => {
+                    self.rej_types.push(pg_safe_text(&u.event_type()));
+                    self.rej_event_ids.push(u.uuid_at("id"));
+                    self.rej_convs
+                        .push(u.uuid_at("conversation_id").or_else(|| u.uuid_at("id")));
+                    self.rej_reasons.push(Reason::Undecodable.as_str());
+                    self.rej_details.push(pg_safe_text(&format!(
+                        "{}: {}",
+                        Reason::Undecodable.detail(),
+                        u.error
+                    )));
+                    self.rej_events.push(pg_safe_json(u.payload.clone()));
+                    self.rej_arrivals.push(ms(u.arrival_ms));
+                    self.rej_parts.push(partition);
+                    self.rej_offsets.push(u.offset);
+                }
                 Effect::Rejected(r) => {
-                    self.rej_types.push(r.event.event_type().as_str());
-                    self.rej_event_ids.push(r.event.id());
-                    self.rej_convs.push(r.event.conversation_id());
+                    self.rej_types
+                        .push(r.event.event_type().as_str().to_owned());
+                    self.rej_event_ids.push(Some(r.event.id()));
+                    self.rej_convs.push(Some(r.event.conversation_id()));
                     self.rej_reasons.push(r.reason.as_str());
                     self.rej_details.push(match &r.error {
                         Some(e) => pg_safe_text(&format!("{}: {e}", r.reason.detail())),
@@ -566,7 +583,6 @@ async fn write_columns(
         .await?;
     }
     if !c.rej_offsets.is_empty() {
-        let types: Vec<String> = c.rej_types.iter().map(|s| s.to_string()).collect();
         let reasons: Vec<String> = c.rej_reasons.iter().map(|s| s.to_string()).collect();
         tx.execute(
             "INSERT INTO rejected_events (event_type, event_id, conversation_id, reason, detail, event,
@@ -578,7 +594,7 @@ async fn write_columns(
              ON CONFLICT (source_topic, source_partition, source_offset) DO NOTHING",
             &[
                 &topic,
-                &types,
+                &c.rej_types,
                 &c.rej_event_ids,
                 &c.rej_convs,
                 &reasons,

@@ -353,8 +353,9 @@ impl PartitionEngine {
         self.expire(out);
     }
 
-    /// Steps over a record that cannot be decoded (ingest validates every
-    /// event, so this only guards against foreign writers).
+    /// Steps over a record the shell decided for the engine: one that is
+    /// not an event, or one set aside because Postgres refused its effects
+    /// (the shell records both as rejections).
     pub fn skip_record(&mut self, offset: i64) {
         if offset >= self.next_offset {
             self.next_offset = offset + 1;

@@ -49,6 +49,20 @@ impl Producer {
         self.send(&event).await
     }
 
+    /// Sends an arbitrary payload under `key` with record timestamp
+    /// `arrival_ms` (a writer other than ingest: nothing validated).
+    pub async fn send_raw(&self, key: &str, payload: &[u8], arrival_ms: i64) {
+        let record = FutureRecord::to(&self.topic)
+            .key(key)
+            .payload(payload)
+            .timestamp(arrival_ms);
+        self.inner
+            .send(record, Duration::from_secs(120))
+            .await
+            .map_err(|(e, _)| e)
+            .unwrap();
+    }
+
     /// Sends `event` with record timestamp `arrival_ms`.
     pub async fn send_at(&self, event: &Event, arrival_ms: i64) {
         let key = event.conversation_id().hyphenated().to_string();
