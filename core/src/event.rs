@@ -4,8 +4,20 @@
 //! Validation never panics on any input (see the property test below); every
 //! rejection names the offending field with the dotted path used in the
 //! `400` body, e.g. `data.conversation_id`.
+//!
+//! Everything the validator accepts can be stored and replayed: an accepted
+//! event encodes ([`Event::encode`]) and decodes ([`Event::decode`]) to
+//! itself (property-tested over the whole accepted range), so the validator
+//! refuses what the canonical encoding or Postgres cannot carry:
+//! - `data.content` with a NUL character (U+0000): Postgres `text` and
+//!   `jsonb` cannot store it;
+//! - a `timestamp` whose UTC value falls outside the years 0001–9999
+//!   ([`MIN_TIMESTAMP`]..=[`MAX_TIMESTAMP`]), e.g.
+//!   `0000-01-01T00:00:00+00:01` or `9999-12-31T23:59:59-00:01`: RFC 3339
+//!   allows them with an offset, but in UTC the canonical encoding would
+//!   write a year RFC 3339 (and so the decoder) refuses.
 
-use chrono::{DateTime, SecondsFormat, Utc};
+use chrono::{DateTime, Datelike, SecondsFormat, Utc};
 use serde::Serialize;
 use serde_json::{Map, Value};
 use uuid::Uuid;
@@ -14,6 +26,18 @@ use uuid::Uuid;
 pub const DEFAULT_MAX_CONTENT_BYTES: usize = 16 * 1024;
 /// Default largest accepted request body, in bytes.
 pub const DEFAULT_MAX_BODY_BYTES: usize = 64 * 1024;
+
+/// The earliest accepted event time: `0001-01-01T00:00:00Z`.
+pub const MIN_TIMESTAMP: &str = "0001-01-01T00:00:00Z";
+/// The latest accepted event time: `9999-12-31T23:59:59.999999999Z`.
+pub const MAX_TIMESTAMP: &str = "9999-12-31T23:59:59.999999999Z";
+
+/// Whether `ts` is an event time the contract accepts: its UTC year is in
+/// 0001–9999, so [`format_timestamp`] writes four-digit years that RFC 3339
+/// parsers (ours included) read back.
+pub fn timestamp_in_range(ts: &DateTime<Utc>) -> bool {
+    (1..=9999).contains(&ts.year())
+}
 
 /// The three event types of the contract, as spelled on the wire.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
@@ -265,6 +289,14 @@ pub fn parse_event(body: &[u8], limits: &Limits) -> Result<Event, ValidationErro
                     ),
                 ));
             }
+            if let Some(at) = content.find('\0') {
+                return Err(ValidationError::new(
+                    "data.content",
+                    format!(
+                        "content contains the NUL character (U+0000) at byte {at}; it cannot be stored"
+                    ),
+                ));
+            }
             let conversation_id = required_uuid(data, "conversation_id", "data.conversation_id")?;
             Event::NewMessage {
                 id,
@@ -323,14 +355,23 @@ pub fn parse_uuid(s: &str) -> Option<Uuid> {
 }
 
 fn parse_timestamp(s: &str) -> Result<DateTime<Utc>, ValidationError> {
-    DateTime::parse_from_rfc3339(s)
+    let ts = DateTime::parse_from_rfc3339(s)
         .map(|t| t.with_timezone(&Utc))
         .map_err(|e| {
             ValidationError::new(
                 "timestamp",
                 format!("{s:?} is not an RFC 3339 timestamp: {e}"),
             )
-        })
+        })?;
+    if !timestamp_in_range(&ts) {
+        return Err(ValidationError::new(
+            "timestamp",
+            format!(
+                "{s:?} is out of range: in UTC it must be between {MIN_TIMESTAMP} and {MAX_TIMESTAMP}"
+            ),
+        ));
+    }
+    Ok(ts)
 }
 
 #[cfg(test)]
@@ -452,6 +493,199 @@ mod tests {
             };
             let back = parse_event(&e.encode(), &Limits { max_body_bytes: usize::MAX, max_content_bytes: usize::MAX }).unwrap();
             prop_assert_eq!(back, e);
+        }
+
+        /// The whole accepted range: any event type, any instant of years
+        /// 0001–9999 (ends included, any precision) written with any offset,
+        /// any content without NUL up to exactly the limit. Every such body
+        /// is accepted, means what it says, and its canonical encoding
+        /// decodes to the same event.
+        #[test]
+        fn every_accepted_event_round_trips(
+            kind in 0u8..3,
+            (instant, offset) in (accepted_instant(), any_offset()).prop_filter(
+                "the local time must have a 4-digit year to be written in RFC 3339",
+                |(i, o)| (0..=9999).contains(&i.with_timezone(o).year()),
+            ),
+            content in any_content(),
+            a in any::<u128>(),
+            b in any::<u128>(),
+        ) {
+            let local = instant.with_timezone(&offset).to_rfc3339_opts(SecondsFormat::AutoSi, false);
+            let (id, conversation_id) = (Uuid::from_u128(a), Uuid::from_u128(b));
+            let body = match kind {
+                0 => serde_json::json!({"type": "NEW_CONVERSATION", "timestamp": local, "data": {"id": id}}),
+                1 => serde_json::json!({"type": "CLOSE_CONVERSATION", "timestamp": local, "data": {"id": id}}),
+                _ => serde_json::json!({"type": "NEW_MESSAGE", "timestamp": local,
+                                        "data": {"id": id, "content": content, "conversation_id": conversation_id}}),
+            };
+            let limits = Limits { max_body_bytes: usize::MAX, max_content_bytes: DEFAULT_MAX_CONTENT_BYTES };
+            let event = parse_event(body.to_string().as_bytes(), &limits);
+            prop_assert!(event.is_ok(), "{} refused: {:?}", body, event);
+            let event = event.unwrap();
+            prop_assert_eq!(event.timestamp(), instant);
+            prop_assert_eq!(event.id(), id);
+            if let Event::NewMessage { content: c, conversation_id: cid, .. } = &event {
+                prop_assert_eq!(c, &content);
+                prop_assert_eq!(*cid, conversation_id);
+            }
+            let decoded = Event::decode(&event.encode(), DEFAULT_MAX_CONTENT_BYTES);
+            prop_assert_eq!(decoded, Ok(event.clone()));
+            // The canonical form is itself a valid webhook body.
+            prop_assert_eq!(parse_event(&event.encode(), &limits), Ok(event));
+        }
+
+        /// Any RFC 3339 timestamp, in or out of range: the validator accepts
+        /// it exactly when its UTC year is 0001–9999, and then the canonical
+        /// encoding round-trips it; otherwise the `400` names `timestamp`.
+        #[test]
+        fn timestamps_are_accepted_exactly_in_range(
+            year in prop_oneof![0i32..=9999, 0i32..=2, 9997i32..=9999],
+            month in 1u32..=12,
+            day in 1u32..=31,
+            hour in 0u32..=23,
+            minute in 0u32..=59,
+            second in prop_oneof![0u32..=59, Just(59u32), Just(60u32)],
+            frac in proptest::option::of("[0-9]{1,12}"),
+            offset in prop_oneof![Just(None), (-1439i32..=1439).prop_map(Some), Just(Some(1439)), Just(Some(-1439)), Just(Some(1)), Just(Some(-1))],
+        ) {
+            let frac = frac.map(|f| format!(".{f}")).unwrap_or_default();
+            let zone = match offset {
+                None => "Z".to_owned(),
+                Some(m) => format!("{}{:02}:{:02}", if m < 0 { '-' } else { '+' }, m.abs() / 60, m.abs() % 60),
+            };
+            let ts = format!("{year:04}-{month:02}-{day:02}T{hour:02}:{minute:02}:{second:02}{frac}{zone}");
+            let body = format!(r#"{{"type":"NEW_CONVERSATION","timestamp":"{ts}","data":{{"id":"{CONV}"}}}}"#);
+            let parsed = DateTime::parse_from_rfc3339(&ts).map(|t| t.with_timezone(&Utc));
+            match (parse(&body), parsed) {
+                (Ok(event), Ok(utc)) => {
+                    prop_assert!(timestamp_in_range(&utc), "{} accepted", ts);
+                    prop_assert_eq!(event.timestamp(), utc);
+                    prop_assert_eq!(Event::decode(&event.encode(), 0), Ok(event));
+                }
+                (Ok(event), Err(e)) => prop_assert!(false, "{} accepted as {:?} but chrono says {}", ts, event, e),
+                (Err(e), Ok(utc)) => {
+                    prop_assert_eq!(e.field.as_str(), "timestamp");
+                    prop_assert!(!timestamp_in_range(&utc), "{} in range but refused: {:?}", ts, e);
+                }
+                (Err(e), Err(_)) => prop_assert_eq!(e.field.as_str(), "timestamp"),
+            }
+        }
+
+        /// A NUL anywhere in the content is refused naming `data.content`;
+        /// any other character is fine.
+        #[test]
+        fn nul_in_content_is_refused(prefix in any_content(), suffix in "\\PC{0,20}") {
+            let mut content: String = prefix.chars().take(100).collect();
+            content.push('\0');
+            content.push_str(&suffix);
+            let body = serde_json::json!({"type": "NEW_MESSAGE", "timestamp": "2025-06-04T14:20:05Z",
+                                          "data": {"id": MSG, "content": content, "conversation_id": CONV}});
+            let err = parse(&body.to_string()).unwrap_err();
+            prop_assert_eq!(err.field, "data.content");
+        }
+    }
+
+    /// Instants of the accepted range with any precision, often at its ends.
+    fn accepted_instant() -> impl Strategy<Value = DateTime<Utc>> {
+        let min = DateTime::parse_from_rfc3339(MIN_TIMESTAMP)
+            .unwrap()
+            .timestamp();
+        let max = DateTime::parse_from_rfc3339(MAX_TIMESTAMP)
+            .unwrap()
+            .timestamp();
+        const DAY: i64 = 86_400;
+        let secs = prop_oneof![
+            3 => min..=max,
+            1 => min..min + 2 * DAY,
+            1 => max - 2 * DAY..=max,
+            1 => Just(min),
+            1 => Just(max),
+        ];
+        let nanos = prop_oneof![
+            Just(0u32),
+            (0u32..1000).prop_map(|ms| ms * 1_000_000),
+            (0u32..1_000_000).prop_map(|us| us * 1000),
+            0u32..1_000_000_000,
+            Just(999_999_999u32),
+        ];
+        (secs, nanos).prop_map(|(s, n)| DateTime::from_timestamp(s, n).unwrap())
+    }
+
+    /// Offsets RFC 3339 can write: whole minutes up to ±23:59.
+    fn any_offset() -> impl Strategy<Value = chrono::FixedOffset> {
+        prop_oneof![
+            Just(0),
+            Just(23 * 60 + 59),
+            Just(-(23 * 60 + 59)),
+            Just(1),
+            Just(-1),
+            -1439i32..=1439,
+        ]
+        .prop_map(|minutes| chrono::FixedOffset::east_opt(minutes * 60).unwrap())
+    }
+
+    /// Content without NUL: any other character (controls, non-BMP,
+    /// quotes, backslashes), short or exactly the default limit in bytes.
+    fn any_content() -> impl Strategy<Value = String> {
+        let ch = any::<char>().prop_filter("no NUL", |c| *c != '\0');
+        let short =
+            proptest::collection::vec(ch.clone(), 0..64).prop_map(|v| v.into_iter().collect());
+        let full = proptest::collection::vec(ch, 0..2048).prop_map(|v| {
+            let mut s = String::with_capacity(DEFAULT_MAX_CONTENT_BYTES);
+            for c in v {
+                if s.len() + c.len_utf8() > DEFAULT_MAX_CONTENT_BYTES {
+                    break;
+                }
+                s.push(c);
+            }
+            while s.len() < DEFAULT_MAX_CONTENT_BYTES {
+                s.push('"');
+            }
+            s
+        });
+        prop_oneof![3 => short, 1 => full, 1 => Just("\u{1}\u{7f}\u{ffff}\u{10ffff}\\\"".to_owned())]
+    }
+
+    #[test]
+    fn nul_content_is_refused_naming_the_content() {
+        let body = format!(
+            r#"{{"type":"NEW_MESSAGE","timestamp":"2025-06-04T14:20:05Z","data":{{"id":"{MSG}","content":"a\u0000b","conversation_id":"{CONV}"}}}}"#
+        );
+        let err = parse(&body).unwrap_err();
+        assert_eq!(err.field, "data.content");
+        assert!(err.error.contains("U+0000"), "{err:?}");
+    }
+
+    #[test]
+    fn timestamp_range_ends_are_exact() {
+        let ts = |t: &str| {
+            parse(&format!(
+                r#"{{"type":"NEW_CONVERSATION","timestamp":"{t}","data":{{"id":"{CONV}"}}}}"#
+            ))
+        };
+        for ok in [
+            MIN_TIMESTAMP,
+            MAX_TIMESTAMP,
+            "0001-01-01T00:00:00-00:01",
+            "0001-01-01T23:59:00+23:59",
+            "9999-12-31T23:59:59.999999999+00:00",
+            "9999-12-31T00:00:00-23:59",
+            "9999-12-31T23:58:59-00:01",
+        ] {
+            let e = ts(ok).unwrap_or_else(|e| panic!("{ok}: {e}"));
+            assert_eq!(Event::decode(&e.encode(), 0).unwrap(), e, "{ok}");
+        }
+        for bad in [
+            "0000-01-01T00:00:00+00:01",
+            "9999-12-31T23:59:59-00:01",
+            "0000-12-31T23:59:59.999999999Z",
+            "0000-06-01T00:00:00Z",
+            "0001-01-01T00:00:00+00:01",
+            "0001-01-01T23:58:00+23:59",
+            "9999-12-31T00:01:00-23:59",
+        ] {
+            assert_eq!(ts(bad).unwrap_err().field, "timestamp", "{bad}");
         }
     }
 }

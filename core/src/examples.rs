@@ -59,6 +59,26 @@ pub fn invalid_payloads(c: Uuid, m: Uuid) -> Vec<(String, &'static str)> {
             ),
             "timestamp",
         ),
+        // Valid RFC 3339, but outside years 0001–9999 in UTC: the canonical
+        // (UTC) encoding would write a year no decoder reads back.
+        (
+            format!(
+                r#"{{"type":"NEW_CONVERSATION","timestamp":"0000-01-01T00:00:00+00:01","data":{{"id":"{c}"}}}}"#
+            ),
+            "timestamp",
+        ),
+        (
+            format!(
+                r#"{{"type":"CLOSE_CONVERSATION","timestamp":"9999-12-31T23:59:59-00:01","data":{{"id":"{c}"}}}}"#
+            ),
+            "timestamp",
+        ),
+        (
+            format!(
+                r#"{{"type":"NEW_MESSAGE","timestamp":"0000-06-01T00:00:00Z","data":{{"id":"{m}","content":"x","conversation_id":"{c}"}}}}"#
+            ),
+            "timestamp",
+        ),
         (
             format!(r#"{{"type":"NEW_CONVERSATION","timestamp":"{ts}"}}"#),
             "data",
@@ -110,6 +130,19 @@ pub fn invalid_payloads(c: Uuid, m: Uuid) -> Vec<(String, &'static str)> {
         (
             format!(
                 r#"{{"type":"NEW_MESSAGE","timestamp":"{ts}","data":{{"id":"{m}","content":["a"],"conversation_id":"{c}"}}}}"#
+            ),
+            "data.content",
+        ),
+        // Postgres `text` and `jsonb` cannot store U+0000.
+        (
+            format!(
+                r#"{{"type":"NEW_MESSAGE","timestamp":"{ts}","data":{{"id":"{m}","content":"a\u0000b","conversation_id":"{c}"}}}}"#
+            ),
+            "data.content",
+        ),
+        (
+            format!(
+                r#"{{"type":"NEW_MESSAGE","timestamp":"{ts}","data":{{"id":"{m}","content":"\u0000","conversation_id":"{c}"}}}}"#
             ),
             "data.content",
         ),

@@ -102,6 +102,44 @@ pub struct IngestArgs {
     /// (handy for local runs; deployments run `chatpipe-admin migrate`).
     #[arg(long, env = "CHATPIPE_MIGRATE", default_value_t = false)]
     pub migrate: bool,
+
+    /// How long a client may take to send a request's headers (hyper's
+    /// HTTP/1 header read timeout, also the limit for an idle keep-alive
+    /// connection); exceeded → the connection is closed.
+    #[arg(long, env = "CHATPIPE_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub header_read_timeout: Duration,
+
+    /// How long a webhook request's body may take to arrive, counted from
+    /// the end of its headers; exceeded → `408` with a JSON error and
+    /// nothing written.
+    #[arg(long, env = "CHATPIPE_BODY_READ_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub body_read_timeout: Duration,
+
+    /// Largest number of webhook requests served at once (from the end of
+    /// their headers to the end of their produce/commit). Beyond it a
+    /// request is answered `503` with `Retry-After` at once (load shedding,
+    /// not queueing). `/healthz`, `/readyz` and `/metrics` are not counted.
+    #[arg(long, env = "CHATPIPE_MAX_CONCURRENT_REQUESTS", default_value_t = 4096)]
+    pub max_concurrent_requests: usize,
+
+    /// Postgres `idle_in_transaction_session_timeout` of ingest's sessions:
+    /// a lifecycle transaction holds its row lock while it waits for the
+    /// broker, so a replica frozen between the acknowledgement and the
+    /// commit must not hold it forever. Must exceed the produce timeout
+    /// (`0s` disables it).
+    #[arg(long, env = "CHATPIPE_IDLE_IN_TRANSACTION_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub idle_in_transaction_timeout: Duration,
+
+    /// How often the in-flight floor (the timestamp of this replica's oldest
+    /// record still waiting for the broker) is computed and, when changed,
+    /// written to `ingest_inflight`.
+    #[arg(long, env = "CHATPIPE_INFLIGHT_PUBLISH_INTERVAL", default_value = "100ms", value_parser = parse_duration)]
+    pub inflight_publish_interval: Duration,
+
+    /// This replica's name in `ingest_inflight` (unique per replica).
+    /// Default: `$HOSTNAME` (the pod name), else `ingest-<pid>`.
+    #[arg(long, env = "CHATPIPE_REPLICA_NAME")]
+    pub replica_name: Option<String>,
 }
 
 impl IngestArgs {
@@ -117,6 +155,79 @@ impl IngestArgs {
     pub fn producer_extra(&self) -> Result<Vec<(String, String)>, String> {
         parse_properties(&self.kafka_producer_extra)
     }
+
+    /// Checks the settings that depend on each other.
+    pub fn validate(&self) -> Result<(), String> {
+        let positive = [
+            ("--header-read-timeout", self.header_read_timeout),
+            ("--body-read-timeout", self.body_read_timeout),
+            (
+                "--inflight-publish-interval",
+                self.inflight_publish_interval,
+            ),
+            ("--produce-timeout", self.produce_timeout),
+        ];
+        if let Some((flag, _)) = positive.iter().find(|(_, d)| d.is_zero()) {
+            return Err(format!("{flag} must be larger than 0"));
+        }
+        if self.max_concurrent_requests == 0 || u32::try_from(self.max_concurrent_requests).is_err()
+        {
+            return Err(format!(
+                "--max-concurrent-requests must be between 1 and {}",
+                u32::MAX
+            ));
+        }
+        let idle = self.idle_in_transaction_timeout;
+        if !idle.is_zero() && idle <= self.produce_timeout {
+            return Err(format!(
+                "--idle-in-transaction-timeout ({idle:?}) must exceed --produce-timeout ({:?}): \
+                 a lifecycle transaction is idle while it waits for the broker",
+                self.produce_timeout
+            ));
+        }
+        if self
+            .replica_name
+            .as_deref()
+            .is_some_and(|n| n.trim().is_empty())
+        {
+            return Err("--replica-name must not be blank".into());
+        }
+        Ok(())
+    }
+
+    /// The `options` of ingest's Postgres sessions (`-c name=value` pairs).
+    pub fn session_options(&self) -> String {
+        session_options(self.idle_in_transaction_timeout)
+    }
+
+    /// This replica's name: `--replica-name`, else `$HOSTNAME`, else
+    /// `ingest-<pid>`.
+    pub fn replica(&self) -> String {
+        replica_name(
+            self.replica_name.as_deref(),
+            std::env::var("HOSTNAME").ok().as_deref(),
+            std::process::id(),
+        )
+    }
+}
+
+/// Session options setting `idle_in_transaction_session_timeout` (in ms;
+/// `0` disables it, as in Postgres).
+pub fn session_options(idle_in_transaction: Duration) -> String {
+    format!(
+        "-c idle_in_transaction_session_timeout={}",
+        idle_in_transaction.as_millis()
+    )
+}
+
+/// The first non-blank of `explicit` and `hostname`, else `ingest-<pid>`.
+pub fn replica_name(explicit: Option<&str>, hostname: Option<&str>, pid: u32) -> String {
+    [explicit, hostname]
+        .into_iter()
+        .flatten()
+        .map(str::trim)
+        .find(|n| !n.is_empty())
+        .map_or_else(|| format!("ingest-{pid}"), str::to_owned)
 }
 
 /// Parses `key=value` pairs separated by commas; blanks are skipped.
@@ -146,6 +257,55 @@ mod tests {
         assert_eq!(a.produce_timeout, Duration::from_secs(5));
         assert!(!a.migrate);
         assert_eq!(a.limits().max_content_bytes, DEFAULT_MAX_CONTENT_BYTES);
+        assert_eq!(a.header_read_timeout, Duration::from_secs(10));
+        assert_eq!(a.body_read_timeout, Duration::from_secs(10));
+        assert_eq!(a.max_concurrent_requests, 4096);
+        assert_eq!(a.idle_in_transaction_timeout, Duration::from_secs(30));
+        assert_eq!(a.inflight_publish_interval, Duration::from_millis(100));
+        assert_eq!(a.replica_name, None);
+        assert_eq!(a.validate(), Ok(()));
+        assert_eq!(
+            a.session_options(),
+            "-c idle_in_transaction_session_timeout=30000"
+        );
+    }
+
+    #[test]
+    fn dependent_settings_are_checked() {
+        let parse = |extra: &[&str]| {
+            let mut argv = vec!["chatpipe-ingest"];
+            argv.extend_from_slice(extra);
+            IngestArgs::try_parse_from(argv).unwrap().validate()
+        };
+        assert!(parse(&["--idle-in-transaction-timeout", "5s"]).is_err());
+        assert!(parse(&["--idle-in-transaction-timeout", "4s"]).is_err());
+        assert!(parse(&["--idle-in-transaction-timeout", "6s"]).is_ok());
+        assert!(parse(&["--idle-in-transaction-timeout", "0s"]).is_ok());
+        assert!(parse(&["--max-concurrent-requests", "0"]).is_err());
+        assert!(parse(&["--body-read-timeout", "0s"]).is_err());
+        assert!(parse(&["--header-read-timeout", "0s"]).is_err());
+        assert!(parse(&["--inflight-publish-interval", "0s"]).is_err());
+        assert!(parse(&["--replica-name", " "]).is_err());
+    }
+
+    #[test]
+    fn replica_name_falls_back_to_hostname_then_pid() {
+        assert_eq!(replica_name(Some("a"), Some("h"), 7), "a");
+        assert_eq!(replica_name(None, Some("h"), 7), "h");
+        assert_eq!(replica_name(Some(" "), Some(""), 7), "ingest-7");
+        assert_eq!(replica_name(None, None, 7), "ingest-7");
+    }
+
+    #[test]
+    fn session_options_are_in_milliseconds() {
+        assert_eq!(
+            session_options(Duration::from_millis(1500)),
+            "-c idle_in_transaction_session_timeout=1500"
+        );
+        assert_eq!(
+            session_options(Duration::ZERO),
+            "-c idle_in_transaction_session_timeout=0"
+        );
     }
 
     #[test]
@@ -159,8 +319,17 @@ mod tests {
             "--max-body-bytes",
             "100",
             "--migrate",
+            "--max-concurrent-requests",
+            "8",
+            "--body-read-timeout",
+            "250ms",
+            "--replica-name",
+            "ingest-a",
         ])
         .unwrap();
+        assert_eq!(a.max_concurrent_requests, 8);
+        assert_eq!(a.body_read_timeout, Duration::from_millis(250));
+        assert_eq!(a.replica(), "ingest-a");
         assert_eq!(a.listen.port(), 9000);
         assert_eq!(a.produce_timeout, Duration::from_millis(1500));
         assert_eq!(a.max_body_bytes, 100);

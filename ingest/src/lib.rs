@@ -6,17 +6,26 @@
 //!
 //! # Layout
 //! - [`config`]: clap settings (each with an env var and a default).
-//! - [`webhook`]: the handler and the pure outcome → HTTP mapping.
+//! - [`webhook`]: the handler (admission, body timeout, decision on a task
+//!   of its own) and the pure outcome → HTTP mapping, with the table of
+//!   status codes.
 //! - [`lifecycle`]: NEW_CONVERSATION / CLOSE_CONVERSATION transactions that
-//!   hold the row lock until the record is acknowledged.
-//! - [`status_cache`]: batched exact status lookups for NEW_MESSAGE and the
-//!   memory of CLOSED ids (the hot path makes no per-request SQL round trip).
-//! - [`producer`]: the rdkafka producer wrapper (record shape, timeout,
-//!   recovery from fatal errors).
+//!   hold the row lock until the record is acknowledged, identical
+//!   redeliveries answered as replays, and the pool whose sessions end
+//!   transactions left idle.
+//! - [`status_cache`]: batched exact lookups for NEW_MESSAGE (conversation
+//!   status and message-id collisions in one statement) and the memory of
+//!   CLOSED ids (the hot path makes no per-request SQL round trip).
+//! - [`producer`]: the rdkafka producer wrapper (record shape, arrival
+//!   stamp, timeout, recovery from fatal errors).
+//! - [`inflight`]: the registry of records waiting for the broker and the
+//!   task that publishes this replica's oldest one to `ingest_inflight`.
 //! - [`metrics`]: Prometheus metrics.
-//! - [`server`]: wiring, router, graceful shutdown, in-process [`spawn`].
+//! - [`server`]: wiring, the HTTP/1.1 server (header read timeout),
+//!   graceful shutdown, in-process [`spawn`].
 
 pub mod config;
+pub mod inflight;
 pub mod lifecycle;
 pub mod metrics;
 pub mod producer;

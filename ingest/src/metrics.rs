@@ -12,7 +12,8 @@ pub struct Metrics {
     /// The registry holding all metrics below.
     pub registry: Registry,
     /// `chatpipe_ingest_requests_total{event_type,status}`: answered webhook
-    /// requests. `event_type` is `INVALID` when the body did not validate.
+    /// requests. `event_type` is `INVALID` when the body did not validate,
+    /// `UNREAD` when it was not read (`503` load shedding, `408`).
     pub requests: IntCounterVec,
     /// `chatpipe_ingest_request_duration_seconds{event_type}`: time from
     /// arrival to answer.
@@ -21,7 +22,7 @@ pub struct Metrics {
     /// record to the producer to the broker's acknowledgement.
     pub produce_duration: Histogram,
     /// `chatpipe_ingest_produce_failures_total{reason}`: records not
-    /// acknowledged (`timeout`, `queue_full`, `kafka`).
+    /// acknowledged (`timeout`, `queue_full`, `kafka`, `canceled`).
     pub produce_failures: IntCounterVec,
     /// `chatpipe_ingest_status_lookup_batch_size`: distinct conversation ids
     /// per batched status query.
@@ -35,8 +36,38 @@ pub struct Metrics {
     /// `chatpipe_ingest_in_flight_requests`: webhook requests being served.
     pub in_flight: IntGauge,
     /// `chatpipe_ingest_producer_recreated_total`: producers replaced after
-    /// a fatal librdkafka error.
+    /// a produce timeout or a fatal librdkafka error.
     pub producer_recreated: IntCounter,
+    /// `chatpipe_ingest_idempotent_replays_total{event_type}`: identical
+    /// redeliveries of a committed NEW_CONVERSATION / CLOSE_CONVERSATION
+    /// answered like the first success (`Idempotent-Replay: true`), with
+    /// nothing produced.
+    pub idempotent_replays: IntCounterVec,
+    /// `chatpipe_ingest_message_id_conflicts_total{reason}`: NEW_MESSAGE
+    /// refused because its id is stored as an OUTBOUND message
+    /// (`outbound`) or as a message of another conversation
+    /// (`other_conversation`).
+    pub message_id_conflicts: IntCounterVec,
+    /// `chatpipe_ingest_shed_requests_total`: webhook requests answered
+    /// `503` at once because `--max-concurrent-requests` were being served.
+    pub shed_requests: IntCounter,
+    /// `chatpipe_ingest_body_read_timeouts_total`: webhook requests whose
+    /// body did not arrive within `--body-read-timeout` (answered `408`).
+    pub body_read_timeouts: IntCounter,
+    /// `chatpipe_ingest_connection_errors_total{kind}`: HTTP connections
+    /// ended by an error: `header_timeout` (headers not received within
+    /// `--header-read-timeout`), `other` (e.g. the client reset it), or
+    /// not accepted at all (`accept`, e.g. out of file descriptors).
+    pub connection_errors: IntCounterVec,
+    /// `chatpipe_ingest_inflight_records`: records handed to the producer
+    /// and not answered by the broker yet (sampled by the floor publisher).
+    pub inflight_records: IntGauge,
+    /// `chatpipe_ingest_inflight_floor_writes_total`: successful writes of
+    /// this replica's `ingest_inflight` row (upserts and the final delete).
+    pub inflight_floor_writes: IntCounter,
+    /// `chatpipe_ingest_inflight_floor_failures_total{op}`: failed writes of
+    /// the `ingest_inflight` row (`upsert`, `delete`).
+    pub inflight_floor_failures: IntCounterVec,
 }
 
 impl Metrics {
@@ -99,6 +130,50 @@ impl Metrics {
             "chatpipe_ingest_producer_recreated_total",
             "Kafka producers replaced after a fatal error.",
         )?;
+        let idempotent_replays = IntCounterVec::new(
+            Opts::new(
+                "chatpipe_ingest_idempotent_replays_total",
+                "Identical lifecycle redeliveries answered like the first success, by event type.",
+            ),
+            &["event_type"],
+        )?;
+        let message_id_conflicts = IntCounterVec::new(
+            Opts::new(
+                "chatpipe_ingest_message_id_conflicts_total",
+                "NEW_MESSAGE refused because its id names an OUTBOUND message or another conversation's message.",
+            ),
+            &["reason"],
+        )?;
+        let shed_requests = IntCounter::new(
+            "chatpipe_ingest_shed_requests_total",
+            "Webhook requests answered 503 at once because the concurrency limit was reached.",
+        )?;
+        let body_read_timeouts = IntCounter::new(
+            "chatpipe_ingest_body_read_timeouts_total",
+            "Webhook requests whose body did not arrive in time (answered 408).",
+        )?;
+        let connection_errors = IntCounterVec::new(
+            Opts::new(
+                "chatpipe_ingest_connection_errors_total",
+                "HTTP connections ended by an error, by kind (header_timeout, other, accept).",
+            ),
+            &["kind"],
+        )?;
+        let inflight_records = IntGauge::new(
+            "chatpipe_ingest_inflight_records",
+            "Records handed to the producer and not yet answered by the broker.",
+        )?;
+        let inflight_floor_writes = IntCounter::new(
+            "chatpipe_ingest_inflight_floor_writes_total",
+            "Successful writes of this replica's ingest_inflight row.",
+        )?;
+        let inflight_floor_failures = IntCounterVec::new(
+            Opts::new(
+                "chatpipe_ingest_inflight_floor_failures_total",
+                "Failed writes of this replica's ingest_inflight row, by operation.",
+            ),
+            &["op"],
+        )?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(request_duration.clone()))?;
         registry.register(Box::new(produce_duration.clone()))?;
@@ -108,6 +183,14 @@ impl Metrics {
         registry.register(Box::new(closed_cache_hits.clone()))?;
         registry.register(Box::new(in_flight.clone()))?;
         registry.register(Box::new(producer_recreated.clone()))?;
+        registry.register(Box::new(idempotent_replays.clone()))?;
+        registry.register(Box::new(message_id_conflicts.clone()))?;
+        registry.register(Box::new(shed_requests.clone()))?;
+        registry.register(Box::new(body_read_timeouts.clone()))?;
+        registry.register(Box::new(connection_errors.clone()))?;
+        registry.register(Box::new(inflight_records.clone()))?;
+        registry.register(Box::new(inflight_floor_writes.clone()))?;
+        registry.register(Box::new(inflight_floor_failures.clone()))?;
         Ok(Metrics {
             registry,
             requests,
@@ -119,6 +202,14 @@ impl Metrics {
             closed_cache_hits,
             in_flight,
             producer_recreated,
+            idempotent_replays,
+            message_id_conflicts,
+            shed_requests,
+            body_read_timeouts,
+            connection_errors,
+            inflight_records,
+            inflight_floor_writes,
+            inflight_floor_failures,
         })
     }
 }
@@ -140,5 +231,17 @@ mod tests {
             .collect();
         assert!(names.contains(&"chatpipe_ingest_requests_total".to_owned()));
         assert!(names.contains(&"chatpipe_ingest_produce_duration_seconds".to_owned()));
+        m.idempotent_replays
+            .with_label_values(&["NEW_CONVERSATION"])
+            .inc();
+        m.shed_requests.inc();
+        let names: Vec<String> = m
+            .registry
+            .gather()
+            .iter()
+            .map(|f| f.name().to_owned())
+            .collect();
+        assert!(names.contains(&"chatpipe_ingest_idempotent_replays_total".to_owned()));
+        assert!(names.contains(&"chatpipe_ingest_shed_requests_total".to_owned()));
     }
 }

@@ -4,6 +4,15 @@
 //! no headers: see [`chatpipe_core::kafka::EVENT_RECORDS_HAVE_HEADERS`]) and resolves only on the broker's
 //! acknowledgement, bounded by the produce timeout.
 //!
+//! # Arrival time and the in-flight floor
+//! [`EventProducer::produce`] stamps the record's arrival time itself,
+//! immediately before handing it to librdkafka, i.e. after the body was
+//! read and every decision was made (a slow upload or a slow Postgres does
+//! not leave a stale stamp). From that moment until the broker answers (or
+//! the produce timeout gives up) the record is registered in the
+//! [`InflightRegistry`] by an RAII guard, so the published in-flight floor
+//! (see [`crate::inflight`]) covers it and no entry outlives its produce.
+//!
 //! # Timeouts without epoch bumps
 //! When librdkafka's own `message.timeout.ms` expires a record, an
 //! idempotent producer bumps its epoch *locally* and goes on producing with
@@ -22,10 +31,12 @@ use std::time::{Duration, Instant};
 
 use chatpipe_core::event::Event;
 use chatpipe_core::kafka::producer_config;
+use chrono::Utc;
 use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer, PurgeConfig};
 
+use crate::inflight::InflightRegistry;
 use crate::metrics::Metrics;
 
 /// Why a record was not acknowledged.
@@ -64,6 +75,8 @@ pub struct Stored {
     pub partition: i32,
     /// Offset of the record in its partition.
     pub offset: i64,
+    /// The record timestamp (arrival time, ms since the Unix epoch).
+    pub arrival_ms: i64,
 }
 
 /// Writes events to the configured topic and waits for acknowledgements.
@@ -73,6 +86,7 @@ pub struct EventProducer {
     topic: String,
     timeout: Duration,
     metrics: Metrics,
+    inflight: Arc<InflightRegistry>,
 }
 
 /// The record key of a conversation: its hyphenated lowercase id.
@@ -110,7 +124,13 @@ impl EventProducer {
             topic: topic.to_owned(),
             timeout,
             metrics,
+            inflight: InflightRegistry::new(),
         })
+    }
+
+    /// The records waiting for the broker (read by the floor publisher).
+    pub fn inflight(&self) -> &Arc<InflightRegistry> {
+        &self.inflight
     }
 
     /// The topic records are written to.
@@ -126,17 +146,21 @@ impl EventProducer {
         }
     }
 
-    /// Writes `event` with record timestamp `arrival_ms` and resolves on the
-    /// broker's acknowledgement, or fails after the produce timeout.
-    pub async fn produce(&self, event: &Event, arrival_ms: i64) -> Result<Stored, ProduceError> {
+    /// Writes `event`, stamped with the current time as its arrival time,
+    /// and resolves on the broker's acknowledgement, or fails after the
+    /// produce timeout. The record is in the in-flight registry from the
+    /// stamp until this future ends or is dropped.
+    pub async fn produce(&self, event: &Event) -> Result<Stored, ProduceError> {
         let producer = self.current();
         let key = record_key(event.conversation_id());
         let value = event.encode();
+        let started = Instant::now();
+        let arrival_ms = Utc::now().timestamp_millis();
+        let _inflight = self.inflight.register(arrival_ms, started);
         let record = FutureRecord::to(&self.topic)
             .key(&key[..])
             .payload(&value)
             .timestamp(arrival_ms);
-        let started = Instant::now();
         let result = match producer.send_result(record) {
             Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
                 Err(ProduceError::QueueFull)
@@ -149,6 +173,7 @@ impl EventProducer {
                 Ok(Ok(Ok(d))) => Ok(Stored {
                     partition: d.partition,
                     offset: d.offset,
+                    arrival_ms,
                 }),
             },
         };

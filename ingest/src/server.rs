@@ -1,7 +1,16 @@
-//! Wiring: builds the pools, producer and lookup workers from
-//! [`IngestArgs`], the axum router (webhook + `/healthz`, `/readyz`,
-//! `/metrics`), and serves it with graceful shutdown: stop accepting, finish
-//! in-flight requests, flush the producer.
+//! Wiring: builds the pools, producer, lookup workers and the in-flight
+//! floor publisher from [`IngestArgs`], the axum router (webhook +
+//! `/healthz`, `/readyz`, `/metrics`), and serves it over HTTP/1.1 with
+//! hyper directly (axum's `serve` has no header read timeout):
+//! - each connection must send a request's headers within
+//!   `--header-read-timeout` (hyper's `header_read_timeout`; also ends idle
+//!   keep-alive connections), else it is closed and counted;
+//! - the webhook handler bounds body reads (`408`) and concurrency (`503`),
+//!   see [`crate::webhook`];
+//! - graceful shutdown: stop accepting, let connections finish their
+//!   requests, wait for webhook work still running for clients that went
+//!   away, flush the producer, delete this replica's `ingest_inflight` row
+//!   (all bounded by the shutdown timeout).
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -12,12 +21,16 @@ use anyhow::Context;
 use axum::routing::post;
 use axum::Router;
 use chatpipe_core::ops::{self, ReadinessCheck};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, Semaphore};
 use tokio::task::JoinHandle;
 
 use crate::config::IngestArgs;
-use crate::lifecycle::Lifecycle;
+use crate::inflight::Publisher;
+use crate::lifecycle::{self, Lifecycle};
 use crate::metrics::Metrics;
 use crate::producer::EventProducer;
 use crate::status_cache::StatusLookup;
@@ -26,8 +39,11 @@ use crate::webhook::{webhook, AppState};
 /// A built ingest service, ready to serve.
 pub struct Ingest {
     state: Arc<AppState>,
+    publisher: Publisher,
+    replica: String,
     ready_timeout: Duration,
     shutdown_timeout: Duration,
+    header_read_timeout: Duration,
 }
 
 impl Ingest {
@@ -35,14 +51,23 @@ impl Ingest {
     /// builds every component; with `--migrate` it first creates the
     /// database and applies migrations.
     pub async fn build(args: &IngestArgs) -> anyhow::Result<Ingest> {
+        args.validate()
+            .map_err(anyhow::Error::msg)
+            .context("invalid ingest settings")?;
         let url = &args.postgres.postgres_url;
         if args.migrate {
             chatpipe_core::db::ensure_database(url).await?;
             chatpipe_core::db::migrate(url).await?;
         }
         let metrics = Metrics::new().context("registering metrics")?;
-        let lifecycle_pool = chatpipe_core::db::pool(url, args.postgres.postgres_pool_size)?;
-        let lookup_pool = chatpipe_core::db::pool(url, args.status_lookup_workers.max(1))?;
+        // Every session of ingest ends a transaction left idle too long
+        // (see `lifecycle`, "Lock coupling").
+        let options = args.session_options();
+        let lifecycle_pool = lifecycle::pool(url, args.postgres.postgres_pool_size, &options)
+            .context("the lifecycle pool")?;
+        let lookup_pool = lifecycle::pool(url, args.status_lookup_workers.max(1), &options)
+            .context("the lookup pool")?;
+        let floor_pool = lifecycle::pool(url, 1, &options).context("the in-flight floor pool")?;
         let extra = args
             .producer_extra()
             .map_err(anyhow::Error::msg)
@@ -65,6 +90,15 @@ impl Ingest {
             args.closed_cache_size,
             metrics.clone(),
         );
+        let replica = args.replica();
+        let publisher = Publisher::new(
+            Arc::clone(producer.inflight()),
+            floor_pool,
+            replica.clone(),
+            args.inflight_publish_interval,
+            args.db_timeout,
+            metrics.clone(),
+        );
         let state = AppState {
             limits: args.limits(),
             producer,
@@ -72,34 +106,29 @@ impl Ingest {
             lookup,
             metrics,
             retry_after_secs: args.retry_after_secs,
+            body_read_timeout: args.body_read_timeout,
+            admission: Arc::new(Semaphore::new(args.max_concurrent_requests)),
+            max_concurrent_requests: args.max_concurrent_requests,
         };
         Ok(Ingest {
             state: Arc::new(state),
+            publisher,
+            replica,
             ready_timeout: args.ready_timeout,
             shutdown_timeout: args.shutdown_timeout,
+            header_read_timeout: args.header_read_timeout,
         })
+    }
+
+    /// This replica's name in `ingest_inflight`.
+    pub fn replica(&self) -> &str {
+        &self.replica
     }
 
     /// The `/readyz` check: broker metadata for the topic and Postgres
     /// `SELECT 1`, both bounded by the readiness timeout.
     pub fn readiness(&self) -> ReadinessCheck {
-        let state = Arc::clone(&self.state);
-        let timeout = self.ready_timeout;
-        Arc::new(move || {
-            let state = Arc::clone(&state);
-            Box::pin(async move {
-                let (broker, db) = tokio::join!(
-                    state.producer.check_broker(timeout),
-                    state.lifecycle.check(timeout)
-                );
-                match (broker, db) {
-                    (Ok(()), Ok(())) => Ok(()),
-                    (Err(b), Ok(())) => Err(b),
-                    (Ok(()), Err(d)) => Err(d),
-                    (Err(b), Err(d)) => Err(format!("{b}; {d}")),
-                }
-            })
-        })
+        readiness(Arc::clone(&self.state), self.ready_timeout)
     }
 
     /// The full router: `POST /webhook/` (and `/webhook`) plus the ops routes.
@@ -115,40 +144,102 @@ impl Ingest {
     }
 
     /// Serves on `listener` until `shutdown` resolves, then stops accepting,
-    /// lets in-flight requests finish (bounded by the shutdown timeout) and
-    /// flushes the producer.
+    /// lets in-flight requests finish (bounded by the shutdown timeout),
+    /// flushes the producer and removes this replica's in-flight floor row.
     pub async fn serve(
         self,
         listener: TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
         let router = self.router();
-        let (stopping_tx, stopping_rx) = oneshot::channel::<()>();
-        let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        let Ingest {
+            state,
+            publisher,
+            shutdown_timeout: grace,
+            header_read_timeout,
+            ..
+        } = self;
+        // Dropping this (the serve future cancelled) stops the publisher too.
+        let publisher = publisher.spawn();
+        let mut http = hyper::server::conn::http1::Builder::new();
+        http.timer(TokioTimer::new())
+            .header_read_timeout(header_read_timeout);
+        let graceful = GracefulShutdown::new();
+        let mut shutdown = std::pin::pin!(shutdown);
+        loop {
+            let tcp = tokio::select! {
+                () = &mut shutdown => break,
+                accepted = listener.accept() => match accepted {
+                    Ok((tcp, _peer)) => tcp,
+                    Err(e) => {
+                        // Per-connection failures and descriptor exhaustion:
+                        // keep serving, but do not spin.
+                        tracing::warn!(error = %e, "accepting a connection failed");
+                        state.metrics.connection_errors.with_label_values(&["accept"]).inc();
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+            };
             let _ = tcp.set_nodelay(true);
-        });
-        let server = axum::serve(listener, router).with_graceful_shutdown(async move {
-            shutdown.await;
-            let _ = stopping_tx.send(());
-        });
-        let grace = self.shutdown_timeout;
-        let deadline = async move {
-            if stopping_rx.await.is_ok() {
-                tokio::time::sleep(grace).await;
-            } else {
-                std::future::pending::<()>().await;
-            }
-        };
-        tokio::select! {
-            r = server => r.context("HTTP server failed")?,
-            () = deadline => tracing::warn!(?grace, "in-flight requests did not finish in time"),
+            let conn =
+                http.serve_connection(TokioIo::new(tcp), TowerToHyperService::new(router.clone()));
+            let conn = graceful.watch(conn);
+            let metrics = state.metrics.clone();
+            tokio::spawn(async move {
+                if let Err(e) = conn.await {
+                    let kind = if e.is_timeout() {
+                        "header_timeout"
+                    } else {
+                        "other"
+                    };
+                    metrics.connection_errors.with_label_values(&[kind]).inc();
+                    tracing::debug!(error = %e, kind, "HTTP connection ended with an error");
+                }
+            });
+        }
+        drop(listener);
+        let deadline = tokio::time::Instant::now() + grace;
+        if tokio::time::timeout_at(deadline, graceful.shutdown())
+            .await
+            .is_err()
+        {
+            tracing::warn!(?grace, "in-flight requests did not finish in time");
+        }
+        // Webhook work of clients that went away runs on its own tasks and
+        // holds admission permits until it is done.
+        let permits = u32::try_from(state.max_concurrent_requests).unwrap_or(u32::MAX);
+        if tokio::time::timeout_at(deadline, state.admission.acquire_many(permits))
+            .await
+            .is_err()
+        {
+            tracing::warn!(?grace, "webhook work did not finish in time");
         }
         tracing::info!("HTTP server stopped; flushing the producer");
-        if let Err(e) = self.state.producer.flush(self.shutdown_timeout).await {
+        if let Err(e) = state.producer.flush(grace).await {
             tracing::warn!(error = %e, "producer flush incomplete");
         }
+        publisher.stop().await;
         Ok(())
     }
+}
+
+fn readiness(state: Arc<AppState>, timeout: Duration) -> ReadinessCheck {
+    Arc::new(move || {
+        let state = Arc::clone(&state);
+        Box::pin(async move {
+            let (broker, db) = tokio::join!(
+                state.producer.check_broker(timeout),
+                state.lifecycle.check(timeout)
+            );
+            match (broker, db) {
+                (Ok(()), Ok(())) => Ok(()),
+                (Err(b), Ok(())) => Err(b),
+                (Ok(()), Err(d)) => Err(d),
+                (Err(b), Err(d)) => Err(format!("{b}; {d}")),
+            }
+        })
+    })
 }
 
 /// Runs ingest until SIGTERM/Ctrl-C (the binary's main loop).
@@ -159,6 +250,7 @@ pub async fn run(args: IngestArgs) -> anyhow::Result<()> {
         .with_context(|| format!("binding {}", args.listen))?;
     tracing::info!(
         listen = %listener.local_addr()?,
+        replica = %ingest.replica(),
         topic = %args.kafka.kafka_topic,
         brokers = %args.kafka.kafka_brokers,
         "chatpipe-ingest accepting webhooks on POST /webhook/"

@@ -1,21 +1,30 @@
-//! Conversation status for the NEW_MESSAGE hot path without one SQL round
-//! trip per request.
+//! What a NEW_MESSAGE needs to know from Postgres — its conversation's
+//! status and whether its id is already taken — without one SQL round trip
+//! per request.
 //!
 //! - [`ClosedSet`]: a bounded memory of conversation ids known to be CLOSED.
 //!   CLOSED is final, so a remembered id can be answered `400` at once. OPEN
 //!   is never cached: another replica may close the conversation at any time.
-//! - [`StatusLookup`]: batched lookups. Each request queues its conversation
-//!   id; a few worker tasks (each with its own Postgres connection) take
-//!   everything queued, run one `SELECT id, status FROM conversations WHERE
-//!   id = ANY($1)` and answer every waiting request. Each answer comes from a
-//!   query that started after the request arrived, so it is as exact as a
-//!   query per request; under load batches grow by themselves (requests queue
-//!   while the previous query runs).
+//! - [`StatusLookup`]: batched lookups. Each request queues its
+//!   `(conversation id, message id)`; a few worker tasks (each with its own
+//!   Postgres connection) take everything queued and run ONE statement for
+//!   all of them ([`LOOKUP_SQL`]: the statuses of the conversations and the
+//!   stored messages with those ids, `= ANY($1)` / `= ANY($2)`), then answer
+//!   every waiting request. Each answer comes from a query that started
+//!   after the request arrived, so it is as exact as a query per request;
+//!   under load batches grow by themselves (requests queue while the
+//!   previous query runs).
+//! - [`message_verdict`]: the pure decision from a [`MessageCheck`]: `400`
+//!   for a CLOSED conversation (`data.conversation_id`), for an id stored as
+//!   an OUTBOUND message or as another conversation's message (`data.id`);
+//!   a redelivery of the same INBOUND message to the same conversation is
+//!   fine (the processor dedupes it).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use chatpipe_core::event::ValidationError;
 use deadpool_postgres::Pool;
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
@@ -101,32 +110,161 @@ pub enum LookupError {
     Closed,
 }
 
-type Reply = oneshot::Sender<Result<Option<ConversationStatus>, LookupError>>;
-
-/// Groups queued requests by conversation id: the distinct ids to query, in
-/// first-seen order, and the waiters of each.
-pub fn group_requests(batch: Vec<(Uuid, Reply)>) -> (Vec<Uuid>, HashMap<Uuid, Vec<Reply>>) {
-    let mut ids = Vec::with_capacity(batch.len());
-    let mut waiters: HashMap<Uuid, Vec<Reply>> = HashMap::with_capacity(batch.len());
-    for (id, reply) in batch {
-        let entry = waiters.entry(id).or_default();
-        if entry.is_empty() {
-            ids.push(id);
-        }
-        entry.push(reply);
-    }
-    (ids, waiters)
+/// Direction of a stored message (`messages.direction`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    /// A user message.
+    Inbound,
+    /// A reply.
+    Outbound,
 }
 
-/// Batched, exact conversation-status lookups plus the CLOSED-id memory.
+impl Direction {
+    /// Parses `INBOUND`/`OUTBOUND`.
+    pub fn from_db(s: &str) -> Option<Direction> {
+        match s {
+            "INBOUND" => Some(Direction::Inbound),
+            "OUTBOUND" => Some(Direction::Outbound),
+            _ => None,
+        }
+    }
+}
+
+/// A message row that already has a NEW_MESSAGE's id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoredMessage {
+    /// The conversation it belongs to.
+    pub conversation_id: Uuid,
+    /// INBOUND or OUTBOUND.
+    pub direction: Direction,
+}
+
+/// What Postgres knows about one NEW_MESSAGE.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct MessageCheck {
+    /// Status of its conversation (`None`: not known yet).
+    pub conversation: Option<ConversationStatus>,
+    /// The stored message with its id, if any.
+    pub message: Option<StoredMessage>,
+}
+
+/// Why a NEW_MESSAGE is refused by [`message_verdict`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MessageRefusal {
+    /// Its conversation is CLOSED.
+    ConversationClosed,
+    /// Its id is stored as an OUTBOUND message.
+    IdIsOutbound,
+    /// Its id is stored as a message of another conversation.
+    IdInOtherConversation(Uuid),
+}
+
+impl MessageRefusal {
+    /// Label of the `message_id_conflicts` metric (`None` for a closed
+    /// conversation, which is not an id conflict).
+    pub fn conflict_reason(self) -> Option<&'static str> {
+        match self {
+            MessageRefusal::ConversationClosed => None,
+            MessageRefusal::IdIsOutbound => Some("outbound"),
+            MessageRefusal::IdInOtherConversation(_) => Some("other_conversation"),
+        }
+    }
+
+    /// The `400` body.
+    pub fn error(self, message_id: Uuid, conversation_id: Uuid) -> ValidationError {
+        match self {
+            MessageRefusal::ConversationClosed => ValidationError::new(
+                "data.conversation_id",
+                format!("conversation {conversation_id} is CLOSED"),
+            ),
+            MessageRefusal::IdIsOutbound => ValidationError::new(
+                "data.id",
+                format!("message id {message_id} is already used by an OUTBOUND message"),
+            ),
+            MessageRefusal::IdInOtherConversation(other) => ValidationError::new(
+                "data.id",
+                format!(
+                    "message id {message_id} is already used by a message of conversation {other}"
+                ),
+            ),
+        }
+    }
+}
+
+/// Decides a NEW_MESSAGE of `conversation_id` from what Postgres knows.
+/// A CLOSED conversation wins over an id conflict (both are `400`).
+pub fn message_verdict(conversation_id: Uuid, check: &MessageCheck) -> Result<(), MessageRefusal> {
+    if check.conversation == Some(ConversationStatus::Closed) {
+        return Err(MessageRefusal::ConversationClosed);
+    }
+    match check.message {
+        Some(StoredMessage {
+            direction: Direction::Outbound,
+            ..
+        }) => Err(MessageRefusal::IdIsOutbound),
+        Some(m) if m.conversation_id != conversation_id => {
+            Err(MessageRefusal::IdInOtherConversation(m.conversation_id))
+        }
+        _ => Ok(()),
+    }
+}
+
+type Reply = oneshot::Sender<Result<MessageCheck, LookupError>>;
+
+/// One queued lookup: conversation id, message id, where to answer.
+pub type Request = (Uuid, Uuid, Reply);
+
+/// The distinct conversation ids and message ids of a batch, each in
+/// first-seen order.
+pub fn distinct_ids(batch: &[Request]) -> (Vec<Uuid>, Vec<Uuid>) {
+    let mut seen_c = HashSet::with_capacity(batch.len());
+    let mut seen_m = HashSet::with_capacity(batch.len());
+    let mut conversations = Vec::with_capacity(batch.len());
+    let mut messages = Vec::with_capacity(batch.len());
+    for (c, m, _) in batch {
+        if seen_c.insert(*c) {
+            conversations.push(*c);
+        }
+        if seen_m.insert(*m) {
+            messages.push(*m);
+        }
+    }
+    (conversations, messages)
+}
+
+/// What one lookup statement found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Found {
+    /// Status by conversation id.
+    pub conversations: HashMap<Uuid, ConversationStatus>,
+    /// Stored message by id.
+    pub messages: HashMap<Uuid, StoredMessage>,
+}
+
+impl Found {
+    /// The answer for one request.
+    pub fn check(&self, conversation_id: &Uuid, message_id: &Uuid) -> MessageCheck {
+        MessageCheck {
+            conversation: self.conversations.get(conversation_id).copied(),
+            message: self.messages.get(message_id).copied(),
+        }
+    }
+}
+
+/// Batched, exact NEW_MESSAGE lookups plus the CLOSED-id memory.
 #[derive(Clone)]
 pub struct StatusLookup {
-    queue: mpsc::Sender<(Uuid, Reply)>,
+    queue: mpsc::Sender<Request>,
     closed: Arc<Mutex<ClosedSet>>,
     metrics: Metrics,
 }
 
-const STATUS_SQL: &str = "SELECT id, status FROM conversations WHERE id = ANY($1)";
+/// The one statement of a batch: conversation statuses (`kind` 0) and the
+/// stored messages with the requested ids (`kind` 1), both by primary key.
+pub const LOOKUP_SQL: &str =
+    "SELECT 0, id, status, NULL::uuid FROM conversations WHERE id = ANY($1) \
+     UNION ALL \
+     SELECT 1, id, direction, conversation_id FROM messages WHERE id = ANY($2)";
 
 impl StatusLookup {
     /// Starts `workers` lookup tasks on `pool` (give it its own pool, sized
@@ -142,7 +280,7 @@ impl StatusLookup {
         closed_capacity: usize,
         metrics: Metrics,
     ) -> StatusLookup {
-        let (tx, rx) = mpsc::channel::<(Uuid, Reply)>(max_batch.max(1) * 64);
+        let (tx, rx) = mpsc::channel::<Request>(max_batch.max(1) * 64);
         let rx = Arc::new(tokio::sync::Mutex::new(rx));
         let closed = Arc::new(Mutex::new(ClosedSet::new(closed_capacity)));
         for _ in 0..workers.max(1) {
@@ -181,12 +319,17 @@ impl StatusLookup {
         remember(&self.closed, id);
     }
 
-    /// The status of conversation `id` (`None` when unknown), read from
-    /// Postgres by a query that starts after this call.
-    pub async fn status(&self, id: Uuid) -> Result<Option<ConversationStatus>, LookupError> {
+    /// The status of conversation `conversation_id` and the stored message
+    /// with id `message_id`, read from Postgres by a query that starts after
+    /// this call.
+    pub async fn check(
+        &self,
+        conversation_id: Uuid,
+        message_id: Uuid,
+    ) -> Result<MessageCheck, LookupError> {
         let (tx, rx) = oneshot::channel();
         self.queue
-            .send((id, tx))
+            .send((conversation_id, message_id, tx))
             .await
             .map_err(|_| LookupError::Closed)?;
         rx.await.map_err(|_| LookupError::Closed)?
@@ -202,7 +345,7 @@ fn remember(closed: &Mutex<ClosedSet>, id: Uuid) {
 
 struct Worker {
     pool: Pool,
-    queue: Arc<tokio::sync::Mutex<mpsc::Receiver<(Uuid, Reply)>>>,
+    queue: Arc<tokio::sync::Mutex<mpsc::Receiver<Request>>>,
     max_batch: usize,
     linger: Duration,
     timeout: Duration,
@@ -230,10 +373,14 @@ impl Worker {
                     }
                 }
             }
-            let (ids, waiters) = group_requests(std::mem::take(&mut batch));
-            self.metrics.lookup_batch_size.observe(ids.len() as f64);
+            let requests = std::mem::take(&mut batch);
+            let (conversations, messages) = distinct_ids(&requests);
+            self.metrics
+                .lookup_batch_size
+                .observe(conversations.len() as f64);
             let started = Instant::now();
-            let result = tokio::time::timeout(self.timeout, self.query(&ids)).await;
+            let result =
+                tokio::time::timeout(self.timeout, self.query(&conversations, &messages)).await;
             self.metrics
                 .lookup_duration
                 .observe(started.elapsed().as_secs_f64());
@@ -247,43 +394,60 @@ impl Worker {
             };
             match found {
                 Ok(found) => {
-                    for (id, replies) in waiters {
-                        let status = found.get(&id).copied();
-                        if status == Some(ConversationStatus::Closed) {
-                            remember(&self.closed, id);
+                    for (id, status) in &found.conversations {
+                        if *status == ConversationStatus::Closed {
+                            remember(&self.closed, *id);
                         }
-                        for r in replies {
-                            let _ = r.send(Ok(status));
-                        }
+                    }
+                    for (c, m, reply) in requests {
+                        let _ = reply.send(Ok(found.check(&c, &m)));
                     }
                 }
                 Err(e) => {
-                    tracing::warn!(error = %e, "conversation status lookup failed");
-                    for r in waiters.into_values().flatten() {
-                        let _ = r.send(Err(e.clone()));
+                    tracing::warn!(error = %e, "NEW_MESSAGE lookup failed");
+                    for (_, _, reply) in requests {
+                        let _ = reply.send(Err(e.clone()));
                     }
                 }
             }
         }
     }
 
-    async fn query(&self, ids: &[Uuid]) -> Result<HashMap<Uuid, ConversationStatus>, String> {
-        let client = self.pool.get().await.map_err(|e| e.to_string())?;
+    async fn query(&self, conversations: &[Uuid], messages: &[Uuid]) -> Result<Found, String> {
+        let client = self
+            .pool
+            .get()
+            .await
+            .map_err(|e| format!("getting a connection: {e}"))?;
         let stmt = client
-            .prepare_cached(STATUS_SQL)
+            .prepare_cached(LOOKUP_SQL)
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| format!("prepare: {e}"))?;
         let rows = client
-            .query(&stmt, &[&ids])
+            .query(&stmt, &[&conversations, &messages])
             .await
             .map_err(|e| e.to_string())?;
-        let mut found = HashMap::with_capacity(rows.len());
+        let mut found = Found::default();
         for row in rows {
-            let id: Uuid = row.try_get(0).map_err(|e| e.to_string())?;
-            let status: &str = row.try_get(1).map_err(|e| e.to_string())?;
-            let status = ConversationStatus::from_db(status)
-                .ok_or_else(|| format!("conversation {id} has unknown status {status:?}"))?;
-            found.insert(id, status);
+            let kind: i32 = row.try_get(0).map_err(|e| e.to_string())?;
+            let id: Uuid = row.try_get(1).map_err(|e| e.to_string())?;
+            let value: &str = row.try_get(2).map_err(|e| e.to_string())?;
+            if kind == 0 {
+                let status = ConversationStatus::from_db(value)
+                    .ok_or_else(|| format!("conversation {id} has unknown status {value:?}"))?;
+                found.conversations.insert(id, status);
+            } else {
+                let direction = Direction::from_db(value)
+                    .ok_or_else(|| format!("message {id} has unknown direction {value:?}"))?;
+                let conversation_id: Uuid = row.try_get(3).map_err(|e| e.to_string())?;
+                found.messages.insert(
+                    id,
+                    StoredMessage {
+                        conversation_id,
+                        direction,
+                    },
+                );
+            }
         }
         Ok(found)
     }
@@ -324,18 +488,99 @@ mod tests {
     }
 
     #[test]
-    fn requests_are_grouped_by_id_in_first_seen_order() {
+    fn ids_are_distinct_in_first_seen_order() {
         let mut batch = Vec::new();
         let mut receivers = Vec::new();
-        for n in [3u128, 1, 3, 2, 1, 3] {
+        for (c, m) in [(3u128, 10u128), (1, 11), (3, 12), (2, 10), (1, 13), (3, 12)] {
             let (tx, rx) = oneshot::channel();
-            batch.push((id(n), tx));
+            batch.push((id(c), id(m), tx));
             receivers.push(rx);
         }
-        let (ids, waiters) = group_requests(batch);
-        assert_eq!(ids, vec![id(3), id(1), id(2)]);
-        assert_eq!(waiters[&id(3)].len(), 3);
-        assert_eq!(waiters[&id(1)].len(), 2);
-        assert_eq!(waiters[&id(2)].len(), 1);
+        let (conversations, messages) = distinct_ids(&batch);
+        assert_eq!(conversations, vec![id(3), id(1), id(2)]);
+        assert_eq!(messages, vec![id(10), id(11), id(12), id(13)]);
+    }
+
+    #[test]
+    fn verdicts_follow_the_contract() {
+        let (conv, other) = (id(1), id(2));
+        let msg = |c, direction| {
+            Some(StoredMessage {
+                conversation_id: c,
+                direction,
+            })
+        };
+        let check = |conversation, message| MessageCheck {
+            conversation,
+            message,
+        };
+        use ConversationStatus::*;
+        use Direction::*;
+        // Unknown or OPEN conversation, new id or a redelivery: accepted.
+        assert_eq!(message_verdict(conv, &check(None, None)), Ok(()));
+        assert_eq!(message_verdict(conv, &check(Some(Open), None)), Ok(()));
+        assert_eq!(
+            message_verdict(conv, &check(Some(Open), msg(conv, Inbound))),
+            Ok(())
+        );
+        assert_eq!(
+            message_verdict(conv, &check(None, msg(conv, Inbound))),
+            Ok(())
+        );
+        // Id conflicts.
+        assert_eq!(
+            message_verdict(conv, &check(Some(Open), msg(conv, Outbound))),
+            Err(MessageRefusal::IdIsOutbound)
+        );
+        assert_eq!(
+            message_verdict(conv, &check(None, msg(other, Outbound))),
+            Err(MessageRefusal::IdIsOutbound)
+        );
+        assert_eq!(
+            message_verdict(conv, &check(Some(Open), msg(other, Inbound))),
+            Err(MessageRefusal::IdInOtherConversation(other))
+        );
+        // A CLOSED conversation wins.
+        assert_eq!(
+            message_verdict(conv, &check(Some(Closed), msg(other, Outbound))),
+            Err(MessageRefusal::ConversationClosed)
+        );
+        let e = MessageRefusal::IdInOtherConversation(other).error(id(9), conv);
+        assert_eq!(e.field, "data.id");
+        assert!(e.error.contains(&other.to_string()), "{e:?}");
+        assert_eq!(
+            MessageRefusal::ConversationClosed.error(id(9), conv).field,
+            "data.conversation_id"
+        );
+        assert_eq!(
+            MessageRefusal::IdIsOutbound.error(id(9), conv).field,
+            "data.id"
+        );
+    }
+
+    #[test]
+    fn found_answers_each_request() {
+        let mut found = Found::default();
+        found
+            .conversations
+            .insert(id(1), ConversationStatus::Closed);
+        found.messages.insert(
+            id(10),
+            StoredMessage {
+                conversation_id: id(2),
+                direction: Direction::Inbound,
+            },
+        );
+        assert_eq!(
+            found.check(&id(1), &id(10)),
+            MessageCheck {
+                conversation: Some(ConversationStatus::Closed),
+                message: Some(StoredMessage {
+                    conversation_id: id(2),
+                    direction: Direction::Inbound
+                }),
+            }
+        );
+        assert_eq!(found.check(&id(3), &id(11)), MessageCheck::default());
     }
 }

@@ -1,34 +1,54 @@
-//! `POST /webhook/`: body → validation → lifecycle decision → produce →
-//! HTTP answer.
+//! `POST /webhook/`: admission → body → validation → lifecycle decision →
+//! produce → HTTP answer.
 //!
-//! | event | success | 400 when |
-//! |---|---|---|
-//! | NEW_CONVERSATION | 201 | id exists (open or closed) |
-//! | NEW_MESSAGE | 202 | its conversation is known and CLOSED |
-//! | CLOSE_CONVERSATION | 200 | unknown, or already CLOSED |
+//! | event | success | identical redelivery of a success | 400 when |
+//! |---|---|---|---|
+//! | NEW_CONVERSATION | 201 | 201 + `Idempotent-Replay: true` | id exists (open or closed) with another `created_at` |
+//! | NEW_MESSAGE | 202 | 202 (the processor dedupes) | its conversation is known and CLOSED (`data.conversation_id`); its id is stored as an OUTBOUND message or as another conversation's message (`data.id`) |
+//! | CLOSE_CONVERSATION | 200 | 200 + `Idempotent-Replay: true` | unknown, or CLOSED with another `closed_at` |
 //!
-//! Invalid bodies get `400` with `{"error":…,"field":…}` and nothing is
-//! written. A 2xx is sent only after the broker acknowledged the record;
-//! a broker or Postgres failure is `503` with `Retry-After` and nothing
-//! committed. [`Reply`] and [`reply_parts`] are the pure mapping from an
+//! Every request:
+//! - `503` + `Retry-After` + JSON error at once when
+//!   `--max-concurrent-requests` webhook requests are being served (load
+//!   shedding; the body is not read);
+//! - `408` + JSON error (`"field":"body"`) when the body does not arrive
+//!   within `--body-read-timeout`; nothing is written;
+//! - `400` + `{"error":…,"field":…}` for an invalid body (see
+//!   [`chatpipe_core::event`]); nothing is written;
+//! - a 2xx only after the broker acknowledged the record, or for a replay
+//!   (whose record is in the log: its row was committed after the
+//!   acknowledgement). A replay's body has the first answer's shape with
+//!   `partition` and `offset` null (the first answer's position is not
+//!   stored);
+//! - `503` + `Retry-After` when the broker or Postgres fails; nothing
+//!   committed.
+//!
+//! Once the body is read and valid, the decision and the produce run on a
+//! task of their own: a client that disconnects does not cut a lifecycle
+//! transaction or a produce short (its record stays in the in-flight floor
+//! until the broker answers), and its admission permit is held until that
+//! work ends. [`Reply`] and [`reply_parts`] are the pure mapping from an
 //! outcome to status and body.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::extract::State;
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::http::{header, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use chatpipe_core::event::{parse_event, Event, EventType, Limits, ValidationError};
-use chrono::Utc;
 use serde_json::json;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use uuid::Uuid;
 
 use crate::lifecycle::{Decision, Lifecycle, LifecycleError, Rejection};
 use crate::metrics::Metrics;
 use crate::producer::{EventProducer, Stored};
-use crate::status_cache::{ConversationStatus, StatusLookup};
+use crate::status_cache::{message_verdict, ConversationStatus, MessageRefusal, StatusLookup};
+
+/// The header that marks the answer to an identical redelivery.
+pub const IDEMPOTENT_REPLAY: HeaderName = HeaderName::from_static("idempotent-replay");
 
 /// Everything a webhook request needs.
 pub struct AppState {
@@ -38,12 +58,18 @@ pub struct AppState {
     pub producer: EventProducer,
     /// Postgres lifecycle decisions.
     pub lifecycle: Lifecycle,
-    /// Batched conversation-status lookups for NEW_MESSAGE.
+    /// Batched conversation-status and message-id lookups for NEW_MESSAGE.
     pub lookup: StatusLookup,
     /// Metrics.
     pub metrics: Metrics,
     /// `Retry-After` of `503` answers, in seconds.
     pub retry_after_secs: u32,
+    /// How long a body may take to arrive.
+    pub body_read_timeout: Duration,
+    /// Admission: one permit per webhook request being served.
+    pub admission: Arc<Semaphore>,
+    /// The number of permits of `admission`.
+    pub max_concurrent_requests: usize,
 }
 
 /// The outcome of one webhook request.
@@ -72,10 +98,33 @@ pub enum Reply {
         /// Where the record was stored.
         stored: Stored,
     },
+    /// An identical redelivery of a NEW_CONVERSATION (→ `201`) or
+    /// CLOSE_CONVERSATION (→ `200`) that succeeded, with
+    /// `Idempotent-Replay: true`.
+    Replayed {
+        /// NEW_CONVERSATION or CLOSE_CONVERSATION.
+        event_type: EventType,
+        /// The conversation.
+        conversation_id: Uuid,
+    },
     /// Invalid body or refused by the lifecycle rules → `400`.
     Invalid(ValidationError),
+    /// The body did not arrive in time → `408`.
+    BodyTimeout(Duration),
+    /// The concurrency limit was reached → `503` + `Retry-After`.
+    Overloaded {
+        /// The limit.
+        limit: usize,
+    },
     /// Broker or Postgres unavailable → `503` + `Retry-After`.
     Unavailable(String),
+}
+
+impl Reply {
+    /// Whether the body was not read (shed or timed out).
+    pub fn body_unread(&self) -> bool {
+        matches!(self, Reply::BodyTimeout(_) | Reply::Overloaded { .. })
+    }
 }
 
 /// The `400` body for a lifecycle refusal of `event`.
@@ -109,17 +158,44 @@ pub fn closed_conversation_error(conversation_id: Uuid) -> ValidationError {
     )
 }
 
+fn position(stored: Option<&Stored>) -> (serde_json::Value, serde_json::Value) {
+    match stored {
+        Some(s) => (json!(s.partition), json!(s.offset)),
+        None => (serde_json::Value::Null, serde_json::Value::Null),
+    }
+}
+
 /// HTTP status and JSON body of a reply.
 pub fn reply_parts(reply: &Reply) -> (StatusCode, serde_json::Value) {
+    let lifecycle = |status: StatusCode, word: &str, id: &Uuid, stored: Option<&Stored>| {
+        let (partition, offset) = position(stored);
+        (
+            status,
+            json!({"status": word, "conversation_id": id,
+                   "partition": partition, "offset": offset}),
+        )
+    };
     match reply {
         Reply::Created {
             conversation_id,
             stored,
-        } => (
+        } => lifecycle(
             StatusCode::CREATED,
-            json!({"status": "created", "conversation_id": conversation_id,
-                   "partition": stored.partition, "offset": stored.offset}),
+            "created",
+            conversation_id,
+            Some(stored),
         ),
+        Reply::Closed {
+            conversation_id,
+            stored,
+        } => lifecycle(StatusCode::OK, "closed", conversation_id, Some(stored)),
+        Reply::Replayed {
+            event_type: EventType::CloseConversation,
+            conversation_id,
+        } => lifecycle(StatusCode::OK, "closed", conversation_id, None),
+        Reply::Replayed {
+            conversation_id, ..
+        } => lifecycle(StatusCode::CREATED, "created", conversation_id, None),
         Reply::Accepted {
             message_id,
             conversation_id,
@@ -129,17 +205,20 @@ pub fn reply_parts(reply: &Reply) -> (StatusCode, serde_json::Value) {
             json!({"status": "accepted", "id": message_id, "conversation_id": conversation_id,
                    "partition": stored.partition, "offset": stored.offset}),
         ),
-        Reply::Closed {
-            conversation_id,
-            stored,
-        } => (
-            StatusCode::OK,
-            json!({"status": "closed", "conversation_id": conversation_id,
-                   "partition": stored.partition, "offset": stored.offset}),
-        ),
         Reply::Invalid(e) => (
             StatusCode::BAD_REQUEST,
             json!({"error": e.error, "field": e.field}),
+        ),
+        Reply::BodyTimeout(after) => (
+            StatusCode::REQUEST_TIMEOUT,
+            json!({"error": format!("the request body did not arrive within {after:?}"),
+                   "field": "body"}),
+        ),
+        Reply::Overloaded { limit } => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            json!({"error": format!(
+                "temporarily unavailable: ingest is serving its limit of {limit} concurrent requests"
+            )}),
         ),
         Reply::Unavailable(reason) => (
             StatusCode::SERVICE_UNAVAILABLE,
@@ -152,10 +231,19 @@ pub fn reply_parts(reply: &Reply) -> (StatusCode, serde_json::Value) {
 pub fn into_response(reply: &Reply, retry_after_secs: u32) -> Response {
     let (status, body) = reply_parts(reply);
     let mut response = (status, axum::Json(body)).into_response();
+    let headers = response.headers_mut();
     if status == StatusCode::SERVICE_UNAVAILABLE {
-        response
-            .headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
+        headers.insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
+    }
+    match reply {
+        Reply::Replayed { .. } => {
+            headers.insert(IDEMPOTENT_REPLAY, HeaderValue::from_static("true"));
+        }
+        // The rest of the body is still on the wire.
+        Reply::BodyTimeout(_) => {
+            headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        _ => {}
     }
     response
 }
@@ -179,12 +267,30 @@ impl Drop for InFlight<'_> {
 
 /// The `POST /webhook/` handler.
 pub async fn webhook(State(state): State<Arc<AppState>>, body: Body) -> Response {
-    let arrival_ms = Utc::now().timestamp_millis();
     let started = Instant::now();
     let _in_flight = InFlight::enter(&state.metrics);
-    let (event_type, reply) = handle(&state, body, arrival_ms).await;
+    let (event_type, reply) = match Arc::clone(&state.admission).try_acquire_owned() {
+        Ok(permit) => handle(&state, body, permit).await,
+        Err(_) => {
+            state.metrics.shed_requests.inc();
+            tracing::debug!(
+                limit = state.max_concurrent_requests,
+                "concurrency limit reached: answered 503"
+            );
+            (
+                None,
+                Reply::Overloaded {
+                    limit: state.max_concurrent_requests,
+                },
+            )
+        }
+    };
     let response = into_response(&reply, state.retry_after_secs);
-    let type_label = event_type.map_or("INVALID", EventType::as_str);
+    let type_label = match event_type {
+        Some(t) => t.as_str(),
+        None if reply.body_unread() => "UNREAD",
+        None => "INVALID",
+    };
     state
         .metrics
         .requests
@@ -205,11 +311,13 @@ fn unavailable<E: std::fmt::Display>(e: LifecycleError<E>) -> Reply {
     Reply::Unavailable(e.to_string())
 }
 
-async fn handle(state: &AppState, body: Body, arrival_ms: i64) -> (Option<EventType>, Reply) {
+/// Reads the whole body within the body timeout and the size limit.
+async fn read_body(state: &AppState, body: Body) -> Result<bytes::Bytes, Reply> {
     let limit = state.limits.max_body_bytes;
-    let bytes = match axum::body::to_bytes(body, limit).await {
-        Ok(b) => b,
-        Err(e) => {
+    let timeout = state.body_read_timeout;
+    match tokio::time::timeout(timeout, axum::body::to_bytes(body, limit)).await {
+        Ok(Ok(b)) => Ok(b),
+        Ok(Err(e)) => {
             let too_large = std::error::Error::source(&e)
                 .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
             let message = if too_large {
@@ -217,38 +325,83 @@ async fn handle(state: &AppState, body: Body, arrival_ms: i64) -> (Option<EventT
             } else {
                 format!("body could not be read: {e}")
             };
-            return (None, Reply::Invalid(ValidationError::new("body", message)));
+            Err(Reply::Invalid(ValidationError::new("body", message)))
         }
+        Err(_) => {
+            state.metrics.body_read_timeouts.inc();
+            tracing::info!(
+                ?timeout,
+                "request body did not arrive in time: answered 408"
+            );
+            Err(Reply::BodyTimeout(timeout))
+        }
+    }
+}
+
+async fn handle(
+    state: &Arc<AppState>,
+    body: Body,
+    permit: OwnedSemaphorePermit,
+) -> (Option<EventType>, Reply) {
+    let bytes = match read_body(state, body).await {
+        Ok(b) => b,
+        Err(reply) => return (None, reply),
     };
     let event = match parse_event(&bytes, &state.limits) {
         Ok(e) => e,
         Err(e) => return (None, Reply::Invalid(e)),
     };
-    let event_type = Some(event.event_type());
-    let produce = || state.producer.produce(&event, arrival_ms);
-    let reply = match &event {
+    let event_type = event.event_type();
+    // Decide and produce on a task of their own (see the module docs); the
+    // admission permit goes with the work.
+    let task_state = Arc::clone(state);
+    let work = tokio::spawn(async move {
+        let _permit = permit;
+        decide(&task_state, &event).await
+    });
+    let reply = match work.await {
+        Ok(reply) => reply,
+        Err(e) => Reply::Unavailable(format!("the request's task failed: {e}")),
+    };
+    (Some(event_type), reply)
+}
+
+/// Decides a valid event: lookups or the lifecycle transaction, and the
+/// produce (which stamps the arrival time right before handing the record
+/// to the producer).
+async fn decide(state: &AppState, event: &Event) -> Reply {
+    let produce = || state.producer.produce(event);
+    match event {
         Event::NewMessage {
             id,
             conversation_id,
             ..
         } => {
             if state.lookup.known_closed(conversation_id) {
-                Reply::Invalid(closed_conversation_error(*conversation_id))
-            } else {
-                match state.lookup.status(*conversation_id).await {
-                    Err(e) => Reply::Unavailable(e.to_string()),
-                    Ok(Some(ConversationStatus::Closed)) => {
-                        Reply::Invalid(closed_conversation_error(*conversation_id))
-                    }
-                    Ok(_) => match produce().await {
-                        Ok(stored) => Reply::Accepted {
-                            message_id: *id,
-                            conversation_id: *conversation_id,
-                            stored,
-                        },
-                        Err(e) => Reply::Unavailable(e.to_string()),
-                    },
+                return Reply::Invalid(closed_conversation_error(*conversation_id));
+            }
+            let check = match state.lookup.check(*conversation_id, *id).await {
+                Ok(check) => check,
+                Err(e) => return Reply::Unavailable(e.to_string()),
+            };
+            if let Err(refusal) = message_verdict(*conversation_id, &check) {
+                if let Some(reason) = refusal.conflict_reason() {
+                    state
+                        .metrics
+                        .message_id_conflicts
+                        .with_label_values(&[reason])
+                        .inc();
+                    tracing::info!(message_id = %id, conversation_id = %conversation_id, reason, "NEW_MESSAGE id is taken: answered 400");
                 }
+                return Reply::Invalid(refusal_error(refusal, *id, *conversation_id));
+            }
+            match produce().await {
+                Ok(stored) => Reply::Accepted {
+                    message_id: *id,
+                    conversation_id: *conversation_id,
+                    stored,
+                },
+                Err(e) => Reply::Unavailable(e.to_string()),
             }
         }
         Event::NewConversation { id, timestamp } => {
@@ -257,7 +410,8 @@ async fn handle(state: &AppState, body: Body, arrival_ms: i64) -> (Option<EventT
                     conversation_id: *id,
                     stored,
                 },
-                Ok(Decision::Rejected(r)) => Reply::Invalid(rejection_error(&event, r)),
+                Ok(Decision::Replay) => replayed(state, event),
+                Ok(Decision::Rejected(r)) => Reply::Invalid(rejection_error(event, r)),
                 Err(e) => unavailable(e),
             }
         }
@@ -270,22 +424,55 @@ async fn handle(state: &AppState, body: Body, arrival_ms: i64) -> (Option<EventT
                         stored,
                     }
                 }
+                Ok(Decision::Replay) => {
+                    state.lookup.remember_closed(*id);
+                    replayed(state, event)
+                }
                 Ok(Decision::Rejected(r)) => {
                     if r == Rejection::AlreadyClosed {
                         state.lookup.remember_closed(*id);
                     }
-                    Reply::Invalid(rejection_error(&event, r))
+                    Reply::Invalid(rejection_error(event, r))
                 }
                 Err(e) => unavailable(e),
             }
         }
-    };
-    (event_type, reply)
+    }
+}
+
+fn refusal_error(
+    refusal: MessageRefusal,
+    message_id: Uuid,
+    conversation_id: Uuid,
+) -> ValidationError {
+    match refusal {
+        MessageRefusal::ConversationClosed => closed_conversation_error(conversation_id),
+        other => other.error(message_id, conversation_id),
+    }
+}
+
+fn replayed(state: &AppState, event: &Event) -> Reply {
+    let event_type = event.event_type();
+    state
+        .metrics
+        .idempotent_replays
+        .with_label_values(&[event_type.as_str()])
+        .inc();
+    tracing::info!(
+        event_type = event_type.as_str(),
+        conversation_id = %event.conversation_id(),
+        "identical redelivery of a committed event: answered as a replay, nothing produced"
+    );
+    Reply::Replayed {
+        event_type,
+        conversation_id: event.conversation_id(),
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use chrono::Utc;
 
     const ID: &str = "6a41b347-8d80-4ce9-84ba-7af66f369f6a";
 
@@ -293,6 +480,7 @@ mod tests {
         Stored {
             partition: 3,
             offset: 42,
+            arrival_ms: 1,
         }
     }
 
@@ -346,5 +534,68 @@ mod tests {
         let r = into_response(&Reply::Unavailable("broker down".into()), 2);
         assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(r.headers()[header::RETRY_AFTER], "2");
+        assert!(r.headers().get(IDEMPOTENT_REPLAY).is_none());
+    }
+
+    #[test]
+    fn replays_answer_like_the_first_success_with_the_header() {
+        let id = Uuid::parse_str(ID).unwrap();
+        for (event_type, first) in [
+            (
+                EventType::NewConversation,
+                Reply::Created {
+                    conversation_id: id,
+                    stored: stored(),
+                },
+            ),
+            (
+                EventType::CloseConversation,
+                Reply::Closed {
+                    conversation_id: id,
+                    stored: stored(),
+                },
+            ),
+        ] {
+            let replay = Reply::Replayed {
+                event_type,
+                conversation_id: id,
+            };
+            let (first_code, first_body) = reply_parts(&first);
+            let (code, body) = reply_parts(&replay);
+            assert_eq!(code, first_code);
+            let keys = |v: &serde_json::Value| {
+                v.as_object()
+                    .unwrap()
+                    .keys()
+                    .cloned()
+                    .collect::<Vec<String>>()
+            };
+            assert_eq!(keys(&body), keys(&first_body), "same shape");
+            assert_eq!(body["status"], first_body["status"]);
+            assert_eq!(body["conversation_id"], ID);
+            assert!(body["offset"].is_null());
+            let r = into_response(&replay, 1);
+            assert_eq!(r.headers()[IDEMPOTENT_REPLAY], "true");
+            assert!(into_response(&first, 1)
+                .headers()
+                .get(IDEMPOTENT_REPLAY)
+                .is_none());
+        }
+    }
+
+    #[test]
+    fn body_timeout_is_408_and_overload_is_503() {
+        let r = into_response(&Reply::BodyTimeout(Duration::from_secs(10)), 1);
+        assert_eq!(r.status(), StatusCode::REQUEST_TIMEOUT);
+        assert_eq!(r.headers()[header::CONNECTION], "close");
+        let (_, body) = reply_parts(&Reply::BodyTimeout(Duration::from_secs(10)));
+        assert_eq!(body["field"], "body");
+        let r = into_response(&Reply::Overloaded { limit: 4 }, 3);
+        assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(r.headers()[header::RETRY_AFTER], "3");
+        let (_, body) = reply_parts(&Reply::Overloaded { limit: 4 });
+        assert!(body["error"].as_str().unwrap().contains('4'));
+        assert!(Reply::Overloaded { limit: 4 }.body_unread());
+        assert!(!Reply::Unavailable(String::new()).body_unread());
     }
 }
