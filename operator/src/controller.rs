@@ -13,16 +13,73 @@ use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::batch::v1::Job;
 use kube::api::{Api, ListParams};
-use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::controller::{self, Action};
+use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{watcher, Controller};
 use kube::Client;
 use prometheus::Registry;
 
 use crate::build::labels::MANAGED_BY;
 use crate::crd::ChatPipeline;
+use crate::events::EventRecorder;
 use crate::metrics::Metrics;
-use crate::reconcile::{error_policy, reconcile, Context};
+use crate::reconcile::{error_policy, reconcile, Context, FIELD_MANAGER};
 use crate::topic::KafkaTopicAdmin;
+
+/// User agent of every request to the API server:
+/// `chatpipe-operator/<version>`. (Without one, the API server records
+/// writes that name no field manager as manager `unknown`.)
+pub fn user_agent() -> String {
+    format!("{FIELD_MANAGER}/{}", env!("CARGO_PKG_VERSION"))
+}
+
+/// `config` with [`user_agent`] on every request.
+pub fn with_user_agent(mut config: kube::Config) -> anyhow::Result<kube::Config> {
+    let value = http::HeaderValue::from_str(&user_agent()).context("building the user agent")?;
+    config
+        .headers
+        .retain(|(name, _)| name != http::header::USER_AGENT);
+    config.headers.push((http::header::USER_AGENT, value));
+    Ok(config)
+}
+
+/// The Kubernetes client of the controller: the inferred configuration
+/// (in-cluster or kubeconfig) with the operator's user agent.
+pub async fn client() -> anyhow::Result<Client> {
+    let config = kube::Config::infer()
+        .await
+        .context("loading the Kubernetes client configuration")?;
+    Client::try_from(with_user_agent(config)?).context("creating a Kubernetes client")
+}
+
+/// Outcome of one reconcile as the controller's stream reports it.
+pub type RunResult = Result<
+    (ObjectRef<ChatPipeline>, Action),
+    controller::Error<crate::error::Error, watcher::Error>,
+>;
+
+/// The level at which the controller logs `result`. Only what is not
+/// reported elsewhere and needs a look is a warning:
+/// - a reconcile error was already logged (and counted) by [`error_policy`];
+/// - "not found in local store" is what a deleted pipeline's owned objects
+///   cause while they are garbage-collected (their events still name the
+///   owner, which is gone): expected, so debug.
+pub fn log_level(result: &RunResult) -> tracing::Level {
+    match result {
+        Ok(_) => tracing::Level::DEBUG,
+        Err(controller::Error::ObjectNotFound(_)) => tracing::Level::DEBUG,
+        Err(controller::Error::ReconcilerFailed(..)) => tracing::Level::DEBUG,
+        Err(_) => tracing::Level::WARN,
+    }
+}
+
+fn log_result(result: &RunResult) {
+    match (log_level(result), result) {
+        (_, Ok((obj, action))) => tracing::debug!(pipeline = %obj, ?action, "reconciled"),
+        (tracing::Level::WARN, Err(e)) => tracing::warn!(error = %e, "controller error"),
+        (_, Err(e)) => tracing::debug!(error = %e, "controller error"),
+    }
+}
 
 /// Arguments of `chatpipe-operator controller`.
 #[derive(Debug, Clone, clap::Args)]
@@ -70,22 +127,14 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
         }
     });
 
-    let client = Client::try_default()
-        .await
-        .context("creating a Kubernetes client")?;
+    let client = client().await?;
     let pipelines: Api<ChatPipeline> = Api::all(client.clone());
     pipelines
         .list(&ListParams::default().limit(1))
         .await
         .context("listing ChatPipelines failed; is the CRD installed? (chatpipe-operator crdgen | kubectl apply -f -)")?;
 
-    let recorder = Recorder::new(
-        client.clone(),
-        Reporter {
-            controller: "chatpipe-operator".into(),
-            instance: Some(args.instance.clone()),
-        },
-    );
+    let recorder = EventRecorder::new(client.clone(), FIELD_MANAGER, Some(&args.instance));
     let ctx = Arc::new(Context::new(
         client.clone(),
         recorder,
@@ -104,13 +153,103 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
         .owns(Api::<Job>::all(client.clone()), owned)
         .shutdown_on_signal()
         .run(reconcile, error_policy, ctx)
-        .for_each(|res| async move {
-            match res {
-                Ok((obj, action)) => tracing::debug!(pipeline = %obj, ?action, "reconciled"),
-                Err(e) => tracing::warn!(error = %e, "reconcile error"),
-            }
-        })
+        .for_each(|res| async move { log_result(&res) })
         .await;
     tracing::info!("controller stopped");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn not_found() -> Box<ObjectRef<kube::api::DynamicObject>> {
+        Box::new(
+            ObjectRef::<ChatPipeline>::new("demo")
+                .within("chat")
+                .erase(),
+        )
+    }
+
+    /// Defect: a deleted pipeline logged four WARN "not found in local
+    /// store" lines (one per owned workload and Job being collected).
+    #[test]
+    fn a_deleted_pipeline_is_not_a_warning() {
+        let r: RunResult = Err(controller::Error::ObjectNotFound(not_found()));
+        assert!(r
+            .as_ref()
+            .unwrap_err()
+            .to_string()
+            .contains("not found in local store"));
+        assert_eq!(log_level(&r), tracing::Level::DEBUG);
+    }
+
+    #[test]
+    fn reconcile_errors_are_logged_once_and_queue_errors_warn() {
+        let r: RunResult = Err(controller::Error::ReconcilerFailed(
+            crate::error::Error::MissingMetadata("uid"),
+            not_found(),
+        ));
+        assert_eq!(log_level(&r), tracing::Level::DEBUG, "error_policy warns");
+        let r: RunResult = Err(controller::Error::QueueError(
+            watcher::Error::NoResourceVersion,
+        ));
+        assert_eq!(log_level(&r), tracing::Level::WARN);
+        let r: RunResult = Ok((
+            ObjectRef::new("demo").within("chat"),
+            Action::await_change(),
+        ));
+        assert_eq!(log_level(&r), tracing::Level::DEBUG);
+    }
+
+    /// Defect: requests carried no user agent.
+    #[test]
+    fn the_client_config_names_the_operator() {
+        let config = kube::Config::new("http://127.0.0.1:1".parse().unwrap());
+        let config = with_user_agent(with_user_agent(config).unwrap()).unwrap();
+        let agents: Vec<_> = config
+            .headers
+            .iter()
+            .filter(|(k, _)| k == http::header::USER_AGENT)
+            .map(|(_, v)| v.to_str().unwrap().to_owned())
+            .collect();
+        assert_eq!(
+            agents,
+            [format!("chatpipe-operator/{}", env!("CARGO_PKG_VERSION"))]
+        );
+    }
+
+    /// The user agent reaches the API server: a request of a client built
+    /// from the config, to a fake API server on the loopback address.
+    #[tokio::test]
+    async fn requests_carry_the_user_agent() {
+        let seen = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+        let record = seen.clone();
+        let app = axum::Router::new().fallback(move |headers: http::HeaderMap| {
+            let record = record.clone();
+            async move {
+                let ua = headers
+                    .get(http::header::USER_AGENT)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("")
+                    .to_owned();
+                record.lock().unwrap().push(ua);
+                axum::Json(serde_json::json!({
+                    "apiVersion": "chatpipe.dev/v1alpha1",
+                    "kind": "ChatPipelineList",
+                    "metadata": {"resourceVersion": "1"},
+                    "items": []
+                }))
+            }
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move { axum::serve(listener, app).await });
+        let config = kube::Config::new(format!("http://{addr}").parse().unwrap());
+        let client = Client::try_from(with_user_agent(config).unwrap()).unwrap();
+        let api: Api<ChatPipeline> = Api::all(client);
+        api.list(&ListParams::default()).await.unwrap();
+        server.abort();
+        assert_eq!(*seen.lock().unwrap(), [user_agent()]);
+    }
 }

@@ -26,6 +26,17 @@ pub const DEFAULT_TOPIC: &str = "chatpipe.events";
 pub const DEFAULT_GROUPING_GAP: &str = "5s";
 /// Default late-arrival tolerance (Go duration).
 pub const DEFAULT_LATE_TOLERANCE: &str = "6s";
+/// Image pull policies Kubernetes accepts (the `enum` of `spec.imagePullPolicy`).
+pub const PULL_POLICIES: &[&str] = &["Always", "IfNotPresent", "Never"];
+/// The one duration grammar of the resource: Go's `time.ParseDuration`
+/// syntax, which is also what CEL's `duration()` on the API server reads.
+/// An optional sign, then either `0` or a sequence of decimal numbers (with
+/// an optional fraction) each followed by a unit (`ns`, `us`, `µs`, `ms`,
+/// `s`, `m`, `h`); no spaces. [`crate::validate::parse_go_duration`]
+/// implements the same grammar (including Go's overflow limit of about
+/// 2562047h, which a pattern cannot express).
+pub const GO_DURATION_PATTERN: &str =
+    r"^[-+]?(0|(([0-9]+(\.[0-9]*)?|\.[0-9]+)(ns|us|µs|μs|ms|s|m|h))+)$";
 
 /// Desired state of a chatpipe deployment: the image, where Kafka and
 /// Postgres are, the processing windows, and each component's size.
@@ -39,7 +50,8 @@ pub const DEFAULT_LATE_TOLERANCE: &str = "6s";
     status = "ChatPipelineStatus",
     scale(
         spec_replicas_path = ".spec.processor.replicas",
-        status_replicas_path = ".status.processor.readyReplicas"
+        status_replicas_path = ".status.processor.currentReplicas",
+        label_selector_path = ".status.selector"
     ),
     printcolumn(
         name = "Ready",
@@ -78,13 +90,17 @@ pub struct ChatPipelineSpec {
     pub image: String,
     /// Image pull policy (`Always`, `IfNotPresent`, `Never`); the Kubernetes
     /// default applies when unset.
+    ///
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "pull_policy_schema")]
     pub image_pull_policy: Option<String>,
     /// The Kafka topic that carries webhook events.
     pub kafka: KafkaSpec,
     /// The Postgres database.
     pub postgres: PostgresSpec,
-    /// Windowing settings of the processor.
+    /// Windowing settings of the processor. Durations are Go durations:
+    /// numbers with units `ns`, `us`, `µs`, `ms`, `s`, `m`, `h`, written
+    /// without spaces (`5s`, `250ms`, `1m30s`, `1.5h`).
     #[serde(default)]
     pub processing: ProcessingSpec,
     /// The webhook receiver.
@@ -120,6 +136,20 @@ pub struct KafkaSpec {
     pub credentials_secret: Option<String>,
 }
 
+/// Schema of `spec.imagePullPolicy`: a string from [`PULL_POLICIES`].
+///
+/// A string with a schema `enum` rather than a Rust enum: an object stored
+/// before the enum existed must still deserialize (one bad object would
+/// otherwise break the whole watch), and the operator reports such a value
+/// as an invalid spec. Not `nullable`: the API server then drops an explicit
+/// `null` (the field is unset) instead of checking it against the enum.
+fn pull_policy_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "string",
+        "enum": PULL_POLICIES,
+    })
+}
+
 fn default_topic() -> String {
     DEFAULT_TOPIC.to_owned()
 }
@@ -142,24 +172,55 @@ pub struct SecretKeyRef {
     pub key: String,
 }
 
-/// Windowing settings; durations are Go/Kubernetes duration strings
-/// (`5s`, `250ms`, `1m30s`).
+/// Windowing settings of the processor.
+///
+/// Every duration is a Go duration string, the syntax of Go's
+/// `time.ParseDuration` and of CEL's `duration()`: decimal numbers, each with
+/// an optional fraction and a unit (`ns`, `us`, `µs`, `ms`, `s`, `m`, `h`),
+/// written together without spaces, e.g. `5s`, `250ms`, `1m30s`, `1.5h`.
+/// `1m 30s` (with a space), `90` (no unit) and `1d` (unknown unit) are
+/// refused, by the API server and by the operator alike.
 #[derive(KubeSchema, Serialize, Deserialize, Debug, Clone, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct ProcessingSpec {
-    /// Largest arrival gap between two messages of one group.
+    /// Largest arrival gap between two messages of one group. A positive
+    /// Go duration (`5s`, `1m30s`, `250ms`; no spaces); default `5s`.
     #[serde(default = "default_grouping_gap")]
+    #[schemars(regex(pattern = GO_DURATION_PATTERN))]
     #[x_kube(validation = Rule::new("duration(self) > duration('0s')").message("groupingGap must be a positive duration"))]
     pub grouping_gap: String,
-    /// How much later than its message a NEW_CONVERSATION may arrive.
+    /// How much later than its message a NEW_CONVERSATION may arrive. A
+    /// positive Go duration (`6s`, `1m30s`; no spaces); default `6s`.
     #[serde(default = "default_late_tolerance")]
+    #[schemars(regex(pattern = GO_DURATION_PATTERN))]
     #[x_kube(validation = Rule::new("duration(self) > duration('0s')").message("lateArrivalTolerance must be a positive duration"))]
     pub late_arrival_tolerance: String,
     /// Allowance behind the wall clock for the watermark of a caught-up
-    /// partition (processor default when unset).
+    /// partition. A Go duration ≥ 0 (`50ms`, `0s`; no spaces); the
+    /// processor's default when unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = GO_DURATION_PATTERN))]
     #[x_kube(validation = Rule::new("duration(self) >= duration('0s')").message("watermarkAllowance must not be negative"))]
     pub watermark_allowance: Option<String>,
+    /// Longest time span one group may cover, from its first to its last
+    /// message. A positive Go duration (`60s`, `2m30s`; no spaces); the
+    /// processor's default (60s) when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = GO_DURATION_PATTERN))]
+    #[x_kube(validation = Rule::new("duration(self) > duration('0s')").message("maxGroupSpan must be a positive duration"))]
+    pub max_group_span: Option<String>,
+    /// Largest number of messages in one group (at least 1); the
+    /// processor's default (100) when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub max_group_messages: Option<i32>,
+    /// How far a message's timestamp may be ahead of the processor's clock
+    /// before it is treated as skewed. A Go duration ≥ 0 (`5s`, `0s`; no
+    /// spaces); the processor's default (5s) when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = GO_DURATION_PATTERN))]
+    #[x_kube(validation = Rule::new("duration(self) >= duration('0s')").message("maxClockSkew must not be negative"))]
+    pub max_clock_skew: Option<String>,
 }
 
 impl Default for ProcessingSpec {
@@ -168,6 +229,9 @@ impl Default for ProcessingSpec {
             grouping_gap: default_grouping_gap(),
             late_arrival_tolerance: default_late_tolerance(),
             watermark_allowance: None,
+            max_group_span: None,
+            max_group_messages: None,
+            max_clock_skew: None,
         }
     }
 }
@@ -265,6 +329,27 @@ pub struct ChatPipelineStatus {
     /// The Kafka topic as found on the broker.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub topic: Option<TopicStatus>,
+    /// Label selector of the processor pods, in the string form
+    /// (`key=value,…`); the scale subresource's `labelSelectorPath`, so a
+    /// HorizontalPodAutoscaler can target the ChatPipeline.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<String>,
+    /// The last schema migration that succeeded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_migration: Option<MigrationStatus>,
+}
+
+/// A schema migration that ran to completion.
+#[derive(JsonSchema, Serialize, Deserialize, Debug, Clone, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct MigrationStatus {
+    /// Name of the migration Job (it names the image, the schema version and
+    /// the database it migrated).
+    pub job: String,
+    /// The latest migration the Job applied (e.g. `V300__api_readonly_role`).
+    pub schema_version: String,
+    /// The image the Job ran.
+    pub image: String,
 }
 
 /// Replica counts of one component.
@@ -273,6 +358,10 @@ pub struct ChatPipelineStatus {
 pub struct ComponentStatus {
     /// Desired replicas.
     pub replicas: i32,
+    /// Pods the workload has now, ready or not (its `status.replicas`); the
+    /// processor's is the scale subresource's `statusReplicasPath`.
+    #[serde(default)]
+    pub current_replicas: i32,
     /// Replicas whose pods are ready.
     pub ready_replicas: i32,
 }

@@ -8,6 +8,7 @@
 //! - [`rbac`] — the exact permissions the controller uses (the chart's ClusterRole).
 //! - [`build`] — pure builders of every Kubernetes object (one file per kind).
 //! - [`status`] — pure status/condition computation and the Events of a transition.
+//! - [`events`] — publishing Kubernetes Events with the operator's field manager.
 //! - [`reconcile`] — one reconcile run: validate, apply, status, finalizer.
 //! - [`controller`] — the controller process (watches, ops endpoints).
 //! - [`topic`] — ensuring the Kafka topic, behind a trait tests can fake.
@@ -17,6 +18,7 @@ pub mod build;
 pub mod controller;
 pub mod crd;
 pub mod error;
+pub mod events;
 pub mod local;
 pub mod metrics;
 pub mod rbac;

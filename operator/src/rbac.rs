@@ -63,11 +63,12 @@ pub const REQUIRED_PERMISSIONS: &[Permission] = &[
         resource: "statefulsets",
         verbs: APPLY_WATCH_GET,
     },
-    // The migration Job is watched so its completion updates the status.
+    // The migration Job is watched so its completion updates the status;
+    // listed to run migrations one at a time; finished older ones deleted.
     Permission {
         api_group: "batch",
         resource: "jobs",
-        verbs: &["create", "list", "patch", "watch"],
+        verbs: &["create", "delete", "list", "patch", "watch"],
     },
     // An Ingress dropped from the spec is looked up and deleted if owned.
     Permission {

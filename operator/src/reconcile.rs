@@ -1,16 +1,25 @@
 //! One reconcile run of a ChatPipeline — the thin I/O shell around the pure
 //! parts ([`crate::validate`], [`crate::build`], [`crate::status`]):
 //!
+//! 0. the finalizer is added before anything else (and removed after the
+//!    cleanup of a deleted pipeline);
 //! 1. validate once; an invalid spec only sets `Degraded` (nothing running is touched);
 //! 2. paused (`chatpipe.dev/paused: "true"`) → only the status is refreshed;
-//! 3. read the referenced Secrets (checksum for the pod templates);
+//! 3. read the referenced Secrets (per-component checksums for the pod templates);
 //! 4. ensure the Kafka topic (never changes its partitions; a mismatch is `Degraded`);
 //! 5. server-side apply every object (field manager `chatpipe-operator`, forced);
-//! 6. status from the applied objects, written with server-side apply on
+//! 6. the migration Job: created only when no other migration of the
+//!    pipeline runs, finished older ones deleted ([`build::job::plan`]);
+//! 7. status from the applied objects, written with server-side apply on
 //!    the status subresource; Events for what changed.
 //!
-//! Deletion runs through kube's `finalizer`: the owned objects go with the
-//! ChatPipeline (owner references); the topic and the database are kept.
+//! Every outcome reaches the status: a run that fails at any step writes
+//! `observedGeneration` and `Degraded=True` with the error's reason and
+//! message, publishes a Warning Event, and returns the error (retried with
+//! backoff). Every write carries the field manager [`FIELD_MANAGER`].
+//!
+//! Deletion: the owned objects go with the ChatPipeline (owner references);
+//! the topic and the database are kept.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Debug;
@@ -19,28 +28,31 @@ use std::time::Duration;
 
 use chatpipe_core::kafka::TopicState;
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::api::networking::v1::Ingress;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::NamespaceResourceScope;
-use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
-use kube::runtime::events::{Event, EventType, Recorder};
-use kube::runtime::finalizer::{finalizer, Event as FinalizerEvent};
 use kube::{Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+use serde_json::json;
 
-use crate::build::labels::Component;
+use crate::build::configmap::ReferencedSecrets;
+use crate::build::job::{schema_version, MigrationStep};
+use crate::build::labels::{self, Component};
 use crate::build::{self, BuildInput};
-use crate::crd::{ChatPipeline, ChatPipelineStatus, TopicStatus};
-use crate::error::{Error, Result};
+use crate::crd::{ChatPipeline, ChatPipelineStatus, MigrationStatus, TopicStatus};
+use crate::error::{Error, KubeContext, Result};
+use crate::events::EventRecorder;
 use crate::metrics::Metrics;
-use crate::status::{self, Notice, Observed, Outcome, Severity};
+use crate::status::{self, MigrationState, Notice, Observed, Outcome, Severity};
 use crate::topic::{TopicAdmin, TopicRequest};
 use crate::validate::{self, ValidatedPipeline};
 
-/// Field manager of every server-side apply.
+/// Field manager of every write (server-side applies, patches, creates).
 pub const FIELD_MANAGER: &str = "chatpipe-operator";
 /// Finalizer put on every ChatPipeline.
 pub const FINALIZER: &str = "chatpipe.dev/cleanup";
@@ -55,7 +67,7 @@ pub struct Context {
     /// Kubernetes client.
     pub client: Client,
     /// Publishes Kubernetes Events.
-    pub recorder: Recorder,
+    pub recorder: EventRecorder,
     /// Reconcile metrics.
     pub metrics: Metrics,
     /// Creates/checks Kafka topics.
@@ -68,7 +80,7 @@ impl Context {
     /// A context over `client`.
     pub fn new(
         client: Client,
-        recorder: Recorder,
+        recorder: EventRecorder,
         metrics: Metrics,
         topics: Arc<dyn TopicAdmin>,
     ) -> Self {
@@ -106,22 +118,15 @@ pub fn backoff(failures: u32) -> Duration {
     Duration::from_secs(5u64 << exp).min(Duration::from_secs(300))
 }
 
-/// Reconciles one ChatPipeline (the controller's reconcile function).
+/// Reconciles one ChatPipeline (the controller's reconcile function). A
+/// failure is reported on the object (status and a Warning Event) before
+/// it is returned.
 pub async fn reconcile(cp: Arc<ChatPipeline>, ctx: Arc<Context>) -> Result<Action> {
     let _timer = ctx.metrics.start();
-    let ns = cp.namespace().ok_or(Error::MissingMetadata("namespace"))?;
-    let api: Api<ChatPipeline> = Api::namespaced(ctx.client.clone(), &ns);
-    let k = key(&cp);
-    let result = finalizer(&api, FINALIZER, cp, |event| async {
-        match event {
-            FinalizerEvent::Apply(cp) => apply(&cp, &ctx).await,
-            FinalizerEvent::Cleanup(cp) => cleanup(&cp, &ctx).await,
-        }
-    })
-    .await
-    .map_err(|e| Error::Finalizer(Box::new(e)));
-    if result.is_ok() {
-        ctx.reset_failures(&k);
+    let result = run(&cp, &ctx).await;
+    match &result {
+        Ok(_) => ctx.reset_failures(&key(&cp)),
+        Err(e) => report_failure(&ctx, &cp, e).await,
     }
     result
 }
@@ -146,11 +151,156 @@ fn now() -> Time {
     Time(k8s_openapi::jiff::Timestamp::now())
 }
 
+/// The finalizer protocol (as kube's `finalizer` helper, but with our field
+/// manager on the patches): add it first, run the cleanup on deletion and
+/// then remove it.
+async fn run(cp: &ChatPipeline, ctx: &Context) -> Result<Action> {
+    let index = cp.finalizers().iter().position(|f| f == FINALIZER);
+    let deleting = cp.metadata.deletion_timestamp.is_some();
+    match (index, deleting) {
+        (Some(_), false) => apply(cp, ctx).await,
+        (Some(i), true) => {
+            let action = cleanup(cp, ctx).await?;
+            // `test` makes the patch fail instead of removing another
+            // controller's finalizer that moved into our index.
+            let path = format!("/metadata/finalizers/{i}");
+            let ops = json!([
+                {"op": "test", "path": path, "value": FINALIZER},
+                {"op": "remove", "path": path}
+            ]);
+            json_patch(ctx, cp, &ops)
+                .await
+                .map_err(|source| Error::Finalizer {
+                    action: "removing",
+                    source,
+                })?;
+            Ok(action)
+        }
+        (None, false) => {
+            // The API server does not deduplicate finalizers: `test` fails
+            // the patch if someone changed the list meanwhile.
+            let ops = if cp.finalizers().is_empty() {
+                json!([
+                    {"op": "test", "path": "/metadata/finalizers", "value": null},
+                    {"op": "add", "path": "/metadata/finalizers", "value": [FINALIZER]}
+                ])
+            } else {
+                json!([
+                    {"op": "test", "path": "/metadata/finalizers", "value": cp.finalizers()},
+                    {"op": "add", "path": "/metadata/finalizers/-", "value": FINALIZER}
+                ])
+            };
+            json_patch(ctx, cp, &ops)
+                .await
+                .map_err(|source| Error::Finalizer {
+                    action: "adding",
+                    source,
+                })?;
+            // The patch triggers the next run, which applies.
+            Ok(Action::await_change())
+        }
+        (None, true) => Ok(Action::await_change()),
+    }
+}
+
+/// A JSON patch (RFC 6902) of the ChatPipeline with our field manager.
+/// (kube's `Patch::Json` would need the `json-patch` crate for the same
+/// request; this sends `ops` as the body of that request.)
+async fn json_patch(
+    ctx: &Context,
+    cp: &ChatPipeline,
+    ops: &serde_json::Value,
+) -> std::result::Result<ChatPipeline, kube::Error> {
+    let ns = cp.namespace().unwrap_or_default();
+    let api: Api<ChatPipeline> = Api::namespaced(ctx.client.clone(), &ns);
+    let pp = PatchParams {
+        field_manager: Some(FIELD_MANAGER.to_owned()),
+        ..PatchParams::default()
+    };
+    let request = kube::core::Request::new(api.resource_url())
+        .patch(&cp.name_any(), &pp, &Patch::Merge(ops))
+        .map_err(kube::Error::BuildRequest)?;
+    let (mut parts, body) = request.into_parts();
+    parts.headers.insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json-patch+json"),
+    );
+    ctx.client
+        .request::<ChatPipeline>(http::Request::from_parts(parts, body))
+        .await
+}
+
+/// The status after a run with `outcome`: [`status::next_status`] plus the
+/// processor selector of the scale subresource.
+fn status_for(
+    cp: &ChatPipeline,
+    outcome: &Outcome,
+    observed: Option<&Observed>,
+) -> ChatPipelineStatus {
+    let mut next = status::next_status(
+        cp.status.as_ref(),
+        cp.metadata.generation,
+        outcome,
+        observed,
+        now(),
+    );
+    next.selector = Some(labels::selector_string(
+        &cp.name_any(),
+        Component::Processor,
+    ));
+    next
+}
+
+/// Reports a failed run on the object: `observedGeneration` and
+/// `Degraded=True` with the error's reason and message in the status, and
+/// a Warning Event (repeats are counted in its series). Never fails: what
+/// cannot be written is logged.
+async fn report_failure(ctx: &Context, cp: &ChatPipeline, error: &Error) {
+    let reason = error.reason();
+    let message = error.to_string();
+    if cp.namespace().is_none() {
+        tracing::warn!(pipeline = %cp.name_any(), error = %message, "cannot report on an object without a namespace");
+        return;
+    }
+    let mut notices = Vec::new();
+    let writable = cp.metadata.deletion_timestamp.is_none() && !matches!(error, Error::Status(_));
+    if writable {
+        let outcome = Outcome::Blocked {
+            reason,
+            message: message.clone(),
+        };
+        let mut next = status_for(cp, &outcome, None);
+        if let Error::TopicMismatch { topic, actual, .. } = error {
+            next.topic = Some(TopicStatus {
+                name: topic.clone(),
+                partitions: *actual,
+            });
+        }
+        let prev = cp.status.as_ref();
+        match write_status_if_changed(ctx, cp, &next).await {
+            Ok(()) => notices = status::transitions(prev, &next),
+            Err(e) => {
+                tracing::warn!(pipeline = %key(cp), error = %e, "cannot write the failure to the status")
+            }
+        }
+    }
+    if !notices
+        .iter()
+        .any(|n| n.severity == Severity::Warning && n.reason == reason)
+    {
+        notices.push(Notice {
+            severity: Severity::Warning,
+            reason: reason.to_owned(),
+            note: message,
+        });
+    }
+    publish(ctx, cp, &notices).await;
+}
+
 async fn apply(cp: &ChatPipeline, ctx: &Context) -> Result<Action> {
     let ns = cp.namespace().ok_or(Error::MissingMetadata("namespace"))?;
     let name = cp.name_any();
     let prev = cp.status.as_ref();
-    let generation = cp.metadata.generation;
 
     // 1. Validate once.
     let validated = validate::validate(&cp.spec);
@@ -163,13 +313,7 @@ async fn apply(cp: &ChatPipeline, ctx: &Context) -> Result<Action> {
             let message = validate::describe(&problems);
             tracing::warn!(pipeline = %key(cp), %message, "invalid spec");
             ctx.metrics.invalid_specs.inc();
-            let next = status::next_status(
-                prev,
-                generation,
-                &Outcome::InvalidSpec(message),
-                None,
-                now(),
-            );
+            let next = status_for(cp, &Outcome::InvalidSpec(message), None);
             finish_status(ctx, cp, &next, Vec::new()).await?;
             // A spec change triggers the next run; retrying would not help.
             return Ok(Action::await_change());
@@ -180,20 +324,13 @@ async fn apply(cp: &ChatPipeline, ctx: &Context) -> Result<Action> {
     if cp.is_paused() {
         let mut observed = observe(ctx, &ns, &name).await?;
         observed.topic = prev.and_then(|s| s.topic.clone());
-        let next = status::next_status(prev, generation, &Outcome::Paused, Some(&observed), now());
+        let next = status_for(cp, &Outcome::Paused, Some(&observed));
         finish_status(ctx, cp, &next, Vec::new()).await?;
         return Ok(Action::requeue(REQUEUE_READY));
     }
 
     // 3. Secrets.
-    let secrets = match read_secrets(ctx, &ns, &pipeline).await {
-        Ok(s) => s,
-        Err(Error::SecretMissing(message)) => {
-            block(ctx, cp, "SecretMissing", message.clone(), None).await?;
-            return Err(Error::SecretMissing(message));
-        }
-        Err(e) => return Err(e),
-    };
+    let secrets = read_secrets(ctx, &ns, &pipeline).await?;
 
     // 4. Topic.
     let req = TopicRequest {
@@ -214,15 +351,6 @@ async fn apply(cp: &ChatPipeline, ctx: &Context) -> Result<Action> {
         }),
         Ok(TopicState::Exists) => {}
         Ok(TopicState::Mismatch { actual }) => {
-            let message = format!(
-                "topic {} has {actual} partitions but the spec asks for {}; the operator never changes a topic's partitions (recreate the topic or use another one)",
-                req.topic, req.partitions
-            );
-            let topic = TopicStatus {
-                name: req.topic.clone(),
-                partitions: actual,
-            };
-            block(ctx, cp, "TopicMismatch", message, Some(topic)).await?;
             return Err(Error::TopicMismatch {
                 topic: req.topic,
                 expected: req.partitions,
@@ -230,9 +358,10 @@ async fn apply(cp: &ChatPipeline, ctx: &Context) -> Result<Action> {
             });
         }
         Err(e) => {
-            let message = format!("cannot ensure topic {}: {e:#}", req.topic);
-            block(ctx, cp, "KafkaUnavailable", message.clone(), None).await?;
-            return Err(Error::Kafka(message));
+            return Err(Error::Kafka(format!(
+                "cannot ensure topic {}: {e:#}",
+                req.topic
+            )));
         }
     }
 
@@ -240,17 +369,18 @@ async fn apply(cp: &ChatPipeline, ctx: &Context) -> Result<Action> {
     let owner = cp
         .controller_owner_ref(&())
         .ok_or(Error::MissingMetadata("uid"))?;
-    let checksum = build::configmap::checksum(&build::configmap::settings(&pipeline), &secrets);
     let input = BuildInput {
         name: &name,
         namespace: &ns,
         owner,
         pipeline: &pipeline,
-        checksum,
+        checksums: build::configmap::checksums(&pipeline, &secrets),
     };
     let desired = build::desired(&input);
     let client = &ctx.client;
-    apply_object(client, &ns, &desired.config_map).await?;
+    for c in &desired.config_maps {
+        apply_object(client, &ns, c).await?;
+    }
     for s in &desired.services {
         apply_object(client, &ns, s).await?;
     }
@@ -268,9 +398,19 @@ async fn apply(cp: &ChatPipeline, ctx: &Context) -> Result<Action> {
         }
         None => delete_stale_ingress(ctx, cp, &ns, &name).await?,
     }
-    let job = apply_object(client, &ns, &desired.migration_job).await?;
 
-    // 6. Status and events.
+    // 6. Migration.
+    let (migration, last_migration) = migrate(
+        ctx,
+        cp,
+        &ns,
+        &pipeline,
+        &desired.migration_job,
+        &mut notices,
+    )
+    .await?;
+
+    // 7. Status and events.
     let mut rolling = Vec::new();
     for (name, d) in ["ingest", "api"].into_iter().zip(&deployments) {
         if !status::deployment_rolled_out(d) {
@@ -284,7 +424,7 @@ async fn apply(cp: &ChatPipeline, ctx: &Context) -> Result<Action> {
         ingest: deployments.first().map(status::from_deployment),
         api: deployments.get(1).map(status::from_deployment),
         processor: Some(status::from_statefulset(&statefulset)),
-        migration: Some(status::from_job(&job)),
+        migration: Some(migration),
         topic: Some(TopicStatus {
             name: req.topic.clone(),
             partitions: req.partitions,
@@ -303,7 +443,8 @@ async fn apply(cp: &ChatPipeline, ctx: &Context) -> Result<Action> {
             });
         }
     }
-    let next = status::next_status(prev, generation, &Outcome::Applied, Some(&observed), now());
+    let mut next = status_for(cp, &Outcome::Applied, Some(&observed));
+    next.last_migration = last_migration;
     let ready = status::condition(Some(&next), status::READY).is_some_and(|c| c.status == "True");
     finish_status(ctx, cp, &next, notices).await?;
     Ok(Action::requeue(if ready {
@@ -311,6 +452,101 @@ async fn apply(cp: &ChatPipeline, ctx: &Context) -> Result<Action> {
     } else {
         REQUEUE_PROGRESSING
     }))
+}
+
+/// Runs the migration Job `job` one at a time ([`build::job::plan`]):
+/// lists this pipeline's migration Jobs, deletes the finished older ones,
+/// and creates `job` only when no other one runs. Returns the migration's
+/// state and the last successful migration for the status.
+async fn migrate(
+    ctx: &Context,
+    cp: &ChatPipeline,
+    ns: &str,
+    pipeline: &ValidatedPipeline,
+    job: &Job,
+    notices: &mut Vec<Notice>,
+) -> Result<(MigrationState, Option<MigrationStatus>)> {
+    let desired = job
+        .metadata
+        .name
+        .clone()
+        .ok_or(Error::MissingMetadata("name"))?;
+    let name = cp.name_any();
+    let previous = cp.status.as_ref().and_then(|s| s.last_migration.clone());
+    let api: Api<Job> = Api::namespaced(ctx.client.clone(), ns);
+    let selector = labels::selector_string(&name, Component::Migrate);
+    let uid = cp.metadata.uid.as_deref();
+    let existing: Vec<Job> = api
+        .list(&ListParams::default().labels(&selector))
+        .await
+        .context(|| format!("listing the migration Jobs of {name}"))?
+        .items
+        .into_iter()
+        .filter(|j| {
+            j.owner_references()
+                .iter()
+                .any(|o| Some(o.uid.as_str()) == uid)
+        })
+        .collect();
+    let plan = build::job::plan(
+        &desired,
+        previous.as_ref().map(|m| m.job.as_str()),
+        &existing,
+    );
+    for old in &plan.delete {
+        match api.delete(old, &DeleteParams::background()).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.code == 404 => {}
+            Err(source) => {
+                return Err(Error::Kube {
+                    action: format!("deleting the finished migration Job {old}"),
+                    source,
+                })
+            }
+        }
+    }
+    let state = match plan.step {
+        MigrationStep::Done => MigrationState::Succeeded,
+        MigrationStep::Existing(j) => status::from_job(&j),
+        MigrationStep::Wait { running } => {
+            tracing::info!(pipeline = %key(cp), %running, waiting = %desired, "a migration Job is still running; waiting before the next one");
+            MigrationState::Waiting(running)
+        }
+        MigrationStep::Create => {
+            let created = apply_object(&ctx.client, ns, job).await?;
+            notices.push(Notice {
+                severity: Severity::Normal,
+                reason: "MigrationStarted".into(),
+                note: format!(
+                    "started migration Job {desired} (schema {}, image {})",
+                    schema_version(),
+                    pipeline.image
+                ),
+            });
+            status::from_job(&created)
+        }
+    };
+    let last = if state == MigrationState::Succeeded {
+        let done = MigrationStatus {
+            job: desired,
+            schema_version: schema_version().to_owned(),
+            image: pipeline.image.clone(),
+        };
+        if previous.as_ref().map(|m| &m.job) != Some(&done.job) {
+            notices.push(Notice {
+                severity: Severity::Normal,
+                reason: "MigrationSucceeded".into(),
+                note: format!(
+                    "migration Job {} brought the schema to {}",
+                    done.job, done.schema_version
+                ),
+            });
+        }
+        Some(done)
+    } else {
+        previous
+    };
+    Ok((state, last))
 }
 
 /// Deletion: the owned objects are garbage-collected through their owner
@@ -332,23 +568,6 @@ async fn cleanup(cp: &ChatPipeline, ctx: &Context) -> Result<Action> {
     Ok(Action::await_change())
 }
 
-/// Writes a `Degraded` status for a rollout blocked by `reason`.
-async fn block(
-    ctx: &Context,
-    cp: &ChatPipeline,
-    reason: &'static str,
-    message: String,
-    topic: Option<TopicStatus>,
-) -> Result<()> {
-    let prev = cp.status.as_ref();
-    let outcome = Outcome::Blocked { reason, message };
-    let mut next = status::next_status(prev, cp.metadata.generation, &outcome, None, now());
-    if topic.is_some() {
-        next.topic = topic;
-    }
-    finish_status(ctx, cp, &next, Vec::new()).await
-}
-
 /// Writes `next` (when it differs from the current status) and publishes
 /// the events of its transitions plus `extra`.
 async fn finish_status(
@@ -357,12 +576,9 @@ async fn finish_status(
     next: &ChatPipelineStatus,
     extra: Vec<Notice>,
 ) -> Result<()> {
-    let prev = cp.status.as_ref();
-    if prev != Some(next) {
-        write_status(ctx, cp, next).await?;
-    }
+    write_status_if_changed(ctx, cp, next).await?;
     let mut notices = extra;
-    notices.extend(status::transitions(prev, next));
+    notices.extend(status::transitions(cp.status.as_ref(), next));
     publish(ctx, cp, &notices).await;
     Ok(())
 }
@@ -376,7 +592,14 @@ pub fn status_patch(status: &ChatPipelineStatus) -> serde_json::Value {
     })
 }
 
-async fn write_status(ctx: &Context, cp: &ChatPipeline, next: &ChatPipelineStatus) -> Result<()> {
+async fn write_status_if_changed(
+    ctx: &Context,
+    cp: &ChatPipeline,
+    next: &ChatPipelineStatus,
+) -> Result<()> {
+    if cp.status.as_ref() == Some(next) {
+        return Ok(());
+    }
     let ns = cp.namespace().ok_or(Error::MissingMetadata("namespace"))?;
     let api: Api<ChatPipeline> = Api::namespaced(ctx.client.clone(), &ns);
     api.patch_status(
@@ -384,7 +607,8 @@ async fn write_status(ctx: &Context, cp: &ChatPipeline, next: &ChatPipelineStatu
         &PatchParams::apply(FIELD_MANAGER).force(),
         &Patch::Apply(status_patch(next)),
     )
-    .await?;
+    .await
+    .map_err(Error::Status)?;
     Ok(())
 }
 
@@ -392,17 +616,7 @@ async fn write_status(ctx: &Context, cp: &ChatPipeline, next: &ChatPipelineStatu
 async fn publish(ctx: &Context, cp: &ChatPipeline, notices: &[Notice]) {
     let reference = cp.object_ref(&());
     for n in notices {
-        let ev = Event {
-            type_: match n.severity {
-                Severity::Normal => EventType::Normal,
-                Severity::Warning => EventType::Warning,
-            },
-            reason: n.reason.clone(),
-            note: Some(n.note.chars().take(1000).collect()),
-            action: "Reconcile".into(),
-            secondary: None,
-        };
-        if let Err(e) = ctx.recorder.publish(&ev, &reference).await {
+        if let Err(e) = ctx.recorder.publish(n, &reference).await {
             tracing::warn!(pipeline = %key(cp), reason = %n.reason, error = %e, "cannot publish event");
         }
     }
@@ -424,13 +638,16 @@ where
         .clone()
         .ok_or(Error::MissingMetadata("name"))?;
     let api: Api<K> = Api::namespaced(client.clone(), ns);
-    Ok(api
-        .patch(
-            &name,
-            &PatchParams::apply(FIELD_MANAGER).force(),
-            &Patch::Apply(obj),
-        )
-        .await?)
+    api.patch(
+        &name,
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(obj),
+    )
+    .await
+    .map_err(|source| Error::Apply {
+        object: format!("{}/{name}", K::kind(&())),
+        source,
+    })
 }
 
 /// Deletes the webhook Ingress when the spec no longer asks for one — only
@@ -443,7 +660,11 @@ async fn delete_stale_ingress(
 ) -> Result<()> {
     let api: Api<Ingress> = Api::namespaced(ctx.client.clone(), ns);
     let ing_name = build::ingress::name(name);
-    let Some(existing) = api.get_opt(&ing_name).await? else {
+    let Some(existing) = api
+        .get_opt(&ing_name)
+        .await
+        .context(|| format!("reading Ingress {ing_name}"))?
+    else {
         return Ok(());
     };
     let uid = cp.metadata.uid.as_deref();
@@ -455,20 +676,29 @@ async fn delete_stale_ingress(
         match api.delete(&ing_name, &DeleteParams::default()).await {
             Ok(_) => {}
             Err(kube::Error::Api(s)) if s.code == 404 => {}
-            Err(e) => return Err(e.into()),
+            Err(source) => {
+                return Err(Error::Kube {
+                    action: format!("deleting Ingress {ing_name}, no longer in the spec"),
+                    source,
+                })
+            }
         }
     }
     Ok(())
 }
 
 /// Reads the Secrets the pods reference: the Postgres URL key (only that
-/// key goes into the checksum) and the Kafka credentials Secret.
-async fn read_secrets(ctx: &Context, ns: &str, p: &ValidatedPipeline) -> Result<Vec<Secret>> {
+/// key goes into the checksums) and the Kafka credentials Secret.
+async fn read_secrets(ctx: &Context, ns: &str, p: &ValidatedPipeline) -> Result<ReferencedSecrets> {
     let api: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
     let pg = &p.postgres_url_secret;
-    let secret = api.get_opt(&pg.name).await?.ok_or_else(|| {
-        Error::SecretMissing(format!("{} (postgres.urlSecret) not found", pg.name))
-    })?;
+    let secret = api
+        .get_opt(&pg.name)
+        .await
+        .context(|| format!("reading Secret {} (postgres.urlSecret)", pg.name))?
+        .ok_or_else(|| {
+            Error::SecretMissing(format!("{} (postgres.urlSecret) not found", pg.name))
+        })?;
     let value = secret
         .data
         .as_ref()
@@ -481,19 +711,26 @@ async fn read_secrets(ctx: &Context, ns: &str, p: &ValidatedPipeline) -> Result<
                 .map(|v| k8s_openapi::ByteString(v.as_bytes().to_vec()))
         })
         .ok_or_else(|| Error::SecretMissing(format!("{} has no key {}", pg.name, pg.key)))?;
-    let mut out = vec![Secret {
-        metadata: kube::api::ObjectMeta {
-            name: Some(pg.name.clone()),
-            ..Default::default()
+    let mut out = ReferencedSecrets {
+        postgres: Secret {
+            metadata: kube::api::ObjectMeta {
+                name: Some(pg.name.clone()),
+                ..Default::default()
+            },
+            data: Some(BTreeMap::from([(pg.key.clone(), value)])),
+            ..Secret::default()
         },
-        data: Some(BTreeMap::from([(pg.key.clone(), value)])),
-        ..Secret::default()
-    }];
+        kafka: None,
+    };
     if let Some(c) = &p.kafka.credentials_secret {
-        let s = api.get_opt(c).await?.ok_or_else(|| {
-            Error::SecretMissing(format!("{c} (kafka.credentialsSecret) not found"))
-        })?;
-        out.push(Secret {
+        let s = api
+            .get_opt(c)
+            .await
+            .context(|| format!("reading Secret {c} (kafka.credentialsSecret)"))?
+            .ok_or_else(|| {
+                Error::SecretMissing(format!("{c} (kafka.credentialsSecret) not found"))
+            })?;
+        out.kafka = Some(Secret {
             metadata: kube::api::ObjectMeta {
                 name: Some(c.clone()),
                 ..Default::default()
@@ -510,15 +747,21 @@ async fn read_secrets(ctx: &Context, ns: &str, p: &ValidatedPipeline) -> Result<
 async fn observe(ctx: &Context, ns: &str, name: &str) -> Result<Observed> {
     let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), ns);
     let statefulsets: Api<StatefulSet> = Api::namespaced(ctx.client.clone(), ns);
+    let ingest_name = Component::Ingest.object_name(name);
     let ingest = deployments
-        .get_opt(&Component::Ingest.object_name(name))
-        .await?;
+        .get_opt(&ingest_name)
+        .await
+        .context(|| format!("reading Deployment {ingest_name}"))?;
+    let processor_name = Component::Processor.object_name(name);
     let processor = statefulsets
-        .get_opt(&Component::Processor.object_name(name))
-        .await?;
+        .get_opt(&processor_name)
+        .await
+        .context(|| format!("reading StatefulSet {processor_name}"))?;
+    let api_name = Component::Api.object_name(name);
     let api = deployments
-        .get_opt(&Component::Api.object_name(name))
-        .await?;
+        .get_opt(&api_name)
+        .await
+        .context(|| format!("reading Deployment {api_name}"))?;
     let mut rolling = Vec::new();
     if ingest
         .as_ref()

@@ -25,10 +25,13 @@ pub enum Outcome {
     Paused,
     /// The spec is invalid; nothing was touched.
     InvalidSpec(String),
-    /// Something outside the spec blocks the rollout (missing Secret,
-    /// unreachable broker, topic with other partitions); nothing was applied.
+    /// The run failed: something outside the spec blocks the rollout
+    /// (missing Secret, unreachable broker, topic with other partitions) or
+    /// a call to the API server failed (an apply refused, …). What was
+    /// applied before the failure stays applied.
     Blocked {
-        /// CamelCase reason (`SecretMissing`, `KafkaUnavailable`, `TopicMismatch`).
+        /// CamelCase reason (`SecretMissing`, `KafkaUnavailable`,
+        /// `TopicMismatch`, `ApplyFailed`, …; [`crate::error::Error::reason`]).
         reason: &'static str,
         /// Human-readable detail.
         message: String,
@@ -40,6 +43,9 @@ pub enum Outcome {
 pub enum MigrationState {
     /// Still running (or not started).
     Pending,
+    /// Not started: the named migration Job of an earlier spec is still
+    /// running (migrations run one at a time).
+    Waiting(String),
     /// Completed successfully.
     Succeeded,
     /// Gave up; the message says why.
@@ -93,10 +99,11 @@ pub fn statefulset_rolled_out(s: &StatefulSet) -> bool {
         && same_revision
 }
 
-/// Desired and ready replicas of a Deployment.
+/// Desired, current and ready replicas of a Deployment.
 pub fn from_deployment(d: &Deployment) -> ComponentStatus {
     ComponentStatus {
         replicas: d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1),
+        current_replicas: d.status.as_ref().and_then(|s| s.replicas).unwrap_or(0),
         ready_replicas: d
             .status
             .as_ref()
@@ -105,16 +112,29 @@ pub fn from_deployment(d: &Deployment) -> ComponentStatus {
     }
 }
 
-/// Desired and ready replicas of a StatefulSet.
+/// Desired, current (pods the StatefulSet has) and ready replicas of a
+/// StatefulSet.
 pub fn from_statefulset(s: &StatefulSet) -> ComponentStatus {
     ComponentStatus {
         replicas: s.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1),
+        current_replicas: s.status.as_ref().map(|s| s.replicas).unwrap_or(0),
         ready_replicas: s
             .status
             .as_ref()
             .and_then(|s| s.ready_replicas)
             .unwrap_or(0),
     }
+}
+
+/// Whether a Job finished: its `Complete` or `Failed` condition is true.
+pub fn job_finished(j: &Job) -> bool {
+    j.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|cs| {
+            cs.iter()
+                .any(|c| (c.type_ == "Complete" || c.type_ == "Failed") && c.status == "True")
+        })
 }
 
 /// Migration state from the Job's status.
@@ -193,6 +213,11 @@ fn readiness(observed: &Observed) -> (bool, &'static str, String) {
             false,
             "MigrationPending",
             format!("migrations running; {summary}"),
+        ),
+        Some(MigrationState::Waiting(job)) => (
+            false,
+            "MigrationPending",
+            format!("waiting for migration job {job} to finish before migrating again; {summary}"),
         ),
         Some(MigrationState::Failed(m)) => {
             (false, "MigrationFailed", format!("migration failed: {m}"))
@@ -405,6 +430,7 @@ mod tests {
     fn comp(replicas: i32, ready: i32) -> Option<ComponentStatus> {
         Some(ComponentStatus {
             replicas,
+            current_replicas: replicas,
             ready_replicas: ready,
         })
     }

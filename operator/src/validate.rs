@@ -13,10 +13,8 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::ResourceRequirements;
 
+pub use crate::crd::PULL_POLICIES;
 use crate::crd::{ChatPipelineSpec, IngressSpec, SecretKeyRef};
-
-/// Image pull policies Kubernetes accepts.
-pub const PULL_POLICIES: &[&str] = &["Always", "IfNotPresent", "Never"];
 
 /// One thing wrong with a spec.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -68,6 +66,12 @@ pub struct ValidatedPipeline {
     pub late_arrival_tolerance: Duration,
     /// Watermark allowance, when set (processor default otherwise).
     pub watermark_allowance: Option<Duration>,
+    /// Longest span of one group, when set (processor default otherwise).
+    pub max_group_span: Option<Duration>,
+    /// Most messages in one group, when set (processor default otherwise).
+    pub max_group_messages: Option<u32>,
+    /// Largest tolerated clock skew, when set (processor default otherwise).
+    pub max_clock_skew: Option<Duration>,
     /// Ingest settings.
     pub ingest: ValidatedIngest,
     /// Processor settings.
@@ -113,17 +117,145 @@ pub struct ValidatedComponent {
     pub resources: Option<ResourceRequirements>,
 }
 
-/// Parses a Go/Kubernetes duration (`5s`, `250ms`, `1m30s`, `1.5h`) — the
-/// format CEL's `duration()` accepts — into a non-negative duration.
-pub fn parse_go_duration(s: &str) -> Result<Duration, String> {
-    let d: kube::core::Duration = s
-        .trim()
-        .parse()
-        .map_err(|e| format!("invalid duration {s:?}: {e}"))?;
-    if d.is_negative() {
-        return Err(format!("duration {s:?} is negative"));
+/// Largest magnitude of a Go duration in nanoseconds (`1 << 63`; a
+/// positive one must stay below it, as a Go `time.Duration` is an `int64`).
+const GO_DURATION_LIMIT: u64 = 1 << 63;
+
+/// Parses `s` with exactly the grammar of Go's `time.ParseDuration` (what
+/// CEL's `duration()` runs on the API server, and what the CRD's `pattern`
+/// spells out as [`crate::crd::GO_DURATION_PATTERN`]): an optional sign,
+/// then `0` or one or more decimal numbers (`5`, `1.5`, `.5`, `5.`), each
+/// followed by a unit `ns`, `us`, `µs` (U+00B5 or U+03BC), `ms`, `s`, `m`
+/// or `h`. No spaces anywhere, no exponent, no other unit; values beyond
+/// Go's int64 nanoseconds (about 2562047h) are refused as Go refuses them.
+///
+/// Returns whether the value is negative and its magnitude in nanoseconds.
+/// This is a port of Go's `time.ParseDuration` (go/src/time/format.go).
+pub fn parse_go_duration_nanos(orig: &str) -> Result<(bool, u64), String> {
+    let err = |why: &str| {
+        format!(
+            "invalid duration {orig:?}: {why}; write a Go duration such as 1m30s, 250ms or 1.5h \
+             (units ns, us, µs, ms, s, m, h; no spaces)"
+        )
+    };
+    let mut s = orig.as_bytes();
+    let mut negative = false;
+    if let Some(&c) = s.first() {
+        if c == b'-' || c == b'+' {
+            negative = c == b'-';
+            s = &s[1..];
+        }
     }
-    Ok(d.into())
+    if s == b"0" {
+        return Ok((negative, 0));
+    }
+    if s.is_empty() {
+        return Err(err("empty"));
+    }
+    let mut total: u64 = 0;
+    while !s.is_empty() {
+        if !(s[0] == b'.' || s[0].is_ascii_digit()) {
+            return Err(err("expected a number"));
+        }
+        // The integer part: [0-9]*
+        let before = s.len();
+        let mut whole: u64 = 0;
+        while let Some(&c) = s.first().filter(|c| c.is_ascii_digit()) {
+            if whole > GO_DURATION_LIMIT / 10 {
+                return Err(err("out of range"));
+            }
+            whole = whole * 10 + u64::from(c - b'0');
+            if whole > GO_DURATION_LIMIT {
+                return Err(err("out of range"));
+            }
+            s = &s[1..];
+        }
+        let pre = before != s.len();
+        // The fraction: (\.[0-9]*)?
+        let mut post = false;
+        let mut fraction: u64 = 0;
+        let mut scale: f64 = 1.0;
+        if s.first() == Some(&b'.') {
+            s = &s[1..];
+            let before = s.len();
+            let mut overflow = false;
+            while let Some(&c) = s.first().filter(|c| c.is_ascii_digit()) {
+                s = &s[1..];
+                if overflow {
+                    continue;
+                }
+                if fraction > (GO_DURATION_LIMIT - 1) / 10 {
+                    overflow = true;
+                    continue;
+                }
+                let next = fraction * 10 + u64::from(c - b'0');
+                if next > GO_DURATION_LIMIT {
+                    overflow = true;
+                    continue;
+                }
+                fraction = next;
+                scale *= 10.0;
+            }
+            post = before != s.len();
+        }
+        if !pre && !post {
+            return Err(err("expected a number"));
+        }
+        // The unit: everything up to the next number.
+        let end = s
+            .iter()
+            .position(|&c| c == b'.' || c.is_ascii_digit())
+            .unwrap_or(s.len());
+        if end == 0 {
+            return Err(err("missing unit"));
+        }
+        let (unit, rest) = s.split_at(end);
+        s = rest;
+        let unit: u64 = match unit {
+            b"ns" => 1,
+            b"us" => 1_000,
+            u if u == "µs".as_bytes() || u == "μs".as_bytes() => 1_000,
+            b"ms" => 1_000_000,
+            b"s" => 1_000_000_000,
+            b"m" => 60 * 1_000_000_000,
+            b"h" => 3_600 * 1_000_000_000,
+            other => {
+                return Err(err(&format!(
+                    "unknown unit {:?}",
+                    String::from_utf8_lossy(other)
+                )))
+            }
+        };
+        if whole > GO_DURATION_LIMIT / unit {
+            return Err(err("out of range"));
+        }
+        let mut value = whole * unit;
+        if fraction > 0 {
+            // As Go: float64 is exact enough for fractions of the largest unit.
+            value += (fraction as f64 * (unit as f64 / scale)) as u64;
+            if value > GO_DURATION_LIMIT {
+                return Err(err("out of range"));
+            }
+        }
+        total = total
+            .checked_add(value)
+            .filter(|t| *t <= GO_DURATION_LIMIT)
+            .ok_or_else(|| err("out of range"))?;
+    }
+    if !negative && total > GO_DURATION_LIMIT - 1 {
+        return Err(err("out of range"));
+    }
+    Ok((negative, total))
+}
+
+/// Parses a Go duration ([`parse_go_duration_nanos`]: `5s`, `250ms`,
+/// `1m30s`, `1.5h`) into a non-negative duration. Nothing is trimmed: the
+/// API server does not trim either.
+pub fn parse_go_duration(s: &str) -> Result<Duration, String> {
+    match parse_go_duration_nanos(s)? {
+        (true, n) if n > 0 => Err(format!("duration {s:?} is negative")),
+        (_, n) => Ok(Duration::from_nanos(n)),
+    }
 }
 
 /// Whether `name` is a legal Kafka topic name.
@@ -276,6 +408,16 @@ pub fn validate(spec: &ChatPipelineSpec) -> Result<ValidatedPipeline, Vec<Valida
         .watermark_allowance
         .as_deref()
         .map(|v| positive("spec.processing.watermarkAllowance", v, true));
+    let max_group_span = spec
+        .processing
+        .max_group_span
+        .as_deref()
+        .map(|v| positive("spec.processing.maxGroupSpan", v, false));
+    let max_clock_skew = spec
+        .processing
+        .max_clock_skew
+        .as_deref()
+        .map(|v| positive("spec.processing.maxClockSkew", v, true));
 
     // Sizes.
     let mut problem = |field: &str, msg: String| problems.push(ValidationProblem::new(field, msg));
@@ -305,6 +447,11 @@ pub fn validate(spec: &ChatPipelineSpec) -> Result<ValidatedPipeline, Vec<Valida
         }
         u64::try_from(v).ok()
     };
+    let max_group_messages = limit(
+        "spec.processing.maxGroupMessages",
+        spec.processing.max_group_messages.map(i64::from),
+    )
+    .and_then(|n| u32::try_from(n).ok());
     let max_body_bytes = limit("spec.ingest.maxBodyBytes", spec.ingest.max_body_bytes);
     let max_content_bytes = limit("spec.ingest.maxContentBytes", spec.ingest.max_content_bytes);
     if let (Some(body), Some(content)) = (max_body_bytes, max_content_bytes) {
@@ -328,10 +475,13 @@ pub fn validate(spec: &ChatPipelineSpec) -> Result<ValidatedPipeline, Vec<Valida
     else {
         return Err(problems);
     };
-    let watermark_allowance = match watermark_allowance {
-        None => None,
-        Some(Some(d)) => Some(d),
-        Some(None) => return Err(problems),
+    // An optional duration that was set but invalid has its problem recorded.
+    let (Some(watermark_allowance), Some(max_group_span), Some(max_clock_skew)) = (
+        watermark_allowance.map_or(Some(None), |d| d.map(Some)),
+        max_group_span.map_or(Some(None), |d| d.map(Some)),
+        max_clock_skew.map_or(Some(None), |d| d.map(Some)),
+    ) else {
+        return Err(problems);
     };
     if !problems.is_empty() {
         return Err(problems);
@@ -350,6 +500,9 @@ pub fn validate(spec: &ChatPipelineSpec) -> Result<ValidatedPipeline, Vec<Valida
         grouping_gap,
         late_arrival_tolerance,
         watermark_allowance,
+        max_group_span,
+        max_group_messages,
+        max_clock_skew,
         ingest: ValidatedIngest {
             component: ValidatedComponent {
                 replicas: spec.ingest.replicas,
@@ -426,9 +579,106 @@ api: { replicas: 2 }
             parse_go_duration("1.5h").unwrap(),
             Duration::from_secs(5400)
         );
-        assert!(parse_go_duration("-5s").is_err());
+        assert_eq!(
+            parse_go_duration(".5s").unwrap(),
+            Duration::from_millis(500)
+        );
+        assert_eq!(parse_go_duration("0").unwrap(), Duration::ZERO);
+        assert_eq!(parse_go_duration("-0s").unwrap(), Duration::ZERO);
+        assert_eq!(parse_go_duration("+5s").unwrap(), Duration::from_secs(5));
+        assert_eq!(
+            parse_go_duration("250µs").unwrap(),
+            Duration::from_micros(250)
+        );
+        assert_eq!(
+            parse_go_duration("250μs").unwrap(),
+            Duration::from_micros(250)
+        );
+        assert_eq!(
+            parse_go_duration("0.000000001s").unwrap(),
+            Duration::from_nanos(1)
+        );
+        assert!(parse_go_duration("-5s").unwrap_err().contains("negative"));
         assert!(parse_go_duration("5").is_err());
         assert!(parse_go_duration("five seconds").is_err());
+    }
+
+    /// Defect: the operator trimmed and accepted what Go (and so CEL on the
+    /// API server) refuses. The operator/CRD agreement over a table of
+    /// examples is in `operator/tests/crd.rs`; these are the corners.
+    #[test]
+    fn what_go_refuses_is_refused() {
+        for bad in [
+            "", " 5s", "5s ", "1m 30s", "5 s", "00", "5S", "5sec", "1d", "1e3s", "--5s", "+-5s",
+            ".s", "-", "+", "5.5.5s", "1h-30m", "1,5s", "1_000ms", "5m30", "inf",
+        ] {
+            let e = parse_go_duration_nanos(bad).unwrap_err();
+            assert!(e.contains("Go duration"), "{bad:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn go_overflow_limits_apply() {
+        assert_eq!(
+            parse_go_duration_nanos("2562047h").unwrap(),
+            (false, 2_562_047 * 3_600_000_000_000)
+        );
+        // The largest Go duration and one nanosecond more.
+        assert_eq!(
+            parse_go_duration_nanos("9223372036854775807ns").unwrap(),
+            (false, i64::MAX as u64)
+        );
+        assert!(parse_go_duration_nanos("9223372036854775808ns").is_err());
+        assert_eq!(
+            parse_go_duration_nanos("-9223372036854775808ns").unwrap(),
+            (true, 1 << 63)
+        );
+        for bad in [
+            "2562048h",
+            "9999999999h",
+            "2562047h2562047h",
+            "99999999999999999999s",
+        ] {
+            assert!(
+                parse_go_duration_nanos(bad)
+                    .unwrap_err()
+                    .contains("out of range"),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn new_processing_settings_are_validated() {
+        let mut s = spec();
+        s.processing.max_group_span = Some("90s".into());
+        s.processing.max_group_messages = Some(250);
+        s.processing.max_clock_skew = Some("0s".into());
+        let v = validate(&s).unwrap();
+        assert_eq!(v.max_group_span, Some(Duration::from_secs(90)));
+        assert_eq!(v.max_group_messages, Some(250));
+        assert_eq!(v.max_clock_skew, Some(Duration::ZERO));
+        let v = validate(&spec()).unwrap();
+        assert_eq!(
+            (v.max_group_span, v.max_group_messages, v.max_clock_skew),
+            (None, None, None),
+            "unset stays unset: the processor's defaults apply"
+        );
+        s.processing.max_group_span = Some("0s".into());
+        s.processing.max_group_messages = Some(0);
+        s.processing.max_clock_skew = Some("-1s".into());
+        let f = fields(&s);
+        for want in [
+            "spec.processing.maxGroupSpan",
+            "spec.processing.maxGroupMessages",
+            "spec.processing.maxClockSkew",
+        ] {
+            assert!(f.iter().any(|x| x == want), "{want} missing from {f:?}");
+        }
+        s.processing.max_group_span = Some("1m 30s".into());
+        s.processing.max_group_messages = Some(-3);
+        s.processing.max_clock_skew = Some("5 s".into());
+        assert_eq!(fields(&s).len(), 3);
     }
 
     #[test]

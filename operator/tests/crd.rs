@@ -33,12 +33,21 @@ fn crd_names_subresources_and_columns() {
     assert_eq!(crd["spec"]["names"]["shortNames"], json!(["cp"]));
     let v = &crd["spec"]["versions"][0];
     assert_eq!(v["name"], "v1alpha1");
+    // An HPA needs the selector, and the status count is the pods that
+    // exist (not only the ready ones), as for a Deployment's scale.
     assert_eq!(
         v["subresources"]["scale"],
         json!({
             "specReplicasPath": ".spec.processor.replicas",
-            "statusReplicasPath": ".status.processor.readyReplicas"
+            "statusReplicasPath": ".status.processor.currentReplicas",
+            "labelSelectorPath": ".status.selector"
         })
+    );
+    let status = &v["schema"]["openAPIV3Schema"]["properties"]["status"]["properties"];
+    assert_eq!(status["selector"]["type"], "string");
+    assert_eq!(
+        status["processor"]["properties"]["currentReplicas"]["type"],
+        "integer"
     );
     assert_eq!(v["subresources"]["status"], json!({}));
     let columns: Vec<&str> = v["additionalPrinterColumns"]
@@ -70,6 +79,15 @@ fn sample() -> Value {
             "api": { "replicas": 1 }
         }
     })
+}
+
+/// Whether `object` passes the structural part of the schema (types,
+/// `enum`, `pattern`, `minimum`), which the API server checks besides the
+/// CEL rules; kube's CEL `Validator` checks only the rules.
+fn structurally_valid(object: &Value) -> bool {
+    jsonschema::validator_for(&schema())
+        .unwrap()
+        .is_valid(object)
 }
 
 fn with(f: impl FnOnce(&mut Value)) -> Value {
@@ -106,11 +124,13 @@ fn valid_samples_pass() {
     // Go durations of every shape; processors == partitions; zero processors.
     let v = with(|v| {
         v["spec"]["processing"] = json!({
-            "groupingGap": "1m30s", "lateArrivalTolerance": "250ms", "watermarkAllowance": "0s"
+            "groupingGap": "1m30s", "lateArrivalTolerance": "250ms", "watermarkAllowance": "0s",
+            "maxGroupSpan": "1.5h", "maxGroupMessages": 1, "maxClockSkew": "0s"
         });
         v["spec"]["processor"]["replicas"] = json!(6);
     });
     assert_eq!(broken(&v, None), Vec::<String>::new());
+    assert!(structurally_valid(&v));
     let v = with(|v| v["spec"]["processor"]["replicas"] = json!(0));
     assert_eq!(broken(&v, None), Vec::<String>::new());
     // An update that keeps the partitions but scales is fine.
@@ -155,6 +175,16 @@ fn invalid_samples_fail_with_their_rule() {
         "watermarkAllowance must not be negative",
     );
     check(
+        with(|v| v["spec"]["processing"]["maxGroupSpan"] = json!("0s")),
+        None,
+        "maxGroupSpan must be a positive duration",
+    );
+    check(
+        with(|v| v["spec"]["processing"]["maxClockSkew"] = json!("-1s")),
+        None,
+        "maxClockSkew must not be negative",
+    );
+    check(
         with(|v| v["spec"]["image"] = json!("")),
         None,
         "image must not be empty",
@@ -176,6 +206,176 @@ fn invalid_samples_fail_with_their_rule() {
         hit, all,
         "each x-kubernetes-validations rule needs an invalid sample"
     );
+}
+
+/// Defect: `imagePullPolicy: Sometimes` passed the API server. The schema
+/// now has the enum (the API server's structural validation), and the
+/// operator refuses the same values.
+#[test]
+fn image_pull_policy_is_an_enum() {
+    let crd = serde_json::to_value(ChatPipeline::crd()).unwrap();
+    let field = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+        ["properties"]["imagePullPolicy"];
+    assert_eq!(field["enum"], json!(["Always", "IfNotPresent", "Never"]));
+    assert_eq!(field["type"], "string");
+    assert!(
+        field.get("nullable").is_none(),
+        "an explicit null is dropped, not checked"
+    );
+    for (policy, ok) in [
+        ("Always", true),
+        ("IfNotPresent", true),
+        ("Never", true),
+        ("Sometimes", false),
+        ("always", false),
+        ("", false),
+    ] {
+        let object = with(|v| v["spec"]["imagePullPolicy"] = json!(policy));
+        assert_eq!(structurally_valid(&object), ok, "CRD, {policy:?}");
+        let cp: ChatPipeline = serde_json::from_value(object).unwrap();
+        assert_eq!(
+            chatpipe_operator::validate::validate(&cp.spec).is_ok(),
+            ok,
+            "operator, {policy:?}"
+        );
+    }
+    let unset = with(|_| {});
+    assert!(structurally_valid(&unset));
+}
+
+/// One duration grammar for the API server and the operator (defect: CEL
+/// took only Go durations, the operator also `1m 30s`). Each row is what
+/// Go's `time.ParseDuration` — which CEL's `duration()` runs on the API
+/// server — makes of the text: its nanoseconds, or `None` when it refuses.
+/// For every duration field of the CRD, the operator accepts a value
+/// exactly when the API server does (the `pattern` and the CEL rule both
+/// pass), and reads the same value.
+///
+/// The API server's side is checked here with the CRD's `pattern` (via
+/// `jsonschema`) and its CEL rules (via kube's CEL `Validator`). That CEL
+/// implementation is not Go's in three corners, marked `exact: false`: it
+/// lacks the `µs` unit, refuses a bare `+0`, and saturates instead of
+/// failing on overflow; there the pattern is checked alone (the API
+/// server's CEL is Go's, where `duration()` accepts `µs` and `+0` and fails
+/// on overflow, as the operator does).
+#[test]
+fn operator_and_crd_agree_on_durations() {
+    const S: i128 = 1_000_000_000;
+    #[rustfmt::skip]
+    let table: &[(&str, Option<i128>, bool)] = &[
+        // Accepted by Go.
+        ("0", Some(0), true),
+        ("+0", Some(0), false),
+        ("-0", Some(0), true),
+        ("0s", Some(0), true),
+        ("-0s", Some(0), true),
+        ("5s", Some(5 * S), true),
+        ("+5s", Some(5 * S), true),
+        ("-5s", Some(-5 * S), true),
+        ("250ms", Some(250_000_000), true),
+        ("1.5ms", Some(1_500_000), true),
+        ("1m30s", Some(90 * S), true),
+        ("1h30m", Some(5400 * S), true),
+        ("1.5h", Some(5400 * S), true),
+        (".5s", Some(S / 2), true),
+        ("5.s", Some(5 * S), true),
+        ("1.0s", Some(S), true),
+        ("1h1h", Some(7200 * S), true),
+        ("10us", Some(10_000), true),
+        ("1ns", Some(1), true),
+        ("0.000000001s", Some(1), true),
+        ("2562047h", Some(2_562_047 * 3600 * S), true),
+        ("250µs", Some(250_000), false),
+        ("250μs", Some(250_000), false),
+        // Refused by Go.
+        ("", None, true),
+        (" 5s", None, true),
+        ("5s ", None, true),
+        ("1m 30s", None, true),
+        ("5 s", None, true),
+        ("5", None, true),
+        ("90", None, true),
+        ("00", None, true),
+        ("5S", None, true),
+        ("5sec", None, true),
+        ("1d", None, true),
+        ("1e3s", None, true),
+        ("--5s", None, true),
+        ("+-5s", None, true),
+        (".s", None, true),
+        ("-", None, true),
+        ("5.5.5s", None, true),
+        ("1h-30m", None, true),
+        ("1,5s", None, true),
+        ("1_000ms", None, true),
+        ("5m30", None, true),
+        ("five seconds", None, true),
+        ("9999999999h", None, false),
+    ];
+    // (field, whether zero is refused)
+    let fields = [
+        ("groupingGap", true),
+        ("lateArrivalTolerance", true),
+        ("maxGroupSpan", true),
+        ("watermarkAllowance", false),
+        ("maxClockSkew", false),
+    ];
+    let validator = jsonschema::validator_for(&schema()).unwrap();
+    for (field, positive) in fields {
+        for &(text, go, exact) in table {
+            let expected = go.is_some_and(|n| if positive { n > 0 } else { n >= 0 });
+            let object = with(|v| v["spec"]["processing"][field] = json!(text));
+
+            // The operator.
+            let cp: ChatPipeline = serde_json::from_value(object.clone()).unwrap();
+            let problems = chatpipe_operator::validate::validate(&cp.spec)
+                .err()
+                .unwrap_or_default();
+            let path = format!("spec.processing.{field}");
+            let operator = !problems.iter().any(|p| p.field == path);
+            assert_eq!(
+                operator, expected,
+                "operator, {field}: {text:?} ({problems:?})"
+            );
+            let parsed = chatpipe_operator::validate::parse_go_duration_nanos(text)
+                .ok()
+                .map(|(neg, n)| if neg { -(n as i128) } else { n as i128 });
+            assert_eq!(parsed, go, "operator's parse of {text:?}");
+
+            // The API server: pattern and CEL rule.
+            // The pattern is the grammar: it takes every text Go reads, and
+            // the overflowing row too (Go's range is beyond a pattern).
+            let grammatical = go.is_some() || text == "9999999999h";
+            let pattern = validator.is_valid(&object);
+            assert_eq!(pattern, grammatical, "pattern, {field}: {text:?}");
+            if exact {
+                let cel = broken(&object, None).is_empty();
+                assert_eq!(pattern && cel, expected, "CRD, {field}: {text:?}");
+            }
+        }
+    }
+}
+
+/// `maxGroupMessages` is an integer ≥ 1 for the API server and the operator.
+#[test]
+fn max_group_messages_is_at_least_one() {
+    for (n, ok) in [
+        (json!(1), true),
+        (json!(100), true),
+        (json!(0), false),
+        (json!(-1), false),
+    ] {
+        let object = with(|v| v["spec"]["processing"]["maxGroupMessages"] = n.clone());
+        assert_eq!(structurally_valid(&object), ok, "CRD, {n}");
+        let cp: ChatPipeline = serde_json::from_value(object).unwrap();
+        assert_eq!(
+            chatpipe_operator::validate::validate(&cp.spec).is_ok(),
+            ok,
+            "operator, {n}"
+        );
+    }
+    let text = with(|v| v["spec"]["processing"]["maxGroupMessages"] = json!("100"));
+    assert!(!structurally_valid(&text), "a number, not a string");
 }
 
 #[test]

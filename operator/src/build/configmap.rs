@@ -1,6 +1,12 @@
-//! The ConfigMap every chatpipe pod reads through `envFrom`, and the
-//! checksum over it and the referenced Secrets that goes on pod templates so
-//! a change of either rolls the pods.
+//! The ConfigMaps the chatpipe pods read through `envFrom` — one per
+//! component (`<name>-ingest-config`, `<name>-processor-config`,
+//! `<name>-api-config`), each holding only the settings that component
+//! reads — and the per-component checksums that go on the pod templates.
+//!
+//! A component's checksum covers its own settings and the Secrets it reads,
+//! nothing else: a processor-only setting (the grouping gap) rolls the
+//! processors only, and the Kafka credentials (which the api never reads)
+//! do not roll the api.
 
 use std::collections::BTreeMap;
 
@@ -12,47 +18,138 @@ use super::labels::Component;
 use super::BuildInput;
 use crate::validate::ValidatedPipeline;
 
-/// The environment shared by every component, as ConfigMap data. Durations
-/// are written in the form `chatpipe_core::config::parse_duration` reads.
-pub fn settings(p: &ValidatedPipeline) -> BTreeMap<String, String> {
+/// The workloads that read a ConfigMap, in apply order.
+pub const WORKLOADS: [Component; 3] = [Component::Ingest, Component::Processor, Component::Api];
+
+/// Whether `component` talks to Kafka (and so reads the brokers, the topic
+/// and the Kafka credentials Secret).
+pub fn reads_kafka(component: Component) -> bool {
+    matches!(component, Component::Ingest | Component::Processor)
+}
+
+/// The environment `component` reads, as ConfigMap data. Durations are
+/// written in the form `chatpipe_core::config::parse_duration` reads
+/// ([`format_duration`]); optional settings left unset are not written, so
+/// the binary's default applies.
+pub fn settings(p: &ValidatedPipeline, component: Component) -> BTreeMap<String, String> {
     let mut d = BTreeMap::new();
     let mut set = |k: &str, v: String| {
         d.insert(k.to_owned(), v);
     };
-    set("CHATPIPE_KAFKA_BROKERS", p.kafka.bootstrap_servers.clone());
-    set("CHATPIPE_KAFKA_TOPIC", p.kafka.topic.clone());
-    set("CHATPIPE_GROUPING_GAP", format_duration(p.grouping_gap));
-    set(
-        "CHATPIPE_LATE_TOLERANCE",
-        format_duration(p.late_arrival_tolerance),
-    );
-    if let Some(a) = p.watermark_allowance {
-        set("CHATPIPE_WATERMARK_ALLOWANCE", format_duration(a));
-    }
-    if let Some(b) = p.ingest.max_body_bytes {
-        set("CHATPIPE_MAX_BODY_BYTES", b.to_string());
-    }
-    if let Some(b) = p.ingest.max_content_bytes {
-        set("CHATPIPE_MAX_CONTENT_BYTES", b.to_string());
-    }
     set("CHATPIPE_LOG_FORMAT", "json".to_owned());
     set("CHATPIPE_LOG", "info".to_owned());
+    if reads_kafka(component) {
+        set("CHATPIPE_KAFKA_BROKERS", p.kafka.bootstrap_servers.clone());
+        set("CHATPIPE_KAFKA_TOPIC", p.kafka.topic.clone());
+    }
+    match component {
+        Component::Ingest => {
+            if let Some(b) = p.ingest.max_body_bytes {
+                set("CHATPIPE_MAX_BODY_BYTES", b.to_string());
+            }
+            if let Some(b) = p.ingest.max_content_bytes {
+                set("CHATPIPE_MAX_CONTENT_BYTES", b.to_string());
+            }
+        }
+        Component::Processor => {
+            set("CHATPIPE_GROUPING_GAP", format_duration(p.grouping_gap));
+            set(
+                "CHATPIPE_LATE_TOLERANCE",
+                format_duration(p.late_arrival_tolerance),
+            );
+            if let Some(a) = p.watermark_allowance {
+                set("CHATPIPE_WATERMARK_ALLOWANCE", format_duration(a));
+            }
+            if let Some(s) = p.max_group_span {
+                set("CHATPIPE_MAX_GROUP_SPAN", format_duration(s));
+            }
+            if let Some(n) = p.max_group_messages {
+                set("CHATPIPE_MAX_GROUP_MESSAGES", n.to_string());
+            }
+            if let Some(s) = p.max_clock_skew {
+                set("CHATPIPE_MAX_CLOCK_SKEW", format_duration(s));
+            }
+        }
+        Component::Api | Component::Migrate => {}
+    }
     d
 }
 
-/// The ConfigMap `<name>-config`.
-pub fn config_map(input: &BuildInput<'_>) -> ConfigMap {
+/// The ConfigMap `<name>-<component>-config`.
+pub fn config_map(input: &BuildInput<'_>, component: Component) -> ConfigMap {
     ConfigMap {
-        metadata: input.meta(Component::Config.object_name(input.name), Component::Config),
-        data: Some(settings(input.pipeline)),
+        metadata: input.meta(component.config_map_name(input.name), component),
+        data: Some(settings(input.pipeline, component)),
         ..ConfigMap::default()
     }
 }
 
-/// SHA-256 (hex) over the settings and the data of the referenced Secrets,
-/// in a canonical order: equal inputs give equal checksums, any changed key
-/// or value gives a different one.
-pub fn checksum(settings: &BTreeMap<String, String>, secrets: &[Secret]) -> String {
+/// The data of the Secrets the pods reference, as read by the controller.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ReferencedSecrets {
+    /// The Postgres URL Secret, reduced to the one key the pods read.
+    pub postgres: Secret,
+    /// The Kafka credentials Secret (every key is handed to the pods), when
+    /// the spec names one.
+    pub kafka: Option<Secret>,
+}
+
+/// The checksums on the pod templates, one per component.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Checksums {
+    /// Of ingest's settings, the Postgres URL and the Kafka credentials.
+    pub ingest: String,
+    /// Of the processor's settings, the Postgres URL and the Kafka credentials.
+    pub processor: String,
+    /// Of the api's settings and the Postgres URL.
+    pub api: String,
+    /// Of the Postgres URL alone: which database the migration Job migrates.
+    pub database: String,
+}
+
+impl Checksums {
+    /// The same value for every component (test fixtures).
+    pub fn all(value: &str) -> Self {
+        Self {
+            ingest: value.to_owned(),
+            processor: value.to_owned(),
+            api: value.to_owned(),
+            database: value.to_owned(),
+        }
+    }
+
+    /// The checksum of `component`'s pod template.
+    pub fn of(&self, component: Component) -> &str {
+        match component {
+            Component::Ingest => &self.ingest,
+            Component::Processor => &self.processor,
+            Component::Api => &self.api,
+            Component::Migrate => &self.database,
+        }
+    }
+}
+
+/// Every checksum of the pipeline `p` given the referenced Secrets.
+pub fn checksums(p: &ValidatedPipeline, secrets: &ReferencedSecrets) -> Checksums {
+    let of = |component: Component| {
+        let mut read = vec![&secrets.postgres];
+        if reads_kafka(component) {
+            read.extend(secrets.kafka.as_ref());
+        }
+        checksum(&settings(p, component), &read)
+    };
+    Checksums {
+        ingest: of(Component::Ingest),
+        processor: of(Component::Processor),
+        api: of(Component::Api),
+        database: checksum(&BTreeMap::new(), &[&secrets.postgres]),
+    }
+}
+
+/// SHA-256 (hex) over `settings` and the data of `secrets`, in a canonical
+/// order: equal inputs give equal checksums, any changed key or value gives
+/// a different one.
+pub fn checksum(settings: &BTreeMap<String, String>, secrets: &[&Secret]) -> String {
     let mut h = Sha256::new();
     let mut field = |bytes: &[u8]| {
         h.update((bytes.len() as u64).to_be_bytes());
@@ -86,34 +183,52 @@ mod tests {
     use k8s_openapi::ByteString;
     use std::time::Duration;
 
-    fn secret(name: &str, value: &str) -> Secret {
+    fn secret(name: &str, key: &str, value: &str) -> Secret {
         Secret {
             metadata: ObjectMeta {
                 name: Some(name.into()),
                 ..Default::default()
             },
             data: Some(BTreeMap::from([(
-                "url".to_owned(),
+                key.to_owned(),
                 ByteString(value.as_bytes().to_vec()),
             )])),
             ..Default::default()
         }
     }
 
+    fn secrets(url: &str, kafka_password: &str) -> ReferencedSecrets {
+        ReferencedSecrets {
+            postgres: secret("pg", "url", url),
+            kafka: Some(secret("kafka-creds", "password", kafka_password)),
+        }
+    }
+
+    fn sums(spec: &crate::crd::ChatPipelineSpec, s: &ReferencedSecrets) -> Checksums {
+        super::checksums(&crate::validate::validate(spec).unwrap(), s)
+    }
+
     #[test]
-    fn settings_use_the_common_env_names() {
-        let cm = with_input(&spec(), config_map);
-        assert_eq!(cm.metadata.name.as_deref(), Some("demo-config"));
-        let d = cm.data.unwrap();
+    fn each_component_gets_its_own_settings() {
+        let ingest = with_input(&spec(), |i| config_map(i, Component::Ingest));
+        assert_eq!(ingest.metadata.name.as_deref(), Some("demo-ingest-config"));
+        let d = ingest.data.unwrap();
         assert_eq!(d["CHATPIPE_KAFKA_BROKERS"], "kafka:9092");
         assert_eq!(d["CHATPIPE_KAFKA_TOPIC"], "chatpipe.events");
         assert_eq!(d["CHATPIPE_LOG_FORMAT"], "json");
         assert_eq!(d["CHATPIPE_MAX_BODY_BYTES"], "65536");
         assert!(!d.contains_key("CHATPIPE_MAX_CONTENT_BYTES"));
+        assert!(!d.contains_key("CHATPIPE_GROUPING_GAP"), "processor only");
         assert!(
             !d.contains_key("CHATPIPE_POSTGRES_URL"),
             "the URL stays in its Secret"
         );
+
+        let d = with_input(&spec(), |i| config_map(i, Component::Processor))
+            .data
+            .unwrap();
+        assert_eq!(d["CHATPIPE_KAFKA_TOPIC"], "chatpipe.events");
+        assert!(!d.contains_key("CHATPIPE_MAX_BODY_BYTES"), "ingest only");
         // The services parse the durations back to the spec's values.
         assert_eq!(
             parse_duration(&d["CHATPIPE_GROUPING_GAP"]).unwrap(),
@@ -127,6 +242,68 @@ mod tests {
             parse_duration(&d["CHATPIPE_WATERMARK_ALLOWANCE"]).unwrap(),
             Duration::from_millis(50)
         );
+
+        let d = with_input(&spec(), |i| config_map(i, Component::Api))
+            .data
+            .unwrap();
+        assert_eq!(
+            d.keys().map(String::as_str).collect::<Vec<_>>(),
+            ["CHATPIPE_LOG", "CHATPIPE_LOG_FORMAT"],
+            "the api reads neither Kafka nor the windows"
+        );
+    }
+
+    #[test]
+    fn group_limits_go_to_the_processor_only() {
+        let mut s = spec();
+        s.processing.max_group_span = Some("1m30s".into());
+        s.processing.max_group_messages = Some(250);
+        s.processing.max_clock_skew = Some("1500ms".into());
+        let d = with_input(&s, |i| config_map(i, Component::Processor))
+            .data
+            .unwrap();
+        assert_eq!(
+            parse_duration(&d["CHATPIPE_MAX_GROUP_SPAN"]).unwrap(),
+            Duration::from_secs(90)
+        );
+        assert_eq!(d["CHATPIPE_MAX_GROUP_MESSAGES"], "250");
+        assert_eq!(
+            parse_duration(&d["CHATPIPE_MAX_CLOCK_SKEW"]).unwrap(),
+            Duration::from_millis(1500)
+        );
+        for c in [Component::Ingest, Component::Api] {
+            let d = with_input(&s, |i| config_map(i, c)).data.unwrap();
+            for k in [
+                "CHATPIPE_MAX_GROUP_SPAN",
+                "CHATPIPE_MAX_GROUP_MESSAGES",
+                "CHATPIPE_MAX_CLOCK_SKEW",
+            ] {
+                assert!(!d.contains_key(k), "{k} in {c:?}'s settings");
+            }
+        }
+        // Zero skew is a setting of its own, not "unset".
+        s.processing.max_clock_skew = Some("0s".into());
+        let d = with_input(&s, |i| config_map(i, Component::Processor))
+            .data
+            .unwrap();
+        assert_eq!(
+            parse_duration(&d["CHATPIPE_MAX_CLOCK_SKEW"]).unwrap(),
+            Duration::ZERO
+        );
+    }
+
+    #[test]
+    fn unset_group_limits_are_not_written() {
+        let d = with_input(&spec(), |i| config_map(i, Component::Processor))
+            .data
+            .unwrap();
+        for k in [
+            "CHATPIPE_MAX_GROUP_SPAN",
+            "CHATPIPE_MAX_GROUP_MESSAGES",
+            "CHATPIPE_MAX_CLOCK_SKEW",
+        ] {
+            assert!(!d.contains_key(k), "{k}: the processor's default applies");
+        }
     }
 
     #[test]
@@ -134,7 +311,10 @@ mod tests {
         let mut s = spec();
         s.processing.grouping_gap = "1m30s".into();
         s.processing.late_arrival_tolerance = "1500ms".into();
-        let d = with_input(&s, config_map).data.unwrap();
+        s.processing.max_group_span = Some("1.5h".into());
+        let d = with_input(&s, |i| config_map(i, Component::Processor))
+            .data
+            .unwrap();
         assert_eq!(
             parse_duration(&d["CHATPIPE_GROUPING_GAP"]).unwrap(),
             Duration::from_secs(90)
@@ -143,18 +323,75 @@ mod tests {
             parse_duration(&d["CHATPIPE_LATE_TOLERANCE"]).unwrap(),
             Duration::from_millis(1500)
         );
+        assert_eq!(
+            parse_duration(&d["CHATPIPE_MAX_GROUP_SPAN"]).unwrap(),
+            Duration::from_secs(5400)
+        );
     }
 
     #[test]
     fn checksum_changes_with_settings_and_secrets() {
-        let d = with_input(&spec(), |i| settings(i.pipeline));
-        let base = checksum(&d, &[secret("pg", "postgres://a")]);
+        let d = with_input(&spec(), |i| settings(i.pipeline, Component::Ingest));
+        let pg = secret("pg", "url", "postgres://a");
+        let base = checksum(&d, &[&pg]);
         assert_eq!(base.len(), 64);
-        assert_eq!(base, checksum(&d, &[secret("pg", "postgres://a")]));
-        assert_ne!(base, checksum(&d, &[secret("pg", "postgres://b")]));
-        assert_ne!(base, checksum(&d, &[secret("pg2", "postgres://a")]));
+        assert_eq!(base, checksum(&d, &[&secret("pg", "url", "postgres://a")]));
+        assert_ne!(base, checksum(&d, &[&secret("pg", "url", "postgres://b")]));
+        assert_ne!(base, checksum(&d, &[&secret("pg2", "url", "postgres://a")]));
         let mut d2 = d.clone();
         d2.insert("CHATPIPE_KAFKA_TOPIC".into(), "other".into());
-        assert_ne!(base, checksum(&d2, &[secret("pg", "postgres://a")]));
+        assert_ne!(base, checksum(&d2, &[&pg]));
+    }
+
+    /// Defect: every config change rolled every pod. A processor-only
+    /// setting now changes the processor's checksum alone.
+    #[test]
+    fn processor_settings_roll_only_the_processors() {
+        let s0 = secrets("postgres://a", "p1");
+        let base = sums(&spec(), &s0);
+        for change in [
+            (|s: &mut crate::crd::ChatPipelineSpec| s.processing.grouping_gap = "3s".into())
+                as fn(&mut crate::crd::ChatPipelineSpec),
+            |s| s.processing.late_arrival_tolerance = "9s".into(),
+            |s| s.processing.watermark_allowance = Some("1s".into()),
+            |s| s.processing.max_group_span = Some("30s".into()),
+            |s| s.processing.max_group_messages = Some(7),
+            |s| s.processing.max_clock_skew = Some("1s".into()),
+        ] {
+            let mut s = spec();
+            change(&mut s);
+            let next = sums(&s, &s0);
+            assert_ne!(next.processor, base.processor);
+            assert_eq!(next.ingest, base.ingest, "ingest must not roll");
+            assert_eq!(next.api, base.api, "api must not roll");
+            assert_eq!(next.database, base.database);
+        }
+        // An ingest-only setting rolls ingest only.
+        let mut s = spec();
+        s.ingest.max_content_bytes = Some(1024);
+        let next = sums(&s, &s0);
+        assert_ne!(next.ingest, base.ingest);
+        assert_eq!(next.processor, base.processor);
+        assert_eq!(next.api, base.api);
+    }
+
+    /// Secrets a component does not read stay out of its checksum.
+    #[test]
+    fn secrets_enter_only_the_checksums_of_their_readers() {
+        let base = sums(&spec(), &secrets("postgres://a", "p1"));
+        let kafka = sums(&spec(), &secrets("postgres://a", "p2"));
+        assert_ne!(kafka.ingest, base.ingest);
+        assert_ne!(kafka.processor, base.processor);
+        assert_eq!(kafka.api, base.api, "the api never reads Kafka credentials");
+        assert_eq!(kafka.database, base.database);
+        let pg = sums(&spec(), &secrets("postgres://b", "p1"));
+        for (a, b) in [
+            (&pg.ingest, &base.ingest),
+            (&pg.processor, &base.processor),
+            (&pg.api, &base.api),
+            (&pg.database, &base.database),
+        ] {
+            assert_ne!(a, b, "everyone reads the database URL");
+        }
     }
 }

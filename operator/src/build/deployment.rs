@@ -8,7 +8,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::labels::{self, Component};
-use super::pod::{env, pod_template, service_container};
+use super::pod::{checksum_annotations, env, pod_template, service_container};
 use super::{BuildInput, API_PORT, INGEST_PORT};
 use crate::validate::ValidatedComponent;
 
@@ -38,7 +38,13 @@ fn deployment(
                     max_surge: Some(IntOrString::Int(1)),
                 }),
             }),
-            template: pod_template(input, component, container, None),
+            template: pod_template(
+                input,
+                component,
+                container,
+                None,
+                checksum_annotations(input, component),
+            ),
             ..DeploymentSpec::default()
         }),
         status: None,
@@ -126,7 +132,7 @@ mod tests {
             namespace: "chat",
             owner: owner(),
             pipeline: &pipeline,
-            checksum: "changed".into(),
+            checksums: crate::build::configmap::Checksums::all("changed"),
         });
         assert_ne!(a, b);
         let mut b2 = b.clone();

@@ -22,8 +22,6 @@ pub enum Component {
     Api,
     /// Schema migration (Job).
     Migrate,
-    /// Shared configuration (ConfigMap).
-    Config,
 }
 
 impl Component {
@@ -34,13 +32,18 @@ impl Component {
             Component::Processor => "processor",
             Component::Api => "api",
             Component::Migrate => "migrate",
-            Component::Config => "config",
         }
     }
 
     /// Name of this component's object(s) for the pipeline `instance`.
     pub fn object_name(self, instance: &str) -> String {
         format!("{instance}-{}", self.as_str())
+    }
+
+    /// Name of the ConfigMap holding this component's settings
+    /// (`<instance>-<component>-config`).
+    pub fn config_map_name(self, instance: &str) -> String {
+        format!("{instance}-{}-config", self.as_str())
     }
 }
 
@@ -54,6 +57,16 @@ pub fn selector(instance: &str, component: Component) -> BTreeMap<String, String
             component.as_str().to_owned(),
         ),
     ])
+}
+
+/// [`selector`] in the string form of a label selector
+/// (`key=value,key=value`, keys sorted), as a scale subresource reports it.
+pub fn selector_string(instance: &str, component: Component) -> String {
+    selector(instance, component)
+        .into_iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// Every label of an object of `component` of `instance`: the selector
@@ -79,7 +92,6 @@ mod tests {
             Component::Processor,
             Component::Api,
             Component::Migrate,
-            Component::Config,
         ] {
             let s = selector("demo", c);
             let l = labels("demo", c);
@@ -107,6 +119,18 @@ mod tests {
     #[test]
     fn names() {
         assert_eq!(Component::Processor.object_name("demo"), "demo-processor");
-        assert_eq!(Component::Config.object_name("demo"), "demo-config");
+        assert_eq!(Component::Migrate.object_name("demo"), "demo-migrate");
+        assert_eq!(
+            Component::Processor.config_map_name("demo"),
+            "demo-processor-config"
+        );
+    }
+
+    #[test]
+    fn selector_string_lists_the_selector_labels() {
+        assert_eq!(
+            selector_string("demo", Component::Processor),
+            "app.kubernetes.io/component=processor,app.kubernetes.io/instance=demo,app.kubernetes.io/name=chatpipe"
+        );
     }
 }

@@ -1,10 +1,11 @@
-//! Pure builders: a [`ValidatedPipeline`] (plus the owner reference and a
-//! checksum of the referenced Secrets) in, Kubernetes objects out. No I/O;
-//! unit tests call each builder directly.
+//! Pure builders: a [`ValidatedPipeline`] (plus the owner reference and the
+//! per-component checksums of settings and referenced Secrets) in,
+//! Kubernetes objects out. No I/O; unit tests call each builder directly.
 //!
 //! - [`labels`] — names and labels shared by every object.
-//! - [`configmap`] — the settings every pod reads through `envFrom`, and the
-//!   checksum that rolls the pods when settings or Secrets change.
+//! - [`configmap`] — each component's settings (read through `envFrom`),
+//!   and the per-component checksums that roll a component's pods when its
+//!   own settings or the Secrets it reads change.
 //! - [`pod`] — the container and pod template every workload shares
 //!   (security contexts, probes, env, resources).
 //! - [`deployment`] — ingest and api.
@@ -40,7 +41,8 @@ pub const INGEST_PORT: i32 = 8080;
 pub const API_PORT: i32 = 8081;
 /// Port of the processor's operational endpoints (health, metrics).
 pub const PROCESSOR_PORT: i32 = 8082;
-/// Pod template annotation holding the checksum of config and Secrets.
+/// Pod template annotation holding the checksum of the component's settings
+/// and of the Secrets it reads.
 pub const CHECKSUM_ANNOTATION: &str = "chatpipe.dev/config-checksum";
 
 /// Everything the builders need for one ChatPipeline.
@@ -54,9 +56,9 @@ pub struct BuildInput<'a> {
     pub owner: OwnerReference,
     /// The validated spec.
     pub pipeline: &'a ValidatedPipeline,
-    /// Checksum of the ConfigMap data and referenced Secrets
-    /// ([`configmap::checksum`]).
-    pub checksum: String,
+    /// Per-component checksums of settings and Secrets
+    /// ([`configmap::checksums`]).
+    pub checksums: configmap::Checksums,
 }
 
 impl BuildInput<'_> {
@@ -76,8 +78,8 @@ impl BuildInput<'_> {
 /// Every object of one ChatPipeline, in the order they are applied.
 #[derive(Debug, Clone)]
 pub struct DesiredObjects {
-    /// Shared settings.
-    pub config_map: ConfigMap,
+    /// Each component's settings (ingest, processor, api).
+    pub config_maps: Vec<ConfigMap>,
     /// ingest, api and the processors' headless Service.
     pub services: Vec<Service>,
     /// ingest and api.
@@ -95,7 +97,10 @@ pub struct DesiredObjects {
 /// Builds every object of the pipeline.
 pub fn desired(input: &BuildInput<'_>) -> DesiredObjects {
     DesiredObjects {
-        config_map: configmap::config_map(input),
+        config_maps: configmap::WORKLOADS
+            .iter()
+            .map(|c| configmap::config_map(input, *c))
+            .collect(),
         services: vec![
             service::ingest(input),
             service::api(input),
@@ -159,6 +164,16 @@ api: { replicas: 1 }
         }
     }
 
+    /// The fixture's checksums: `sum-<component>`, `sum-migrate` for the database.
+    pub fn checksums() -> configmap::Checksums {
+        configmap::Checksums {
+            ingest: "sum-ingest".into(),
+            processor: "sum-processor".into(),
+            api: "sum-api".into(),
+            database: "sum-migrate".into(),
+        }
+    }
+
     /// Runs `f` with a build input over `spec`.
     pub fn with_input<T>(spec: &ChatPipelineSpec, f: impl FnOnce(&BuildInput<'_>) -> T) -> T {
         let pipeline = validate(spec).unwrap();
@@ -167,7 +182,7 @@ api: { replicas: 1 }
             namespace: "chat",
             owner: owner(),
             pipeline: &pipeline,
-            checksum: "abc123".into(),
+            checksums: checksums(),
         };
         f(&input)
     }
@@ -181,16 +196,14 @@ mod tests {
     #[test]
     fn every_object_is_owned_namespaced_and_labelled() {
         let objs = with_input(&spec(), desired);
-        let mut metas = vec![
-            objs.config_map.metadata.clone(),
-            objs.statefulset.metadata.clone(),
-        ];
+        let mut metas = vec![objs.statefulset.metadata.clone()];
+        metas.extend(objs.config_maps.iter().map(|s| s.metadata.clone()));
         metas.extend(objs.services.iter().map(|s| s.metadata.clone()));
         metas.extend(objs.deployments.iter().map(|s| s.metadata.clone()));
         metas.extend(objs.pdbs.iter().map(|s| s.metadata.clone()));
         metas.push(objs.ingress.clone().unwrap().metadata);
         metas.push(objs.migration_job.metadata.clone());
-        assert_eq!(metas.len(), 12);
+        assert_eq!(metas.len(), 14);
         for m in metas {
             assert_eq!(m.namespace.as_deref(), Some("chat"));
             assert_eq!(m.owner_references, Some(vec![owner()]), "{:?}", m.name);
@@ -210,7 +223,7 @@ mod tests {
             namespace: "chat",
             owner: owner(),
             pipeline: &pipeline,
-            checksum: "abc".into(),
+            checksums: checksums(),
         };
         let objs = desired(&input);
         let sts = objs.statefulset.metadata.name.unwrap();

@@ -1,7 +1,9 @@
 //! The container and pod template shared by every workload: image, command,
-//! environment (ConfigMap via `envFrom`, the Postgres URL from its Secret,
-//! the listen address), probes on `/healthz` and `/readyz`, resources,
-//! locked-down security contexts, and the checksum annotation.
+//! environment (the component's ConfigMap via `envFrom`, the Kafka
+//! credentials for the components that talk to Kafka, the Postgres URL from
+//! its Secret, the listen address), probes on `/healthz` and `/readyz`,
+//! resources, locked-down security contexts, and the component's checksum
+//! annotation.
 
 use std::collections::BTreeMap;
 
@@ -49,16 +51,23 @@ pub fn postgres_url_env(input: &BuildInput<'_>) -> EnvVar {
     }
 }
 
-/// `envFrom`: the shared ConfigMap, then the Kafka credentials Secret when set.
-pub fn env_from(input: &BuildInput<'_>) -> Vec<EnvFromSource> {
+/// `envFrom`: the component's ConfigMap, then the Kafka credentials Secret
+/// when set and the component talks to Kafka.
+pub fn env_from(input: &BuildInput<'_>, component: Component) -> Vec<EnvFromSource> {
     let mut v = vec![EnvFromSource {
         config_map_ref: Some(ConfigMapEnvSource {
-            name: Component::Config.object_name(input.name),
+            name: component.config_map_name(input.name),
             optional: Some(false),
         }),
         ..EnvFromSource::default()
     }];
-    if let Some(secret) = &input.pipeline.kafka.credentials_secret {
+    let credentials = input
+        .pipeline
+        .kafka
+        .credentials_secret
+        .as_ref()
+        .filter(|_| super::configmap::reads_kafka(component));
+    if let Some(secret) = credentials {
         v.push(EnvFromSource {
             secret_ref: Some(SecretEnvSource {
                 name: secret.clone(),
@@ -154,7 +163,7 @@ pub fn service_container(
             ..ContainerPort::default()
         }]),
         env: Some(env),
-        env_from: Some(env_from(input)),
+        env_from: Some(env_from(input, component)),
         readiness_probe: Some(readiness_probe()),
         liveness_probe: Some(liveness_probe()),
         resources: size.resources.clone(),
@@ -181,22 +190,32 @@ fn tmp_volume() -> Volume {
     }
 }
 
+/// The annotations of a workload's pod template: the component's checksum
+/// (a change rolls the pods).
+pub fn checksum_annotations(
+    input: &BuildInput<'_>,
+    component: Component,
+) -> BTreeMap<String, String> {
+    BTreeMap::from([(
+        CHECKSUM_ANNOTATION.to_owned(),
+        input.checksums.of(component).to_owned(),
+    )])
+}
+
 /// A pod template around `container`: selector labels plus the common
-/// labels, the checksum annotation, security context, no service account
-/// token (the pods never talk to the API server).
+/// labels, `annotations`, security context, no service account token (the
+/// pods never talk to the API server).
 pub fn pod_template(
     input: &BuildInput<'_>,
     component: Component,
     container: Container,
     restart_policy: Option<&str>,
+    annotations: BTreeMap<String, String>,
 ) -> PodTemplateSpec {
     PodTemplateSpec {
         metadata: Some(ObjectMeta {
             labels: Some(labels::labels(input.name, component)),
-            annotations: Some(BTreeMap::from([(
-                CHECKSUM_ANNOTATION.to_owned(),
-                input.checksum.clone(),
-            )])),
+            annotations: Some(annotations),
             ..ObjectMeta::default()
         }),
         spec: Some(PodSpec {
@@ -236,7 +255,7 @@ pub(crate) mod checks {
         }
         assert_eq!(
             meta.annotations.as_ref().unwrap()[CHECKSUM_ANNOTATION],
-            "abc123"
+            format!("sum-{}", component.as_str())
         );
         let spec = t.spec.as_ref().unwrap();
         assert_eq!(spec.automount_service_account_token, Some(false));
@@ -276,8 +295,15 @@ pub(crate) mod checks {
             .unwrap();
         assert_eq!((sel.name.as_str(), sel.key.as_str()), ("pg", "url"));
         let from = c.env_from.as_ref().unwrap();
-        assert_eq!(from[0].config_map_ref.as_ref().unwrap().name, "demo-config");
-        assert_eq!(from[1].secret_ref.as_ref().unwrap().name, "kafka-creds");
+        assert_eq!(
+            from[0].config_map_ref.as_ref().unwrap().name,
+            format!("demo-{}-config", component.as_str())
+        );
+        if component == Component::Api {
+            assert_eq!(from.len(), 1, "the api does not read Kafka credentials");
+        } else {
+            assert_eq!(from[1].secret_ref.as_ref().unwrap().name, "kafka-creds");
+        }
         // Port and probes.
         let ports = c.ports.as_ref().unwrap();
         assert_eq!(ports[0].container_port, port);

@@ -7,7 +7,7 @@ use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetSpec, StatefulSetUpdate
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 
 use super::labels::{self, Component};
-use super::pod::{env, pod_template, service_container};
+use super::pod::{checksum_annotations, env, pod_template, service_container};
 use super::{BuildInput, PROCESSOR_PORT};
 
 /// Env var carrying the processor count N.
@@ -60,7 +60,13 @@ pub fn processor(input: &BuildInput<'_>) -> StatefulSet {
                 type_: Some("RollingUpdate".to_owned()),
                 rolling_update: None,
             }),
-            template: pod_template(input, component, container, None),
+            template: pod_template(
+                input,
+                component,
+                container,
+                None,
+                checksum_annotations(input, component),
+            ),
             ..StatefulSetSpec::default()
         }),
         status: None,

@@ -256,6 +256,9 @@ pub fn resolve(manifest: &Manifest) -> Result<LocalSpec, ManifestError> {
         grouping_gap: fmt(v.grouping_gap),
         late_arrival_tolerance: fmt(v.late_arrival_tolerance),
         watermark_allowance: v.watermark_allowance.map(fmt),
+        max_group_span: v.max_group_span.map(fmt),
+        max_group_messages: v.max_group_messages,
+        max_clock_skew: v.max_clock_skew.map(fmt),
         max_body_bytes: v.ingest.max_body_bytes.and_then(|b| i64::try_from(b).ok()),
         max_content_bytes: v
             .ingest
@@ -333,6 +336,43 @@ stringData:
         );
         assert_eq!(s.late_arrival_tolerance, "6s");
         assert_eq!(s.watermark_allowance, None);
+    }
+
+    #[test]
+    fn group_limits_resolve_to_what_the_processor_reads() {
+        let with = PIPELINE.replace(
+            "lateArrivalTolerance: 6s",
+            "lateArrivalTolerance: 6s\n    maxGroupSpan: 1m30s\n    maxGroupMessages: 250\n    maxClockSkew: 0s",
+        );
+        let s = resolve(&parse(&format!("{with}---{SECRET_STRING}")).unwrap()).unwrap();
+        let parse = |v: &Option<String>| {
+            chatpipe_core::config::parse_duration(v.as_deref().unwrap()).unwrap()
+        };
+        assert_eq!(parse(&s.max_group_span), std::time::Duration::from_secs(90));
+        assert_eq!(s.max_group_messages, Some(250));
+        assert_eq!(parse(&s.max_clock_skew), std::time::Duration::ZERO);
+        let without = resolve(&parse_text(&format!("{PIPELINE}---{SECRET_STRING}"))).unwrap();
+        assert_eq!(without.max_group_span, None);
+        assert_eq!(without.max_group_messages, None);
+        assert_eq!(without.max_clock_skew, None);
+    }
+
+    /// Local mode takes the one duration grammar of the CRD: `1m 30s`
+    /// (which the services' own parser would read) is refused in a manifest.
+    #[test]
+    fn manifest_durations_are_go_durations() {
+        for bad in ["1m 30s", "90", "1d", " 5s"] {
+            let text = PIPELINE.replace("groupingGap: 1m30s", &format!("groupingGap: {bad:?}"));
+            let e = resolve(&parse_text(&format!("{text}---{SECRET_STRING}"))).unwrap_err();
+            assert!(
+                e.to_string().contains("spec.processing.groupingGap"),
+                "{bad}: {e}"
+            );
+        }
+    }
+
+    fn parse_text(text: &str) -> Manifest {
+        parse(text).unwrap()
     }
 
     #[test]

@@ -68,6 +68,12 @@ pub struct LocalSpec {
     pub late_arrival_tolerance: String,
     /// Watermark allowance, when the manifest sets one.
     pub watermark_allowance: Option<String>,
+    /// Longest span of one group, when the manifest sets one.
+    pub max_group_span: Option<String>,
+    /// Most messages in one group, when the manifest sets it.
+    pub max_group_messages: Option<u32>,
+    /// Largest tolerated clock skew, when the manifest sets one.
+    pub max_clock_skew: Option<String>,
     /// Largest accepted webhook body, when set.
     pub max_body_bytes: Option<i64>,
     /// Largest accepted message content, when set.
@@ -266,6 +272,15 @@ pub fn desired(
         if let Some(w) = &spec.watermark_allowance {
             env.insert("CHATPIPE_WATERMARK_ALLOWANCE".to_owned(), w.clone());
         }
+        if let Some(s) = &spec.max_group_span {
+            env.insert("CHATPIPE_MAX_GROUP_SPAN".to_owned(), s.clone());
+        }
+        if let Some(n) = spec.max_group_messages {
+            env.insert("CHATPIPE_MAX_GROUP_MESSAGES".to_owned(), n.to_string());
+        }
+        if let Some(s) = &spec.max_clock_skew {
+            env.insert("CHATPIPE_MAX_CLOCK_SKEW".to_owned(), s.clone());
+        }
         env.insert(
             "CHATPIPE_PROCESSOR_REPLICAS".to_owned(),
             spec.processor_replicas.to_string(),
@@ -407,6 +422,9 @@ mod tests {
             grouping_gap: "5s".into(),
             late_arrival_tolerance: "6s".into(),
             watermark_allowance: None,
+            max_group_span: None,
+            max_group_messages: None,
+            max_clock_skew: None,
             max_body_bytes: None,
             max_content_bytes: None,
             ingest_replicas: 1,
@@ -521,6 +539,45 @@ mod tests {
                 assert_eq!(p.env["CHATPIPE_MAX_CONTENT_BYTES"], "4096");
             }
         }
+    }
+
+    #[test]
+    fn group_limits_go_to_the_processors_only() {
+        let mut s = spec();
+        s.max_group_span = Some("1m 30s".into());
+        s.max_group_messages = Some(250);
+        s.max_clock_skew = Some("0s".into());
+        for p in plan(&s) {
+            let is_proc = p.component == Component::Processor;
+            assert_eq!(p.env.contains_key("CHATPIPE_MAX_GROUP_SPAN"), is_proc);
+            assert_eq!(p.env.contains_key("CHATPIPE_MAX_GROUP_MESSAGES"), is_proc);
+            assert_eq!(p.env.contains_key("CHATPIPE_MAX_CLOCK_SKEW"), is_proc);
+            if is_proc {
+                assert_eq!(p.env["CHATPIPE_MAX_GROUP_SPAN"], "1m 30s");
+                assert_eq!(p.env["CHATPIPE_MAX_GROUP_MESSAGES"], "250");
+                assert_eq!(p.env["CHATPIPE_MAX_CLOCK_SKEW"], "0s");
+            }
+        }
+        // Unset: not written, the processor's defaults apply.
+        for p in plan(&spec()) {
+            for k in [
+                "CHATPIPE_MAX_GROUP_SPAN",
+                "CHATPIPE_MAX_GROUP_MESSAGES",
+                "CHATPIPE_MAX_CLOCK_SKEW",
+            ] {
+                assert!(!p.env.contains_key(k), "{k} in {}", p.name);
+            }
+        }
+    }
+
+    #[test]
+    fn a_group_limit_change_restarts_processors_only() {
+        let running = plan(&spec());
+        let mut b = spec();
+        b.max_group_messages = Some(5);
+        let acts = diff(&plan(&b), &running);
+        assert_eq!(acts.stop, ["processor-0", "processor-1"]);
+        assert_eq!(names(&acts.start), ["processor-0", "processor-1"]);
     }
 
     #[test]
