@@ -240,6 +240,16 @@ impl PrivateBroker {
         self.stop();
         self.launch().await
     }
+
+    /// Replaces the broker by a new, empty one on the same port: the old
+    /// one is stopped (SIGKILL) and its storage removed, so clients that
+    /// reconnect find a broker without topics or records (as after a
+    /// broker replacement or a deleted and recreated topic).
+    pub async fn replace_with_empty(&mut self) -> anyhow::Result<()> {
+        self.stop();
+        self.dir = tempfile_dir::TempDir::new("chatpipe-tansu")?;
+        self.launch().await
+    }
 }
 
 impl Drop for PrivateBroker {

@@ -27,6 +27,9 @@ pub struct Options {
     pub processors: usize,
     /// Extra environment of the ingest.
     pub ingest_env: Vec<(String, String)>,
+    /// Extra environment of every processor replica (e.g.
+    /// `CHATPIPE_MAX_GROUP_MESSAGES`).
+    pub processor_env: Vec<(String, String)>,
     /// Run on a broker of the test's own (that it may stop and restart)
     /// instead of the shared one.
     pub private_broker: bool,
@@ -41,6 +44,7 @@ impl Options {
             partitions: 2,
             processors: 1,
             ingest_env: Vec::new(),
+            processor_env: Vec::new(),
             private_broker: false,
         }
     }
@@ -133,6 +137,9 @@ impl Pipeline {
                 ("CHATPIPE_PROCESSOR_REPLICAS", replicas.as_str()),
                 ("CHATPIPE_PROCESSOR_ORDINAL", ordinal.as_str()),
             ]);
+            for (k, v) in &opts.processor_env {
+                env.push((k.as_str(), v.as_str()));
+            }
             processors.push(
                 Service::spawn("chatpipe-processor", &env)
                     .await
