@@ -13,6 +13,11 @@ UPDATE processor_conversation_log l
   FROM conversations c
  WHERE c.id = l.conversation_id AND l.created_event_us IS NULL;
 
+-- A partition's watermark as of its committed positions, so a restarted
+-- owner judges the records after them against the same watermark (it is
+-- restored once the replay has re-read up to the processed offset).
+ALTER TABLE processor_partitions ADD COLUMN IF NOT EXISTS watermark_ms bigint;
+
 -- Every time a processor found its stored position outside the log (topic
 -- recreated, or records removed by retention) and moved on: what it skipped.
 CREATE TABLE IF NOT EXISTS partition_resets (

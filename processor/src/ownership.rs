@@ -32,6 +32,8 @@ pub struct Claim {
     pub resume_offset: i64,
     /// Records below this were committed (decisions may be stored).
     pub processed_offset: i64,
+    /// The watermark committed with them (`None`: none yet).
+    pub watermark_ms: Option<i64>,
 }
 
 /// Claims `partition` of `topic` for `owner`: bumps the epoch (fencing any
@@ -49,7 +51,7 @@ pub async fn claim(
              ON CONFLICT (topic, partition) DO UPDATE
                SET owner_epoch = processor_partitions.owner_epoch + 1,
                    owner = EXCLUDED.owner, claimed_at = EXCLUDED.claimed_at
-             RETURNING owner_epoch, resume_offset, processed_offset",
+             RETURNING owner_epoch, resume_offset, processed_offset, watermark_ms",
             &[&topic, &partition, &owner],
         )
         .await?;
@@ -57,6 +59,7 @@ pub async fn claim(
         epoch: row.get(0),
         resume_offset: row.get(1),
         processed_offset: row.get(2),
+        watermark_ms: row.get(3),
     })
 }
 
@@ -70,7 +73,7 @@ pub async fn positions_if_owner(
 ) -> Result<Option<Claim>, tokio_postgres::Error> {
     let row = client
         .query_opt(
-            "SELECT owner_epoch, resume_offset, processed_offset FROM processor_partitions
+            "SELECT owner_epoch, resume_offset, processed_offset, watermark_ms FROM processor_partitions
              WHERE topic = $1 AND partition = $2 AND owner_epoch = $3",
             &[&topic, &partition, &epoch],
         )
@@ -79,6 +82,7 @@ pub async fn positions_if_owner(
         epoch: r.get(0),
         resume_offset: r.get(1),
         processed_offset: r.get(2),
+        watermark_ms: r.get(3),
     }))
 }
 
@@ -93,6 +97,8 @@ pub struct PositionUpdate {
     pub resume_offset: i64,
     /// New processed offset.
     pub processed_offset: i64,
+    /// The engine's watermark as of these positions.
+    pub watermark_ms: Option<i64>,
 }
 
 /// Inside a transaction: stores the positions of every partition whose
@@ -107,16 +113,24 @@ pub async fn fence_and_advance(
     let epochs: Vec<i64> = updates.iter().map(|u| u.epoch).collect();
     let resume: Vec<i64> = updates.iter().map(|u| u.resume_offset).collect();
     let processed: Vec<i64> = updates.iter().map(|u| u.processed_offset).collect();
+    let watermarks: Vec<Option<i64>> = updates.iter().map(|u| u.watermark_ms).collect();
     let rows = client
         .query(
             "UPDATE processor_partitions p
                 SET resume_offset = u.resume, processed_offset = u.processed,
-                    updated_at = clock_timestamp()
-               FROM unnest($2::int4[], $3::int8[], $4::int8[], $5::int8[])
-                    AS u(partition, epoch, resume, processed)
+                    watermark_ms = u.watermark, updated_at = clock_timestamp()
+               FROM unnest($2::int4[], $3::int8[], $4::int8[], $5::int8[], $6::int8[])
+                    AS u(partition, epoch, resume, processed, watermark)
               WHERE p.topic = $1 AND p.partition = u.partition AND p.owner_epoch = u.epoch
              RETURNING p.partition",
-            &[&topic, &partitions, &epochs, &resume, &processed],
+            &[
+                &topic,
+                &partitions,
+                &epochs,
+                &resume,
+                &processed,
+                &watermarks,
+            ],
         )
         .await?;
     let ok: Vec<i32> = rows.iter().map(|r| r.get(0)).collect();

@@ -22,7 +22,7 @@
 //! 4. Shutdown is checked only between batches: the current batch is
 //!    finished and committed first.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -192,7 +192,12 @@ impl Owned {
     /// engine that replays from the resume offset, nothing held.
     fn from_claim(engine: EngineConfig, c: &Claim) -> Self {
         Self {
-            engine: PartitionEngine::new(engine, c.resume_offset),
+            engine: PartitionEngine::from_positions(
+                engine,
+                c.resume_offset,
+                c.processed_offset,
+                c.watermark_ms,
+            ),
             held: PendingInbound::new(),
             newest_arrival_ms: i64::MIN,
             epoch: c.epoch,
@@ -701,14 +706,14 @@ impl Processor {
             // over only after the records before it.
             while let Some(u) = bad.next_if(|u| u.offset < r.offset) {
                 if u.offset >= o.engine.next_offset() {
-                    o.engine.skip_record(u.offset);
+                    o.engine.skip_record(u.offset, &mut effects);
                     effects.push(Effect::Undecodable(u));
                 }
             }
             o.newest_arrival_ms = o.newest_arrival_ms.max(r.arrival_ms);
             if let Some(error) = o.recovery.poison.get(&r.offset) {
                 if r.offset >= o.engine.next_offset() {
-                    o.engine.skip_record(r.offset);
+                    o.engine.skip_record(r.offset, &mut effects);
                     effects.push(Effect::Rejected(Rejection {
                         offset: r.offset,
                         arrival_ms: r.arrival_ms,
@@ -723,7 +728,7 @@ impl Processor {
         }
         for u in bad {
             if u.offset >= o.engine.next_offset() {
-                o.engine.skip_record(u.offset);
+                o.engine.skip_record(u.offset, &mut effects);
                 effects.push(Effect::Undecodable(u));
             }
         }
@@ -738,6 +743,7 @@ impl Processor {
                 epoch: o.epoch,
                 resume_offset: o.engine.resume_offset(),
                 processed_offset: o.engine.next_offset(),
+                watermark_ms: o.engine.watermark(),
             },
             effects,
         })
@@ -754,7 +760,13 @@ impl Processor {
         single: Option<(i32, i64)>,
     ) -> bool {
         let started = Instant::now();
-        match store::resolve_reply_ids(&**client, &mut batches).await {
+        // Accepted messages still held by any partition own their ids.
+        let held: HashSet<Uuid> = self
+            .parts
+            .values()
+            .flat_map(|o| o.held.ids().copied())
+            .collect();
+        match store::resolve_reply_ids(&**client, &mut batches, &held).await {
             Ok(moved) => self.metrics.reply_id_collisions.inc_by(moved),
             Err(e) => {
                 let parts: Vec<i32> = batches.iter().map(|b| b.position.partition).collect();
@@ -1167,6 +1179,7 @@ impl Processor {
             epoch: o.epoch,
             resume_offset: r.resume,
             processed_offset: r.next.max(o.replay_until),
+            watermark_ms: o.engine.watermark(),
         };
         let epoch = o.epoch;
         let mut client = match self.pool.get().await {

@@ -36,6 +36,13 @@ pub enum StoreError {
     /// No connection could be had.
     #[error("postgres unavailable: {0}")]
     Unavailable(String),
+    /// Message ids of the batch are held by other rows (another
+    /// conversation's message, or a message and a reply), written by a
+    /// transaction the batch's pre-load could not see (another partition,
+    /// another replica). The batch was rolled back; deciding its records
+    /// again sees those rows and rejects the reuse.
+    #[error("message ids {0:?} were taken concurrently by other rows; deciding again")]
+    IdTaken(Vec<Uuid>),
 }
 
 /// Planner settings of every processor session. Each statement of the
@@ -291,6 +298,7 @@ struct Columns {
     /// INBOUND rows written by an earlier batch whose reply is written now.
     upd_ids: Vec<Uuid>,
     upd_replies: Vec<Uuid>,
+    upd_convs: Vec<Uuid>,
     rej_types: Vec<String>,
     rej_event_ids: Vec<Option<Uuid>>,
     rej_convs: Vec<Option<Uuid>>,
@@ -396,6 +404,7 @@ impl Columns {
                             _ => {
                                 self.upd_ids.push(*id);
                                 self.upd_replies.push(o.id);
+                                self.upd_convs.push(o.conversation_id);
                             }
                         }
                     }
@@ -471,7 +480,7 @@ async fn write_columns(
     tx: &tokio_postgres::Transaction<'_>,
     topic: &str,
     c: &Columns,
-) -> Result<(), tokio_postgres::Error> {
+) -> Result<(), StoreError> {
     if !c.conv_ids.is_empty() {
         tx.execute(
             "INSERT INTO conversations (id, status, created_at, updated_at)
@@ -551,7 +560,8 @@ async fn write_columns(
                                   $5::timestamptz[], $6::timestamptz[], $7::uuid[])
              ON CONFLICT (id) DO UPDATE SET reply_id = EXCLUDED.reply_id
               WHERE messages.reply_id IS NULL AND EXCLUDED.reply_id IS NOT NULL
-                AND messages.direction = 'INBOUND'",
+                AND messages.direction = 'INBOUND'
+                AND messages.conversation_id = EXCLUDED.conversation_id",
             &[
                 &c.msg_ids,
                 &c.msg_convs,
@@ -575,12 +585,46 @@ async fn write_columns(
         tx.execute(
             "UPDATE messages m
                 SET reply_id = CASE WHEN m.direction = 'INBOUND' AND m.reply_id IS NULL
+                                         AND m.conversation_id = u.c
                                     THEN u.r ELSE m.reply_id END
-               FROM unnest($1::uuid[], $2::uuid[]) AS u(id, r)
+               FROM unnest($1::uuid[], $2::uuid[], $3::uuid[]) AS u(id, r, c)
               WHERE m.id = u.id",
-            &[&c.upd_ids, &c.upd_replies],
+            &[&c.upd_ids, &c.upd_replies, &c.upd_convs],
         )
         .await?;
+    }
+    if !c.msg_ids.is_empty() || !c.upd_ids.is_empty() {
+        // Every message row this batch wrote or answered must be the one it
+        // decided on. A row of the same id written meanwhile by another
+        // transaction (the pre-load could not see it) left this batch's row
+        // unwritten: refuse the batch rather than lose the message or
+        // answer someone else's.
+        let mut ids = c.msg_ids.clone();
+        ids.extend(&c.upd_ids);
+        let mut convs = c.msg_convs.clone();
+        convs.extend(&c.upd_convs);
+        let mut dirs: Vec<&str> = c.msg_dirs.clone();
+        dirs.extend(c.upd_ids.iter().map(|_| "INBOUND"));
+        let mut contents: Vec<Option<&str>> =
+            c.msg_contents.iter().map(|s| Some(s.as_str())).collect();
+        contents.extend(c.upd_ids.iter().map(|_| None));
+        let taken = tx
+            .query(
+                "SELECT u.id FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[])
+                        AS u(id, c, d, t)
+                  CROSS JOIN LATERAL (
+                        SELECT conversation_id, direction, content FROM messages WHERE id = u.id
+                  ) AS m
+                 WHERE m.conversation_id <> u.c OR m.direction <> u.d
+                    OR (u.t IS NOT NULL AND m.content <> u.t)",
+                &[&ids, &convs, &dirs, &contents],
+            )
+            .await?;
+        if !taken.is_empty() {
+            return Err(StoreError::IdTaken(
+                taken.iter().map(|r| r.get(0)).collect(),
+            ));
+        }
     }
     if !c.rej_offsets.is_empty() {
         let reasons: Vec<String> = c.rej_reasons.iter().map(|s| s.to_string()).collect();
@@ -626,15 +670,17 @@ pub fn message_ids<'a>(events: impl IntoIterator<Item = &'a Event>) -> Vec<Uuid>
 /// Gives every reply of `batches` an id no other row holds. A reply's id is
 /// derived from its group (so a replay writes the same row), which a
 /// provider can compute in advance and use as a message id. A reply whose
-/// id is an INBOUND message's (stored, or written by this batch), or
-/// another reply's with different content, takes the next salted id
-/// ([`reply_id_salted`]) instead, deterministically, so a replay picks the
-/// same one. Returns how many replies moved.
+/// id is an INBOUND message's (stored, written by this batch, or `held`:
+/// accepted and still held for a later write), or another reply's with
+/// different content, takes the next salted id ([`reply_id_salted`])
+/// instead, deterministically, so a replay picks the same one. Returns how
+/// many replies moved.
 pub async fn resolve_reply_ids(
     client: &impl GenericClient,
     batches: &mut [PartitionBatch],
+    held: &HashSet<Uuid>,
 ) -> Result<u64, tokio_postgres::Error> {
-    let inbound: HashSet<Uuid> = batches
+    let mut inbound: HashSet<Uuid> = batches
         .iter()
         .flat_map(|b| &b.effects)
         .filter_map(|e| match e {
@@ -642,6 +688,7 @@ pub async fn resolve_reply_ids(
             _ => None,
         })
         .collect();
+    inbound.extend(held);
     let mut moved = 0u64;
     // Candidates still to check, by (batch, effect) index.
     let mut pending: Vec<(usize, usize, u32)> = Vec::new();
@@ -764,6 +811,8 @@ pub async fn reset_partition(
         epoch,
         resume_offset: start,
         processed_offset: start,
+        // A new log, or records removed: nothing read yet to judge by.
+        watermark_ms: None,
     };
     let fenced = fence_and_advance(&tx, topic, &[position]).await?;
     if !fenced.is_empty() {
@@ -810,7 +859,7 @@ pub async fn reset_partition(
         .map(Effect::Outbound)
         .collect();
     let mut batch = [PartitionBatch { position, effects }];
-    resolve_reply_ids(&tx, &mut batch).await?;
+    resolve_reply_ids(&tx, &mut batch, &HashSet::new()).await?;
     let mut c = Columns::default();
     c.add(partition, &batch[0].effects);
     write_columns(&tx, topic, &c).await?;
@@ -860,6 +909,7 @@ pub async fn reset_partition(
             epoch,
             resume_offset: start,
             processed_offset: start,
+            watermark_ms: None,
         },
         stranded_answered,
         skipped,

@@ -54,6 +54,11 @@ impl PendingInbound {
         self.rows.is_empty()
     }
 
+    /// Ids of the rows held (messages accepted but not written yet).
+    pub fn ids(&self) -> impl Iterator<Item = &Uuid> {
+        self.rows.keys()
+    }
+
     /// Whether held rows must be written now even if the partition has no
     /// new records: it is caught up, or the oldest row waited `max_delay_ms`.
     pub fn release_due(&self, now_ms: i64, max_delay_ms: i64, caught_up: bool) -> bool {

@@ -223,6 +223,9 @@ pub struct PartitionEngine {
     pinned: BTreeMap<i64, u32>,
     stored: HashMap<Uuid, StoredMessage>,
     decided_offsets: HashSet<i64>,
+    /// A committed watermark to restore once the replay has read up to
+    /// the offset: (processed offset, watermark).
+    restore: Option<(i64, i64)>,
     stats: EngineStats,
 }
 
@@ -242,7 +245,45 @@ impl PartitionEngine {
             pinned: BTreeMap::new(),
             stored: HashMap::new(),
             decided_offsets: HashSet::new(),
+            restore: None,
             stats: EngineStats::default(),
+        }
+    }
+
+    /// An engine for a partition whose committed positions are `resume`
+    /// (replay starts there) and `processed` (records below it were read),
+    /// with the `watermark` committed with them. The replay rebuilds the
+    /// open groups from the records at and after `resume`, but the records
+    /// before it and the wall-clock advances that raised the watermark are
+    /// not read again; the committed watermark is therefore restored once
+    /// the replay has read up to `processed` (not before: it would close
+    /// the groups being rebuilt early), so every later record is judged
+    /// as it would have been without the restart.
+    pub fn from_positions(
+        cfg: EngineConfig,
+        resume: i64,
+        processed: i64,
+        watermark: Option<i64>,
+    ) -> Self {
+        let mut e = Self::new(cfg, resume);
+        if let Some(w) = watermark {
+            if processed <= resume {
+                e.watermark.advance_to(w);
+            } else {
+                e.restore = Some((processed, w));
+            }
+        }
+        e
+    }
+
+    /// Restores the committed watermark once the replay reached it.
+    fn restore_watermark(&mut self, out: &mut Vec<Effect>) {
+        if let Some((processed, w)) = self.restore {
+            if self.next_offset >= processed {
+                self.restore = None;
+                self.watermark.advance_to(w);
+                self.expire(out);
+            }
         }
     }
 
@@ -343,6 +384,7 @@ impl PartitionEngine {
         self.expire(out);
         if self.decided_offsets.contains(&record.offset) {
             self.stats.skipped_decided += 1;
+            self.restore_watermark(out);
             return;
         }
         match record.event {
@@ -351,15 +393,17 @@ impl PartitionEngine {
             Event::CloseConversation { .. } => self.on_close(record, out),
         }
         self.expire(out);
+        self.restore_watermark(out);
     }
 
     /// Steps over a record the shell decided for the engine: one that is
     /// not an event, or one set aside because Postgres refused its effects
     /// (the shell records both as rejections).
-    pub fn skip_record(&mut self, offset: i64) {
+    pub fn skip_record(&mut self, offset: i64, out: &mut Vec<Effect>) {
         if offset >= self.next_offset {
             self.next_offset = offset + 1;
         }
+        self.restore_watermark(out);
     }
 
     /// Advances the watermark to `t` (a caught-up partition's wall clock

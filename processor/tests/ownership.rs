@@ -26,6 +26,7 @@ async fn stale_owner_batch_is_refused() {
         epoch,
         resume_offset: 5,
         processed_offset: 7,
+        watermark_ms: None,
     };
     assert_eq!(
         fence_and_advance(&c, "topic-a", &[update(first.epoch)])

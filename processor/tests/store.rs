@@ -93,6 +93,7 @@ async fn inbound_visible_after_accepting_batch_reply_set_on_close() {
                 epoch,
                 resume_offset: engine.resume_offset(),
                 processed_offset: engine.next_offset(),
+                watermark_ms: engine.watermark(),
             },
             effects,
         };
@@ -201,6 +202,7 @@ async fn replayed_inbound_with_reply_in_same_batch_sets_reply() {
         epoch,
         resume_offset: resume,
         processed_offset: processed,
+        watermark_ms: None,
     };
     let mut engine = PartitionEngine::new(EngineConfig::default(), 0);
     engine.load_conversation(conv, Default::default());
