@@ -66,10 +66,35 @@ async fn two_ingest_replicas_never_both_create_one_id() {
     let p = Pipeline::start(Options::short()).await;
     let second = p.spawn_ingest().await;
     let bases = [p.ingest.base_url(), second.base_url()];
+    // A fresh success carries the record's log position; an idempotent
+    // replay of it (the same event again) carries none: it wrote nothing.
+    let fresh = |x: &common::Posted| x.body["offset"].is_i64();
     for round in 0..20 {
+        // The same event to both replicas at once: one creation, and one
+        // replay of it answered like the first success.
         let c = Uuid::new_v4();
         let body = new_conversation(c, event_time(round));
         let (a, b) = tokio::join!(p.post_to(&bases[0], &body), p.post_to(&bases[1], &body));
+        assert_eq!(
+            (a.status, b.status),
+            (201, 201),
+            "round {round}: {} / {}",
+            a.body,
+            b.body
+        );
+        assert!(
+            fresh(&a) != fresh(&b),
+            "round {round}: exactly one creation: {} / {}",
+            a.body,
+            b.body
+        );
+        // Different events for one id: exactly one 201.
+        let d = Uuid::new_v4();
+        let (one, other) = (
+            new_conversation(d, event_time(round)),
+            new_conversation(d, event_time(round + 1)),
+        );
+        let (a, b) = tokio::join!(p.post_to(&bases[0], &one), p.post_to(&bases[1], &other));
         let mut statuses = [a.status, b.status];
         statuses.sort();
         assert_eq!(
@@ -79,9 +104,16 @@ async fn two_ingest_replicas_never_both_create_one_id() {
             a.body,
             b.body
         );
-        // Closing races the same way: exactly one 200.
+        // Closing races the same way.
         let close = chatpipe_tests::close_conversation(c, event_time(round + 1));
         let (a, b) = tokio::join!(p.post_to(&bases[0], &close), p.post_to(&bases[1], &close));
+        assert_eq!((a.status, b.status), (200, 200), "round {round}");
+        assert!(fresh(&a) != fresh(&b), "round {round}: exactly one close");
+        let (one, other) = (
+            chatpipe_tests::close_conversation(d, event_time(round + 2)),
+            chatpipe_tests::close_conversation(d, event_time(round + 3)),
+        );
+        let (a, b) = tokio::join!(p.post_to(&bases[0], &one), p.post_to(&bases[1], &other));
         let mut statuses = [a.status, b.status];
         statuses.sort();
         assert_eq!(
