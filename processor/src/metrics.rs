@@ -60,6 +60,9 @@ pub struct Metrics {
     /// Wall-clock watermark advances held back by an ingest record in
     /// flight.
     pub watermark_held: IntCounter,
+    /// Partitions assigned again because records were waiting and none
+    /// were delivered.
+    pub stalled_partitions: IntCounter,
 }
 
 impl Metrics {
@@ -192,6 +195,11 @@ impl Metrics {
         registry.register(Box::new(lifecycle_duplicates.clone()))?;
         registry.register(Box::new(reply_id_collisions.clone()))?;
         registry.register(Box::new(watermark_held.clone()))?;
+        let stalled_partitions = IntCounter::with_opts(p(
+            "stalled_partitions_total",
+            "partitions assigned again: records waiting, none delivered",
+        ))?;
+        registry.register(Box::new(stalled_partitions.clone()))?;
         for r in crate::effects::Reason::ALL {
             rejections.with_label_values(&[r.as_str()]);
         }
@@ -228,6 +236,7 @@ impl Metrics {
             lifecycle_duplicates,
             reply_id_collisions,
             watermark_held,
+            stalled_partitions,
         })
     }
 }

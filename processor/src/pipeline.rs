@@ -152,6 +152,10 @@ struct Recovery {
     poison: BTreeMap<i64, String>,
 }
 
+/// A partition with records to read that received none for this long is
+/// assigned again (see [`Processor::apply_reading`]).
+const STALL_AFTER: Duration = Duration::from_secs(10);
+
 /// One poll batch: decoded records and records that are not events, by
 /// partition, in offset order.
 #[derive(Default)]
@@ -185,6 +189,8 @@ struct Owned {
     last_stats: EngineStats,
     recovery: Recovery,
     beyond_end: BeyondEndConfirmation,
+    /// When a record of this partition was last taken (or it was assigned).
+    last_record_at: Instant,
 }
 
 impl Owned {
@@ -206,6 +212,7 @@ impl Owned {
             last_stats: EngineStats::default(),
             recovery: Recovery::default(),
             beyond_end: BeyondEndConfirmation::default(),
+            last_record_at: Instant::now(),
         }
     }
 
@@ -369,6 +376,7 @@ impl Processor {
         }
         for o in self.parts.values_mut() {
             o.at_eof = false;
+            o.last_record_at = Instant::now();
         }
         Ok(())
     }
@@ -490,6 +498,7 @@ impl Processor {
                     return;
                 }
                 owned.at_eof = false;
+                owned.last_record_at = Instant::now();
                 batch.n += 1;
                 let offset = m.offset();
                 let now = now_ms();
@@ -993,7 +1002,9 @@ impl Processor {
     ) -> Result<(), tokio_postgres::Error> {
         let mut convs: Vec<Uuid> = Vec::new();
         let mut conv_part: HashMap<Uuid, i32> = HashMap::new();
-        let mut msg_part: HashMap<Uuid, i32> = HashMap::new();
+        // A message id can be in records of several partitions (a reuse
+        // across conversations): every one of them needs the stored row.
+        let mut msg_part: HashMap<Uuid, Vec<i32>> = HashMap::new();
         for (p, recs) in batch {
             let Some(o) = self.parts.get_mut(p) else {
                 continue;
@@ -1004,7 +1015,7 @@ impl Processor {
                 convs.push(id);
             }
             for id in store::message_ids(recs.iter().map(|r| &r.event)) {
-                msg_part.insert(id, *p);
+                msg_part.entry(id).or_default().push(*p);
             }
         }
         let topic = &self.settings.topic;
@@ -1017,8 +1028,10 @@ impl Processor {
         }
         let ids: Vec<Uuid> = msg_part.keys().copied().collect();
         for (id, m) in store::load_messages(&***client, &ids).await? {
-            if let Some(o) = msg_part.get(&id).and_then(|p| self.parts.get_mut(p)) {
-                o.engine.load_stored_message(id, m);
+            for p in msg_part.get(&id).into_iter().flatten() {
+                if let Some(o) = self.parts.get_mut(p) {
+                    o.engine.load_stored_message(id, m.clone());
+                }
             }
         }
         for (p, recs) in batch {
@@ -1167,6 +1180,23 @@ impl Processor {
         let confirmed = match check {
             PositionCheck::Inside => {
                 o.beyond_end = BeyondEndConfirmation::default();
+                // Records to read, none delivered for a long while, not in
+                // backoff: the consumer lost the partition's fetch (never
+                // expected; a liveness guard). Assign again.
+                let idle = o.last_record_at.elapsed();
+                if confirmations > 1 && r.end > r.next && !o.waiting() && idle > STALL_AFTER {
+                    self.metrics.stalled_partitions.inc();
+                    tracing::error!(
+                        partition = r.partition,
+                        next = r.next,
+                        log_end = r.end,
+                        idle_s = idle.as_secs(),
+                        "records to read but none delivered; assigning the partition again"
+                    );
+                    if let Err(e) = self.assign() {
+                        tracing::error!(error = %e, "re-assigning partitions failed");
+                    }
+                }
                 return;
             }
             PositionCheck::BeyondEnd => o.beyond_end.observe(check, r.next, confirmations),
