@@ -7,6 +7,7 @@
 //! - [`examples`]: the catalogue of invalid webhook payloads and the field
 //!   each `400` names (shared by core's and the end-to-end tests).
 //! - [`murmur2`]: Kafka's Java-compatible key partitioner.
+//! - [`assignment`]: which processor owns which partition.
 //! - [`config`]: clap argument groups (Postgres, Kafka, logs) shared by the
 //!   binaries, each flag with an env var.
 //! - [`db`]: connection pools, database creation, migrations (`migrations/`).
@@ -15,6 +16,7 @@
 //! - [`telemetry`]: tracing set-up.
 //! - [`shutdown`]: the SIGTERM/Ctrl-C future.
 
+pub mod assignment;
 pub mod config;
 pub mod db;
 pub mod event;

@@ -9,12 +9,10 @@
 use tokio_postgres::GenericClient;
 
 /// Partitions of a `partitions`-partition topic owned by `ordinal` of
-/// `replicas`.
+/// `replicas` ([`chatpipe_core::assignment::partitions_of`], the rule the
+/// operator reports by): none for an ordinal not below `replicas`.
 pub fn owned_partitions(partitions: i32, replicas: u32, ordinal: u32) -> Vec<i32> {
-    let n = replicas.max(1) as i32;
-    (0..partitions)
-        .filter(|p| p % n == ordinal as i32 % n)
-        .collect()
+    chatpipe_core::assignment::partitions_of(ordinal, replicas, partitions)
 }
 
 /// The ordinal in a StatefulSet pod name such as `processor-3` → 3.
@@ -146,7 +144,10 @@ mod tests {
         assert_eq!(owned_partitions(6, 2, 0), vec![0, 2, 4]);
         assert_eq!(owned_partitions(6, 2, 1), vec![1, 3, 5]);
         assert_eq!(owned_partitions(3, 1, 0), vec![0, 1, 2]);
-        assert_eq!(owned_partitions(3, 0, 0), vec![0, 1, 2]);
+        // An ordinal beyond the replica count (a pod left from a larger
+        // scale) owns nothing, instead of another ordinal's partitions.
+        assert_eq!(owned_partitions(3, 0, 0), Vec::<i32>::new());
+        assert_eq!(owned_partitions(6, 2, 2), Vec::<i32>::new());
     }
 
     #[test]

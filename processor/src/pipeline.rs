@@ -314,6 +314,14 @@ impl Processor {
             tokio::time::sleep(Duration::from_secs(1)).await;
         };
         let mine = owned_partitions(partitions, s.replicas, s.ordinal);
+        if mine.is_empty() {
+            tracing::warn!(
+                ordinal = s.ordinal,
+                replicas = s.replicas,
+                partitions,
+                "this replica owns no partitions (its ordinal is not below the replica count, or the topic has fewer partitions)"
+            );
+        }
         let client = self.pool.get().await.context("connecting to Postgres")?;
         for p in mine {
             let c = claim(&**client, &s.topic, p, &s.owner)

@@ -14,15 +14,14 @@ use super::{BuildInput, PROCESSOR_PORT};
 pub const REPLICAS_ENV: &str = "CHATPIPE_PROCESSOR_REPLICAS";
 
 /// Partitions owned by processor `ordinal` of `replicas` on a topic of
-/// `partitions` partitions: every `p` with `p mod replicas == ordinal`.
-/// Empty when `replicas` is 0 or `ordinal` is out of range.
+/// `partitions` partitions ([`chatpipe_core::assignment::partitions_of`],
+/// the function the processors claim by). Empty for a negative ordinal or
+/// replica count.
 pub fn partitions_of(ordinal: i32, replicas: i32, partitions: i32) -> Vec<i32> {
-    if replicas <= 0 || ordinal < 0 || ordinal >= replicas {
-        return Vec::new();
+    match (u32::try_from(ordinal), u32::try_from(replicas)) {
+        (Ok(o), Ok(n)) => chatpipe_core::assignment::partitions_of(o, n, partitions),
+        _ => Vec::new(),
     }
-    (0..partitions)
-        .filter(|p| p % replicas == ordinal)
-        .collect()
 }
 
 /// Ordinal of a StatefulSet pod from its name (`demo-processor-3` → 3).
