@@ -63,6 +63,9 @@ pub struct Metrics {
     /// Partitions assigned again because records were waiting and none
     /// were delivered.
     pub stalled_partitions: IntCounter,
+    /// Failed reads of the ingest in-flight reports (the watermark keeps
+    /// the last floor read).
+    pub inflight_floor_failures: IntCounter,
 }
 
 impl Metrics {
@@ -200,6 +203,11 @@ impl Metrics {
             "partitions assigned again: records waiting, none delivered",
         ))?;
         registry.register(Box::new(stalled_partitions.clone()))?;
+        let inflight_floor_failures = IntCounter::with_opts(p(
+            "inflight_floor_failures_total",
+            "failed reads of the ingest in-flight reports",
+        ))?;
+        registry.register(Box::new(inflight_floor_failures.clone()))?;
         for r in crate::effects::Reason::ALL {
             rejections.with_label_values(&[r.as_str()]);
         }
@@ -237,6 +245,7 @@ impl Metrics {
             reply_id_collisions,
             watermark_held,
             stalled_partitions,
+            inflight_floor_failures,
         })
     }
 }

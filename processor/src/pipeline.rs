@@ -443,7 +443,7 @@ impl Processor {
         let pool = self.pool.clone();
         let floor = self.inflight_floor.clone();
         let lease = self.settings.inflight_lease;
-        let errors = self.metrics.write_failures.clone();
+        let errors = self.metrics.inflight_floor_failures.clone();
         tokio::spawn(async move {
             let mut failing = false;
             loop {
@@ -462,8 +462,8 @@ impl Processor {
                     Err(e) => {
                         if !failing {
                             tracing::warn!(error = %e, "reading ingest in-flight reports failed");
-                            errors.with_label_values(&["transient"]).inc();
                         }
+                        errors.inc();
                         failing = true;
                     }
                 }
@@ -646,13 +646,12 @@ impl Processor {
                 batches.push(b);
             }
         }
+        // The pre-load's connection serves the first write.
         let mut client = Some(client);
         if !batches.is_empty() {
-            let c = match client.take() {
-                Some(c) => c,
-                None => return,
-            };
-            self.write_and_settle(c, batches, records, None).await;
+            if let Some(c) = client.take() {
+                self.write_and_settle(c, batches, records, None).await;
+            }
         }
         // Partitions narrowing a refused write down: one record per
         // transaction.
@@ -1117,30 +1116,27 @@ impl Processor {
         Ok(())
     }
 
-    /// Reads the log bounds of every owned partition now (at start).
+    /// Reads the log bounds of every owned partition now (at start). At
+    /// claim, every record below the processed offset was read before, so
+    /// that offset is the reading's `next`.
     async fn read_bounds_now(&self) -> Vec<LogReading> {
         let consumer = self.consumer.clone();
         let topic = self.settings.topic.clone();
         let positions: Vec<(i32, i64, i64)> = self
             .parts
             .iter()
-            .map(|(p, o)| (*p, o.engine.resume_offset(), o.engine.next_offset()))
+            .map(|(p, o)| (*p, o.engine.resume_offset(), o.replay_until))
             .collect();
-        let replay_from: HashMap<i32, i64> = self
-            .parts
-            .iter()
-            .map(|(p, o)| (*p, o.replay_until))
-            .collect();
-        let read = tokio::task::spawn_blocking(move || {
+        tokio::task::spawn_blocking(move || {
             let mut out = Vec::new();
-            for (p, resume, _next) in positions {
+            for (p, resume, next) in positions {
                 match consumer.fetch_watermarks(&topic, p, Duration::from_secs(5)) {
                     Ok((start, end)) => out.push(LogReading {
                         partition: p,
                         start,
                         end,
                         resume,
-                        next: resume,
+                        next,
                     }),
                     Err(e) => {
                         tracing::warn!(partition = p, error = %e, "reading the log bounds failed")
@@ -1150,15 +1146,7 @@ impl Processor {
             out
         })
         .await
-        .unwrap_or_default();
-        // At claim, the records below the processed offset were read
-        // before: they must still be in the log.
-        read.into_iter()
-            .map(|mut r| {
-                r.next = replay_from.get(&r.partition).copied().unwrap_or(r.next);
-                r
-            })
-            .collect()
+        .unwrap_or_default()
     }
 
     /// Applies the readings the lag task took.

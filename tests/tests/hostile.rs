@@ -82,42 +82,6 @@ async fn assert_pipeline_alive(p: &Pipeline) {
     }
 }
 
-/// An answer with its headers.
-struct Answer {
-    status: u16,
-    headers: reqwest::header::HeaderMap,
-    body: Value,
-}
-
-impl Answer {
-    fn header(&self, name: &str) -> Option<String> {
-        self.headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned)
-    }
-}
-
-/// POSTs a webhook body to the ingest at `base`, keeping the headers.
-async fn post_full(p: &Pipeline, base: &str, body: &Value) -> Answer {
-    let res = p
-        .http
-        .post(format!("{base}/webhook/"))
-        .header("content-type", "application/json")
-        .body(body.to_string())
-        .send()
-        .await
-        .expect("POST /webhook/");
-    let status = res.status().as_u16();
-    let headers = res.headers().clone();
-    let text = res.text().await.unwrap_or_default();
-    Answer {
-        status,
-        headers,
-        body: serde_json::from_str(&text).unwrap_or(Value::String(text)),
-    }
-}
-
 /// Asserts a `400` naming `field`, with a non-empty error.
 fn assert_400_field(r: &Posted, field: &str, what: &str) {
     assert_eq!(r.status, 400, "{what}: answered {}: {}", r.status, r.body);
@@ -585,10 +549,10 @@ async fn identical_lifecycle_redeliveries_are_idempotent_replays() {
     let base = p.ingest.base_url();
     let c = Uuid::new_v4();
     let created = new_conversation(c, event_time(0));
-    let first = post_full(&p, &base, &created).await;
+    let first = p.post_to(&base, &created).await;
     assert_eq!(first.status, 201, "{}", first.body);
     assert_ne!(first.header("idempotent-replay").as_deref(), Some("true"));
-    let again = post_full(&p, &base, &created).await;
+    let again = p.post_to(&base, &created).await;
     assert_eq!(again.status, 201, "identical redelivery: {}", again.body);
     assert_eq!(
         again.header("idempotent-replay").as_deref(),
@@ -620,10 +584,10 @@ async fn identical_lifecycle_redeliveries_are_idempotent_replays() {
     assert_eq!(view["created_at"], "2025-06-04T14:20:00Z");
 
     let closed = close_conversation(c, event_time(5));
-    let first = post_full(&p, &base, &closed).await;
+    let first = p.post_to(&base, &closed).await;
     assert_eq!(first.status, 200, "{}", first.body);
     assert_ne!(first.header("idempotent-replay").as_deref(), Some("true"));
-    let again = post_full(&p, &base, &closed).await;
+    let again = p.post_to(&base, &closed).await;
     assert_eq!(
         again.status, 200,
         "identical close redelivery: {}",
@@ -1007,7 +971,9 @@ async fn oversized_slow_and_excess_requests_are_refused_without_harm() {
     .await
     .unwrap();
     let shed_conv = Uuid::new_v4();
-    let shed = post_full(&p, &lbase, &new_conversation(shed_conv, event_time(0))).await;
+    let shed = p
+        .post_to(&lbase, &new_conversation(shed_conv, event_time(0)))
+        .await;
     assert_eq!(
         shed.status, 503,
         "third request beyond the limit: {}",
@@ -1030,7 +996,9 @@ async fn oversized_slow_and_excess_requests_are_refused_without_harm() {
     }
     // The shed one wrote nothing and can be retried.
     assert_eq!(p.get(&format!("/conversations/{shed_conv}/")).await.0, 404);
-    let retried = post_full(&p, &lbase, &new_conversation(shed_conv, event_time(0))).await;
+    let retried = p
+        .post_to(&lbase, &new_conversation(shed_conv, event_time(0)))
+        .await;
     assert_eq!(retried.status, 201, "{}", retried.body);
     // None of the refused requests left a trace.
     assert!(

@@ -93,6 +93,18 @@ pub struct Posted {
     pub before: DateTime<Utc>,
     /// Wall clock just after the answer arrived.
     pub after: DateTime<Utc>,
+    /// Response headers.
+    pub headers: reqwest::header::HeaderMap,
+}
+
+impl Posted {
+    /// A response header as text.
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    }
 }
 
 fn ms(d: Duration) -> String {
@@ -203,8 +215,8 @@ impl Pipeline {
             .await
             .expect("POST /webhook/");
         let status = res.status().as_u16();
-        let retry_after = res
-            .headers()
+        let headers = res.headers().clone();
+        let retry_after = headers
             .get("retry-after")
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
@@ -218,6 +230,7 @@ impl Pipeline {
             body,
             before,
             after: Utc::now(),
+            headers,
         }
     }
 
@@ -233,6 +246,7 @@ impl Pipeline {
             .await
             .expect("POST /webhook/");
         let status = res.status().as_u16();
+        let headers = res.headers().clone();
         let text = res.text().await.unwrap_or_default();
         let after = Utc::now();
         Posted {
@@ -240,6 +254,7 @@ impl Pipeline {
             body: serde_json::from_str(&text).unwrap_or(Value::String(text)),
             before,
             after,
+            headers,
         }
     }
 
