@@ -250,6 +250,12 @@ pub struct Processor {
     readings: Arc<Mutex<Vec<LogReading>>>,
     /// Read the log bounds at the next lag refresh, whatever the time.
     check_logs_now: bool,
+    /// Assign the consumer again before the next poll. Every change of
+    /// positions or pauses sets this, and the loop assigns once: librdkafka
+    /// 2.12 aborts (`rd_kafka_assignment_partition_stopped: Assertion
+    /// rktp->rktp_started`) when assignments follow each other before the
+    /// previous one has started its partitions.
+    reassign: bool,
 }
 
 fn now_ms() -> i64 {
@@ -281,6 +287,7 @@ impl Processor {
             held_by_floor: false,
             readings: Arc::new(Mutex::new(Vec::new())),
             check_logs_now: false,
+            reassign: false,
         })
     }
 
@@ -346,6 +353,7 @@ impl Processor {
             }
         }
         self.assign()?;
+        self.reassign = false;
         self.health.set_claimed(true);
         Ok(())
     }
@@ -406,6 +414,11 @@ impl Processor {
         let mut last_lag = Instant::now() - Duration::from_secs(10);
         let consumer = self.consumer.clone();
         loop {
+            if std::mem::take(&mut self.reassign) {
+                if let Err(e) = self.assign() {
+                    tracing::error!(error = %e, "re-assigning partitions failed");
+                }
+            }
             // Collect one poll batch.
             let mut batch = Batch::default();
             let first = tokio::select! {
@@ -580,9 +593,7 @@ impl Processor {
             }
         }
         if resumed {
-            if let Err(e) = self.assign() {
-                tracing::error!(error = %e, "re-assigning partitions failed");
-            }
+            self.reassign = true;
         }
     }
 
@@ -1088,9 +1099,7 @@ impl Processor {
             }
         }
         self.metrics.owned_partitions.set(self.parts.len() as i64);
-        if let Err(e) = self.assign() {
-            tracing::error!(error = %e, "re-assigning partitions failed");
-        }
+        self.reassign = true;
     }
 
     async fn rebuild(&mut self, partitions: &[i32]) -> anyhow::Result<()> {
@@ -1189,9 +1198,7 @@ impl Processor {
                         idle_s = idle.as_secs(),
                         "records to read but none delivered; assigning the partition again"
                     );
-                    if let Err(e) = self.assign() {
-                        tracing::error!(error = %e, "re-assigning partitions failed");
-                    }
+                    self.reassign = true;
                 }
                 return;
             }
@@ -1264,9 +1271,7 @@ impl Processor {
                     r.partition,
                     Owned::from_claim(self.settings.engine, &reset.claim),
                 );
-                if let Err(e) = self.assign() {
-                    tracing::error!(error = %e, "re-assigning partitions failed");
-                }
+                self.reassign = true;
             }
             Err(StoreError::Fenced(f)) => {
                 self.health.fenced(&f);
