@@ -293,6 +293,9 @@ struct Columns {
     close_arrivals: Vec<i64>,
     close_event_us: Vec<i64>,
     msg_index: HashMap<Uuid, usize>,
+    /// Ids pushed twice with another row (conversation, direction or
+    /// content): two partitions of one batch accepted the same id.
+    msg_collisions: Vec<Uuid>,
     msg_ids: Vec<Uuid>,
     msg_convs: Vec<Uuid>,
     msg_dirs: Vec<&'static str>,
@@ -325,7 +328,14 @@ impl Columns {
         ts: DateTime<Utc>,
         arrival: DateTime<Utc>,
     ) {
-        if self.msg_index.contains_key(&id) {
+        if let Some(&i) = self.msg_index.get(&id) {
+            // The same row again (a replayed effect) is written once; a
+            // different row with the id is a collision the batch cannot
+            // write: only one of them may have it.
+            if self.msg_convs[i] != conv || self.msg_dirs[i] != dir || self.msg_contents[i] != content
+            {
+                self.msg_collisions.push(id);
+            }
             return;
         }
         self.msg_index.insert(id, self.msg_ids.len());
@@ -401,7 +411,10 @@ impl Columns {
                     // reply), else by an UPDATE of the stored row.
                     for id in &o.inbound_ids {
                         match self.msg_index.get(id) {
-                            Some(&i) if self.msg_dirs[i] == "INBOUND" => {
+                            Some(&i)
+                                if self.msg_dirs[i] == "INBOUND"
+                                    && self.msg_convs[i] == o.conversation_id =>
+                            {
                                 if self.msg_replies[i].is_none() {
                                     self.msg_replies[i] = Some(o.id);
                                 }
@@ -486,6 +499,12 @@ async fn write_columns(
     topic: &str,
     c: &Columns,
 ) -> Result<(), StoreError> {
+    if !c.msg_collisions.is_empty() {
+        // Two partitions of this batch gave one id to different rows.
+        // Written alone after this refusal, the first to commit keeps the
+        // id and the other decides again, seeing its row.
+        return Err(StoreError::IdTaken(c.msg_collisions.clone()));
+    }
     if !c.conv_ids.is_empty() {
         tx.execute(
             "INSERT INTO conversations (id, status, created_at, updated_at)

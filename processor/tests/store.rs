@@ -233,3 +233,66 @@ async fn replayed_inbound_with_reply_in_same_batch_sets_reply() {
         ]
     );
 }
+
+/// Two partitions of one batch accepted the same message id for different
+/// conversations (neither could see the other's row when it decided): the
+/// batch is refused as a whole (`IdTaken`, nothing written, where the
+/// store once wrote the first row and silently dropped the second).
+/// Written alone afterwards, the first to commit keeps the id and the
+/// second is refused again, so it decides again seeing that row.
+#[tokio::test]
+async fn one_id_accepted_by_two_partitions_in_one_batch_is_refused() {
+    use chatpipe_processor::store::StoreError;
+    let db = TestDb::create().await.unwrap();
+    let mut c = db.client().await.unwrap();
+    let topic = "topic-collision";
+    let m = Uuid::new_v4();
+    let mut batches = Vec::new();
+    for p in 0..2 {
+        let epoch = claim(&c, topic, p, "test").await.unwrap().epoch;
+        let conv = Uuid::new_v4();
+        let mut engine = PartitionEngine::new(EngineConfig::default(), 0);
+        engine.load_conversation(conv, Default::default());
+        let mut effects = vec![];
+        engine.on_record(
+            rec(
+                0,
+                0,
+                Event::NewConversation {
+                    id: conv,
+                    timestamp: Utc::now(),
+                },
+            ),
+            &mut effects,
+        );
+        engine.on_record(rec(1, 1_000, msg(m, conv)), &mut effects);
+        batches.push(PartitionBatch {
+            position: PositionUpdate {
+                partition: p,
+                epoch,
+                resume_offset: engine.resume_offset(),
+                processed_offset: engine.next_offset(),
+                watermark_ms: engine.watermark(),
+            },
+            effects,
+        });
+    }
+    match write_batch(&mut c, topic, &batches).await {
+        Err(StoreError::IdTaken(ids)) => assert_eq!(ids, vec![m]),
+        other => panic!("expected IdTaken, got {other:?}"),
+    }
+    assert!(rows(&c).await.is_empty(), "nothing written");
+    let conversations: i64 = c
+        .query_one("SELECT count(*) FROM conversations", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(conversations, 0, "the refused batch left nothing behind");
+
+    write_batch(&mut c, topic, &batches[..1]).await.unwrap();
+    match write_batch(&mut c, topic, &batches[1..]).await {
+        Err(StoreError::IdTaken(ids)) => assert_eq!(ids, vec![m]),
+        other => panic!("expected IdTaken, got {other:?}"),
+    }
+    assert_eq!(rows(&c).await, vec![(m, "INBOUND".to_string(), None)]);
+}
