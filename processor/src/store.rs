@@ -332,7 +332,9 @@ impl Columns {
             // The same row again (a replayed effect) is written once; a
             // different row with the id is a collision the batch cannot
             // write: only one of them may have it.
-            if self.msg_convs[i] != conv || self.msg_dirs[i] != dir || self.msg_contents[i] != content
+            if self.msg_convs[i] != conv
+                || self.msg_dirs[i] != dir
+                || self.msg_contents[i] != content
             {
                 self.msg_collisions.push(id);
             }
