@@ -6,55 +6,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-/// Lifecycle state of a conversation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "UPPERCASE")]
-pub enum Status {
-    /// Accepting messages.
-    Open,
-    /// Closed by CLOSE_CONVERSATION; no message is accepted any more.
-    Closed,
-}
-
-impl Status {
-    /// The value stored in `conversations.status`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Status::Open => "OPEN",
-            Status::Closed => "CLOSED",
-        }
-    }
-
-    /// Reads a stored or requested status (exact, upper case).
-    pub fn parse(s: &str) -> Option<Status> {
-        match s {
-            "OPEN" => Some(Status::Open),
-            "CLOSED" => Some(Status::Closed),
-            _ => None,
-        }
-    }
-}
-
-/// Direction of a message.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "UPPERCASE")]
-pub enum Direction {
-    /// A user message received through the webhook.
-    Inbound,
-    /// An automatic reply to a group of inbound messages.
-    Outbound,
-}
-
-impl Direction {
-    /// Reads a stored direction.
-    pub fn parse(s: &str) -> Option<Direction> {
-        match s {
-            "INBOUND" => Some(Direction::Inbound),
-            "OUTBOUND" => Some(Direction::Outbound),
-            _ => None,
-        }
-    }
-}
+pub use chatpipe_core::model::{ConversationStatus, Direction};
 
 /// One message of a conversation.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -78,7 +30,7 @@ pub struct ConversationDetail {
     /// Conversation id.
     pub id: Uuid,
     /// OPEN or CLOSED.
-    pub status: Status,
+    pub status: ConversationStatus,
     /// Event time of NEW_CONVERSATION.
     #[schema(format = DateTime, example = "2025-06-04T14:20:00Z")]
     pub created_at: String,
@@ -95,7 +47,7 @@ pub struct ConversationSummary {
     /// Conversation id.
     pub id: Uuid,
     /// OPEN or CLOSED.
-    pub status: Status,
+    pub status: ConversationStatus,
     /// Event time of NEW_CONVERSATION.
     #[schema(format = DateTime)]
     pub created_at: String,

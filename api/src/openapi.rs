@@ -5,8 +5,8 @@ use utoipa::OpenApi;
 
 use crate::error::ErrorBody;
 use crate::model::{
-    ConversationDetail, ConversationPage, ConversationSummary, Direction, Message, MessagePage,
-    RejectedEvent, RejectedPage, Status,
+    ConversationDetail, ConversationPage, ConversationStatus, ConversationSummary, Direction,
+    Message, MessagePage, RejectedEvent, RejectedPage,
 };
 use crate::routes;
 
@@ -33,7 +33,7 @@ rejected. Timestamps are RFC 3339 in UTC (`Z`). Errors are `{\"error\": ..., \"f
         Message,
         MessagePage,
         Direction,
-        Status,
+        ConversationStatus,
         RejectedEvent,
         RejectedPage,
         ErrorBody,

@@ -17,7 +17,7 @@ use uuid::Uuid;
 
 use crate::error::ApiError;
 use crate::model::{
-    ConversationDetail, ConversationSummary, Direction, Message, RejectedEvent, Status,
+    ConversationDetail, ConversationStatus, ConversationSummary, Direction, Message, RejectedEvent,
 };
 use crate::pagination::Cursor;
 
@@ -57,9 +57,10 @@ fn ts(t: DateTime<Utc>) -> String {
     format_timestamp(t)
 }
 
-fn status_of(row: &Row, col: &str) -> Result<Status, ApiError> {
+fn status_of(row: &Row, col: &str) -> Result<ConversationStatus, ApiError> {
     let s: String = row.try_get(col)?;
-    Status::parse(&s).ok_or_else(|| ApiError::Unavailable(format!("unexpected status {s:?}")))
+    ConversationStatus::parse(&s)
+        .ok_or_else(|| ApiError::Unavailable(format!("unexpected status {s:?}")))
 }
 
 fn message_of(row: &Row) -> Result<Message, ApiError> {
@@ -136,11 +137,11 @@ pub async fn conversation_exists(client: &Client, id: Uuid) -> Result<bool, ApiE
 /// next page (`None` on the last page).
 pub async fn list_conversations(
     client: &Client,
-    status: Option<Status>,
+    status: Option<ConversationStatus>,
     after: Option<(DateTime<Utc>, Uuid)>,
     limit: i64,
 ) -> Result<(Vec<ConversationSummary>, Option<Cursor>), ApiError> {
-    let status_str = status.map(Status::as_str);
+    let status_str = status.map(ConversationStatus::as_str);
     let fetch = limit + 1;
     let mut sql = String::from(
         "SELECT id, status, created_at, updated_at, closed_at FROM conversations WHERE true",

@@ -12,6 +12,8 @@
 //!   binaries, each flag with an env var.
 //! - [`db`]: connection pools, database creation, migrations (`migrations/`).
 //! - [`kafka`]: producer/consumer settings and topic management.
+//! - [`model`]: stored domain values (conversation status, message
+//!   direction) shared by every service.
 //! - [`ops`]: `/healthz`, `/readyz`, `/metrics`.
 //! - [`telemetry`]: tracing set-up.
 //! - [`shutdown`]: the SIGTERM/Ctrl-C future.
@@ -22,6 +24,7 @@ pub mod db;
 pub mod event;
 pub mod examples;
 pub mod kafka;
+pub mod model;
 pub mod murmur2;
 pub mod ops;
 pub mod shutdown;

@@ -151,7 +151,7 @@ fn existing_from_row<E>(
     let read = || -> Result<Existing, String> {
         let status: &str = row.try_get(0).map_err(|e| e.to_string())?;
         Ok(Existing {
-            status: ConversationStatus::from_db(status)
+            status: ConversationStatus::parse(status)
                 .ok_or_else(|| format!("unknown status {status:?}"))?,
             same_created: row.try_get(1).map_err(|e| e.to_string())?,
             same_closed: row.try_get(2).map_err(|e| e.to_string())?,

@@ -31,25 +31,7 @@ use uuid::Uuid;
 
 use crate::metrics::Metrics;
 
-/// Lifecycle state of a known conversation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ConversationStatus {
-    /// Accepting messages.
-    Open,
-    /// Closed for good.
-    Closed,
-}
-
-impl ConversationStatus {
-    /// Parses the `conversations.status` column (`OPEN`/`CLOSED`).
-    pub fn from_db(s: &str) -> Option<ConversationStatus> {
-        match s {
-            "OPEN" => Some(ConversationStatus::Open),
-            "CLOSED" => Some(ConversationStatus::Closed),
-            _ => None,
-        }
-    }
-}
+pub use chatpipe_core::model::{ConversationStatus, Direction};
 
 /// A bounded set of CLOSED conversation ids with two generations: when the
 /// current generation reaches half the capacity it becomes the old one and
@@ -108,26 +90,6 @@ pub enum LookupError {
     /// The lookup service is shutting down.
     #[error("status lookup is shutting down")]
     Closed,
-}
-
-/// Direction of a stored message (`messages.direction`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Direction {
-    /// A user message.
-    Inbound,
-    /// A reply.
-    Outbound,
-}
-
-impl Direction {
-    /// Parses `INBOUND`/`OUTBOUND`.
-    pub fn from_db(s: &str) -> Option<Direction> {
-        match s {
-            "INBOUND" => Some(Direction::Inbound),
-            "OUTBOUND" => Some(Direction::Outbound),
-            _ => None,
-        }
-    }
 }
 
 /// A message row that already has a NEW_MESSAGE's id.
@@ -433,11 +395,11 @@ impl Worker {
             let id: Uuid = row.try_get(1).map_err(|e| e.to_string())?;
             let value: &str = row.try_get(2).map_err(|e| e.to_string())?;
             if kind == 0 {
-                let status = ConversationStatus::from_db(value)
+                let status = ConversationStatus::parse(value)
                     .ok_or_else(|| format!("conversation {id} has unknown status {value:?}"))?;
                 found.conversations.insert(id, status);
             } else {
-                let direction = Direction::from_db(value)
+                let direction = Direction::parse(value)
                     .ok_or_else(|| format!("message {id} has unknown direction {value:?}"))?;
                 let conversation_id: Uuid = row.try_get(3).map_err(|e| e.to_string())?;
                 found.messages.insert(

@@ -45,7 +45,7 @@ use uuid::Uuid;
 use crate::lifecycle::{Decision, Lifecycle, LifecycleError, Rejection};
 use crate::metrics::Metrics;
 use crate::producer::{EventProducer, Stored};
-use crate::status_cache::{message_verdict, ConversationStatus, MessageRefusal, StatusLookup};
+use crate::status_cache::{message_verdict, MessageRefusal, StatusLookup};
 
 /// The header that marks the answer to an identical redelivery.
 pub const IDEMPOTENT_REPLAY: HeaderName = HeaderName::from_static("idempotent-replay");
@@ -133,13 +133,7 @@ pub fn rejection_error(event: &Event, rejection: Rejection) -> ValidationError {
     match rejection {
         Rejection::AlreadyExists(status) => ValidationError::new(
             "data.id",
-            format!(
-                "conversation {id} already exists ({})",
-                match status {
-                    ConversationStatus::Open => "OPEN",
-                    ConversationStatus::Closed => "CLOSED",
-                }
-            ),
+            format!("conversation {id} already exists ({})", status.as_str()),
         ),
         Rejection::Unknown => {
             ValidationError::new("data.id", format!("conversation {id} does not exist"))
@@ -472,6 +466,7 @@ fn replayed(state: &AppState, event: &Event) -> Reply {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use chatpipe_core::model::ConversationStatus;
     use chrono::Utc;
 
     const ID: &str = "6a41b347-8d80-4ce9-84ba-7af66f369f6a";

@@ -10,7 +10,7 @@ use uuid::Uuid;
 
 use super::{cursor, query, AppState};
 use crate::error::{ApiError, ErrorBody};
-use crate::model::{ConversationDetail, ConversationPage, MessagePage, Status};
+use crate::model::{ConversationDetail, ConversationPage, ConversationStatus, MessagePage};
 use crate::pagination::{Cursor, CursorKind};
 use crate::store;
 
@@ -73,7 +73,7 @@ pub async fn list_conversations(
     let q = query(q)?;
     let status = match q.status.as_deref() {
         None | Some("") => None,
-        Some(s) => Some(Status::parse(s).ok_or_else(|| {
+        Some(s) => Some(ConversationStatus::parse(s).ok_or_else(|| {
             ApiError::bad(
                 "status",
                 format!("status must be OPEN or CLOSED, not {s:?}"),
