@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use chatpipe_core::config::{parse_duration, KafkaArgs, LogArgs, PostgresArgs};
 
-use crate::window::EngineConfig;
+use crate::engine::domain::EngineConfig;
 
 /// Command line of `chatpipe-processor`.
 #[derive(Debug, Clone, clap::Parser)]
@@ -87,7 +87,7 @@ pub struct ProcessorArgs {
     #[arg(long, env = "CHATPIPE_MAX_GROUP_SPAN", default_value = "60s", value_parser = parse_duration)]
     pub max_group_span: Duration,
     /// Most messages in one group; the group is answered when it has them.
-    #[arg(long, env = "CHATPIPE_MAX_GROUP_MESSAGES", default_value_t = crate::window::DEFAULT_MAX_GROUP_MESSAGES)]
+    #[arg(long, env = "CHATPIPE_MAX_GROUP_MESSAGES", default_value_t = crate::engine::domain::DEFAULT_MAX_GROUP_MESSAGES)]
     pub max_group_messages: usize,
     /// Record timestamps further ahead of this processor's clock are
     /// clamped to clock + skew (and counted), so one bad clock cannot push

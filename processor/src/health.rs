@@ -3,7 +3,7 @@
 //! A replica is not ready when it cannot do its job for some partition:
 //! it was fenced (a newer owner claimed partitions it had; it stops
 //! processing them and is never ready again), or a partition's writes
-//! failed [`crate::failure::RetryPolicy::stuck_after`] times in a row. It
+//! failed [`crate::engine::retry::RetryPolicy::stuck_after`] times in a row. It
 //! stays ready, with a warning, after it found a stored position outside
 //! the log and moved on (the skipped range is in `partition_resets`).
 

@@ -3,36 +3,65 @@
 //! late-arrival and close rules, and writes conversations, INBOUND and
 //! OUTBOUND messages and rejected events to Postgres exactly once.
 //!
+//! # Layout
+//! A pure core and a thin I/O shell. The folder says which is which:
+//!
+//! ```text
+//! src/
+//!   engine/          pure: no I/O, no clock, no tokio/Postgres/rdkafka/Prometheus
+//!     mod.rs         what the engine is, its files and their dependency order
+//!     domain.rs      windows config, records, log positions, stored-message facts
+//!     reply.rs       reply text and deterministic reply id
+//!     watermark.rs   the watermark rule
+//!     retry.rs       data vs transient failures, backoff, poison and stuck limits
+//!     logcheck.rs    is a stored position still inside the log?
+//!     effects.rs     what the engine decides; rejection reasons
+//!     visibility.rs  when INBOUND rows are written
+//!     stranded.rs    replies for messages whose records are gone
+//!     window.rs      PartitionEngine: the session windows of one partition
+//!     memstore.rs    in-memory model of the store (tests, replay checks)
+//!   pipeline.rs      the consume loop: Kafka in, engine, Postgres out
+//!   store.rs         Postgres: pre-loads and one transaction per poll batch
+//!   ownership.rs     static partition assignment, owner-epoch fencing
+//!   events.rs        every observable fact of the shell: one log line + its metric
+//!   metrics.rs       the Prometheus registry and metric definitions
+//!   health.rs        what /readyz reports
+//!   config.rs        flags and environment
+//!   main.rs          the binary: wiring, ops server, shutdown
+//!   bin/             processor-bench
+//! ```
+//!
+//! Dependencies point one way: the shell uses the engine, never the other
+//! way round (see [`engine`] for the order inside it); in the shell,
+//! `pipeline` uses `store`, `ownership`, `events`, `metrics` and `health`;
+//! `store` uses `ownership`; `events` uses `metrics`.
+//!
 //! # Where to look
-//! - [`window`]: the grouping rule and the whole pure engine of a partition.
-//! - [`watermark`]: the watermark rule.
-//! - [`effects`]: what the engine decides, and the rejection reasons.
-//! - [`reply`]: reply text and deterministic reply id.
-//! - [`visibility`]: when INBOUND rows are written (at once live, with
-//!   their reply while behind).
-//! - [`memstore`]: an in-memory model of the store (tests, replay checks).
+//! - [`engine::window`]: the grouping rule and the whole pure engine of a
+//!   partition; [`engine::domain`] for the data it works on.
+//! - [`engine::watermark`]: the watermark rule.
+//! - [`engine::effects`]: what the engine decides, and the rejection reasons.
+//! - [`engine::reply`]: reply text and deterministic reply id.
+//! - [`engine::visibility`]: when INBOUND rows are written (at once live,
+//!   with their reply while behind).
+//! - [`engine::memstore`]: an in-memory model of the store (tests, replay
+//!   checks).
+//! - [`engine::retry`]: what a failed write means and when to try again.
+//! - [`engine::logcheck`]: whether a stored position is still inside the log.
+//! - [`engine::stranded`]: replies for messages whose records are gone.
 //! - [`store`]: the Postgres writes (one transaction per poll batch).
 //! - [`ownership`]: static partition assignment and owner-epoch fencing.
 //! - [`pipeline`]: the consume loop (I/O shell around the engine).
+//! - [`events`]: what the processor logs and counts, one type per fact.
 //! - [`metrics`]: Prometheus metrics.
-//! - [`failure`]: what a failed write means and when to try again.
-//! - [`logcheck`]: whether a stored position is still inside the log.
-//! - [`stranded`]: replies for messages whose records are gone.
 //! - [`health`]: what `/readyz` reports.
 //! - [`config`]: flags and environment.
 
 pub mod config;
-pub mod effects;
-pub mod failure;
+pub mod engine;
+pub mod events;
 pub mod health;
-pub mod logcheck;
-pub mod memstore;
 pub mod metrics;
 pub mod ownership;
 pub mod pipeline;
-pub mod reply;
 pub mod store;
-pub mod stranded;
-pub mod visibility;
-pub mod watermark;
-pub mod window;

@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::Context;
 use chatpipe_core::ops::{router_with_warnings, ReadinessCheck, WarningsFn};
 use chatpipe_processor::config::Cli;
-use chatpipe_processor::failure::RetryPolicy;
+use chatpipe_processor::engine::retry::RetryPolicy;
 use chatpipe_processor::metrics::Metrics;
 use chatpipe_processor::pipeline::{Processor, Settings};
 use clap::Parser;

@@ -1,8 +1,17 @@
-//! Prometheus metrics of the processor.
+//! Prometheus metrics of the processor (names `chatpipe_processor_*`).
+//! The shell updates counters through the events of `events.rs`, so every
+//! log line has its metric; gauges (lag, open groups, …) describe state and
+//! are set by the consume loop directly.
 
 use prometheus::{
     Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
 };
+
+/// Label values of [`Metrics::startup_waits`].
+pub const STARTUP_WAIT_REASONS: [&str; 2] = ["topic_missing", "broker_unreachable"];
+
+/// Label values of [`Metrics::consumer_errors`].
+pub const CONSUMER_ERROR_KINDS: [&str; 2] = ["position_outside_log", "other"];
 
 /// Every metric the processor exports.
 #[derive(Clone)]
@@ -66,6 +75,35 @@ pub struct Metrics {
     /// Failed reads of the ingest in-flight reports (the watermark keeps
     /// the last floor read).
     pub inflight_floor_failures: IntCounter,
+    /// Waits at start for the topic or the broker, by reason
+    /// (`topic_missing`, `broker_unreachable`).
+    pub startup_waits: IntCounterVec,
+    /// Starts at which this replica owned no partitions.
+    pub starts_without_partitions: IntCounter,
+    /// Partitions claimed (each claim bumps the owner epoch).
+    pub partition_claims: IntCounter,
+    /// Failed assignments of the owned partitions to the consumer.
+    pub assign_failures: IntCounter,
+    /// Records read that are not events (a replay reads them again; the
+    /// rejections they become are in `rejections_total{reason="undecodable"}`).
+    pub undecodable_records: IntCounter,
+    /// Errors the consumer returned instead of a record, by kind
+    /// (`position_outside_log`, `other`).
+    pub consumer_errors: IntCounterVec,
+    /// Errors librdkafka reported to the client (partition EOF excluded).
+    pub librdkafka_errors: IntCounter,
+    /// Failed rebuilds of partitions from their committed state (retried).
+    pub rebuild_failures: IntCounter,
+    /// Partitions dropped because a newer owner claimed them.
+    pub fenced_partitions: IntCounter,
+    /// Failed resets of a partition whose position is outside the log
+    /// (tried again at the next reading).
+    pub partition_reset_failures: IntCounter,
+    /// Failed readings of a partition's log bounds at start.
+    pub log_bounds_read_failures: IntCounter,
+    /// Batches Postgres refused (data failure): the partition then writes
+    /// record by record to find the record.
+    pub refused_batches: IntCounter,
 }
 
 impl Metrics {
@@ -208,7 +246,79 @@ impl Metrics {
             "failed reads of the ingest in-flight reports",
         ))?;
         registry.register(Box::new(inflight_floor_failures.clone()))?;
-        for r in crate::effects::Reason::ALL {
+        let startup_waits = IntCounterVec::new(
+            p(
+                "startup_waits_total",
+                "waits at start for the topic or the broker, by reason",
+            ),
+            &["reason"],
+        )?;
+        let starts_without_partitions = IntCounter::with_opts(p(
+            "starts_without_partitions_total",
+            "starts at which this replica owned no partitions",
+        ))?;
+        let partition_claims = IntCounter::with_opts(p(
+            "partition_claims_total",
+            "partitions claimed (each claim bumps the owner epoch)",
+        ))?;
+        let assign_failures = IntCounter::with_opts(p(
+            "assign_failures_total",
+            "failed assignments of the owned partitions to the consumer",
+        ))?;
+        let undecodable_records = IntCounter::with_opts(p(
+            "undecodable_records_total",
+            "records read that are not events (a replay reads them again)",
+        ))?;
+        let consumer_errors = IntCounterVec::new(
+            p(
+                "consumer_errors_total",
+                "errors the consumer returned instead of a record, by kind",
+            ),
+            &["kind"],
+        )?;
+        let librdkafka_errors = IntCounter::with_opts(p(
+            "librdkafka_errors_total",
+            "errors librdkafka reported (partition EOF excluded)",
+        ))?;
+        let rebuild_failures = IntCounter::with_opts(p(
+            "rebuild_failures_total",
+            "failed rebuilds of partitions from their committed state",
+        ))?;
+        let fenced_partitions = IntCounter::with_opts(p(
+            "fenced_partitions_total",
+            "partitions dropped because a newer owner claimed them",
+        ))?;
+        let partition_reset_failures = IntCounter::with_opts(p(
+            "partition_reset_failures_total",
+            "failed resets of a partition whose position is outside the log",
+        ))?;
+        let log_bounds_read_failures = IntCounter::with_opts(p(
+            "log_bounds_read_failures_total",
+            "failed readings of a partition's log bounds at start",
+        ))?;
+        let refused_batches = IntCounter::with_opts(p(
+            "refused_batches_total",
+            "batches Postgres refused (data failure); the partition then writes record by record",
+        ))?;
+        registry.register(Box::new(startup_waits.clone()))?;
+        registry.register(Box::new(starts_without_partitions.clone()))?;
+        registry.register(Box::new(partition_claims.clone()))?;
+        registry.register(Box::new(assign_failures.clone()))?;
+        registry.register(Box::new(undecodable_records.clone()))?;
+        registry.register(Box::new(consumer_errors.clone()))?;
+        registry.register(Box::new(librdkafka_errors.clone()))?;
+        registry.register(Box::new(rebuild_failures.clone()))?;
+        registry.register(Box::new(fenced_partitions.clone()))?;
+        registry.register(Box::new(partition_reset_failures.clone()))?;
+        registry.register(Box::new(log_bounds_read_failures.clone()))?;
+        registry.register(Box::new(refused_batches.clone()))?;
+        for r in STARTUP_WAIT_REASONS {
+            startup_waits.with_label_values(&[r]);
+        }
+        for k in CONSUMER_ERROR_KINDS {
+            consumer_errors.with_label_values(&[k]);
+        }
+        for r in crate::engine::effects::Reason::ALL {
             rejections.with_label_values(&[r.as_str()]);
         }
         for k in ["data", "transient"] {
@@ -246,6 +356,18 @@ impl Metrics {
             watermark_held,
             stalled_partitions,
             inflight_floor_failures,
+            startup_waits,
+            starts_without_partitions,
+            partition_claims,
+            assign_failures,
+            undecodable_records,
+            consumer_errors,
+            librdkafka_errors,
+            rebuild_failures,
+            fenced_partitions,
+            partition_reset_failures,
+            log_bounds_read_failures,
+            refused_batches,
         })
     }
 }

@@ -3,8 +3,9 @@
 //!
 //! Claiming a partition bumps its epoch; every write transaction updates the
 //! partition's row `WHERE owner_epoch = $mine` and must affect it, so a stale
-//! owner's batch is refused (see [`crate::store::write_batch`]). A fenced
-//! owner drops the partition and does not reclaim it.
+//! owner's batch is refused (`store::write_batch` calls
+//! [`fence_and_advance`] in its transaction). A fenced owner drops the
+//! partition and does not reclaim it.
 
 use tokio_postgres::GenericClient;
 

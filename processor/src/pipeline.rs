@@ -2,8 +2,8 @@
 //!
 //! 1. Claim the statically owned partitions (bumping their owner epochs),
 //!    check each stored position against the log's bounds (a position
-//!    outside the log is reset loudly, see [`crate::logcheck`]), `assign()`
-//!    them at their committed resume offsets (no consumer-group
+//!    outside the log is reset loudly, see [`crate::engine::logcheck`]),
+//!    `assign()` them at their committed resume offsets (no consumer-group
 //!    rebalancing) and rebuild open windows by replaying from there.
 //! 2. Each iteration polls a batch (up to `poll_batch_size` records), pre-loads
 //!    the persisted facts the batch needs (conversation log states, stored
@@ -18,9 +18,11 @@
 //!    succeeds again it is written in a transaction of its own, so it
 //!    cannot hold up the others. When Postgres refuses its data, it goes
 //!    record by record and a record refused `poison_attempts` times is set
-//!    aside as a `storage_refused` rejection ([`crate::failure`]).
+//!    aside as a `storage_refused` rejection ([`crate::engine::retry`]).
 //! 4. Shutdown is checked only between batches: the current batch is
 //!    finished and committed first.
+//!
+//! Everything it logs and counts goes through [`crate::events`].
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::future::Future;
@@ -39,27 +41,44 @@ use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Offset, TopicPartitionList};
 use uuid::Uuid;
 
-use crate::effects::{Effect, Reason, Rejection, Undecodable};
-use crate::failure::{classify_sqlstate, FailureKind, RetryPolicy};
+use crate::engine::domain::{EngineConfig, Record};
+use crate::engine::effects::{Effect, Reason, Rejection, Undecodable};
+use crate::engine::logcheck::{check_position, BeyondEndConfirmation, PositionCheck};
+use crate::engine::retry::{classify_sqlstate, FailureKind, RetryPolicy};
+use crate::engine::visibility::PendingInbound;
+use crate::engine::watermark::clock_target;
+use crate::engine::window::{EngineStats, PartitionEngine};
+use crate::events::{
+    BatchFenced, BatchRefused, BatchWriteFailed, BatchWritten, BrokerUnreachable, ConsumerError,
+    EngineCounted, InflightReadFailed, InternalEvent, LibrdkafkaError, LogBoundsReadFailed,
+    PartitionClaimed, PartitionFenced, PartitionRebuildFailed, PartitionRecovered, PartitionReset,
+    PartitionResetFailed, PartitionResetPostponed, PartitionStalled, PositionOutsideLog,
+    ReassignFailed, RecordClamped, RecordRejected, RecordSetAside, RecordUndecodable,
+    RefusedRecordsPassed, ReplicaOwnsNoPartitions, ReplyIdsSalted, ReplyWritten, ShutdownComplete,
+    TopicMissing, WatermarkHeld,
+};
 use crate::health::Health;
-use crate::logcheck::{check_position, BeyondEndConfirmation, PositionCheck};
 use crate::metrics::Metrics;
 use crate::ownership::{claim, owned_partitions, positions_if_owner, Claim, PositionUpdate};
 use crate::store::{self, PartitionBatch, StoreError};
-use crate::visibility::PendingInbound;
-use crate::watermark::clock_target;
-use crate::window::{EngineConfig, EngineStats, PartitionEngine, Record};
 
 /// Client context that does not report partition EOF (the normal "caught
-/// up" signal) as an error.
-pub struct QuietContext;
+/// up" signal) as an error, and reports the other errors as
+/// [`LibrdkafkaError`] events.
+pub struct QuietContext {
+    metrics: Metrics,
+}
 
 impl rdkafka::client::ClientContext for QuietContext {
     fn error(&self, error: KafkaError, reason: &str) {
         let eof = matches!(error, KafkaError::PartitionEOF(_))
             || error.rdkafka_error_code() == Some(RDKafkaErrorCode::PartitionEOF);
         if !eof {
-            tracing::error!(error = %error, reason, "librdkafka error");
+            LibrdkafkaError {
+                error: &error,
+                reason,
+            }
+            .emit(&self.metrics);
         }
     }
 }
@@ -274,7 +293,9 @@ impl Processor {
         // A position outside the log is an error to handle (loudly), never
         // a silent jump to another offset.
         .set("auto.offset.reset", "error")
-        .create_with_context(QuietContext)
+        .create_with_context(QuietContext {
+            metrics: metrics.clone(),
+        })
         .context("creating the Kafka consumer")?;
         Ok(Self {
             settings,
@@ -315,32 +336,32 @@ impl Processor {
             .await
             {
                 Ok(Some(n)) => break n,
-                Ok(None) => tracing::warn!(topic = %s.topic, "topic does not exist yet; waiting"),
-                Err(e) => tracing::warn!(error = %e, "broker not reachable; waiting"),
+                Ok(None) => TopicMissing { topic: &s.topic }.emit(&self.metrics),
+                Err(e) => BrokerUnreachable { error: &e }.emit(&self.metrics),
             }
             tokio::time::sleep(Duration::from_secs(1)).await;
         };
         let mine = owned_partitions(partitions, s.replicas, s.ordinal);
         if mine.is_empty() {
-            tracing::warn!(
-                ordinal = s.ordinal,
-                replicas = s.replicas,
+            ReplicaOwnsNoPartitions {
+                ordinal: s.ordinal,
+                replicas: s.replicas,
                 partitions,
-                "this replica owns no partitions (its ordinal is not below the replica count, or the topic has fewer partitions)"
-            );
+            }
+            .emit(&self.metrics);
         }
         let client = self.pool.get().await.context("connecting to Postgres")?;
         for p in mine {
             let c = claim(&**client, &s.topic, p, &s.owner)
                 .await
                 .context("claiming a partition")?;
-            tracing::info!(
-                partition = p,
-                epoch = c.epoch,
-                resume = c.resume_offset,
-                processed = c.processed_offset,
-                "claimed partition"
-            );
+            PartitionClaimed {
+                partition: p,
+                epoch: c.epoch,
+                resume: c.resume_offset,
+                processed: c.processed_offset,
+            }
+            .emit(&self.metrics);
             self.parts.insert(p, Owned::from_claim(s.engine, &c));
         }
         drop(client);
@@ -416,7 +437,7 @@ impl Processor {
         loop {
             if std::mem::take(&mut self.reassign) {
                 if let Err(e) = self.assign() {
-                    tracing::error!(error = %e, "re-assigning partitions failed");
+                    ReassignFailed { error: &e }.emit(&self.metrics);
                 }
             }
             // Collect one poll batch.
@@ -444,7 +465,7 @@ impl Processor {
             }
         }
         floor_task.abort();
-        tracing::info!("shutting down: last batch committed");
+        ShutdownComplete.emit(&self.metrics);
         ready.store(false, Ordering::SeqCst);
         Ok(())
     }
@@ -456,7 +477,7 @@ impl Processor {
         let pool = self.pool.clone();
         let floor = self.inflight_floor.clone();
         let lease = self.settings.inflight_lease;
-        let errors = self.metrics.inflight_floor_failures.clone();
+        let metrics = self.metrics.clone();
         tokio::spawn(async move {
             let mut failing = false;
             loop {
@@ -473,10 +494,11 @@ impl Processor {
                         failing = false;
                     }
                     Err(e) => {
-                        if !failing {
-                            tracing::warn!(error = %e, "reading ingest in-flight reports failed");
+                        InflightReadFailed {
+                            error: &e,
+                            already_failing: failing,
                         }
-                        errors.inc();
+                        .emit(&metrics);
                         failing = true;
                     }
                 }
@@ -493,11 +515,7 @@ impl Processor {
         let floor = self.inflight_floor.load(Ordering::Relaxed);
         let held = floor < t;
         if held && !self.held_by_floor {
-            self.metrics.watermark_held.inc();
-            tracing::info!(
-                held_ms = t - floor,
-                "watermark held back by a record still in flight at ingest"
-            );
+            WatermarkHeld { held_ms: t - floor }.emit(&self.metrics);
         }
         self.held_by_floor = held;
         t.min(floor)
@@ -526,13 +544,12 @@ impl Processor {
                 let mut arrival_ms = m.timestamp().to_millis().unwrap_or(now);
                 let limit = now.saturating_add(self.settings.max_clock_skew_ms);
                 if arrival_ms > limit {
-                    self.metrics.clamped_records.inc();
-                    tracing::warn!(
-                        partition = p,
+                    RecordClamped {
+                        partition: p,
                         offset,
-                        ahead_ms = arrival_ms.saturating_sub(now),
-                        "record timestamp ahead of this clock by more than the allowed skew; clamped"
-                    );
+                        ahead_ms: arrival_ms.saturating_sub(now),
+                    }
+                    .emit(&self.metrics);
                     arrival_ms = limit;
                 }
                 let decoded = match m.payload() {
@@ -546,12 +563,12 @@ impl Processor {
                         event,
                     }),
                     Err(error) => {
-                        tracing::warn!(
-                            partition = p,
+                        RecordUndecodable {
+                            partition: p,
                             offset,
-                            %error,
-                            "a record that is not an event; recording it as rejected (undecodable)"
-                        );
+                            error: &error,
+                        }
+                        .emit(&self.metrics);
                         batch.records.entry(p).or_default();
                         batch
                             .undecodable
@@ -572,10 +589,10 @@ impl Processor {
                     code,
                     Some(RDKafkaErrorCode::AutoOffsetReset | RDKafkaErrorCode::OffsetOutOfRange)
                 ) {
-                    tracing::error!(error = %e, "a partition's position is outside the log; checking the log bounds");
+                    PositionOutsideLog { error: &e }.emit(&self.metrics);
                     self.check_logs_now = true;
                 } else {
-                    tracing::warn!(error = %e, "consumer error");
+                    ConsumerError { error: &e }.emit(&self.metrics);
                 }
             }
         }
@@ -794,7 +811,8 @@ impl Processor {
             .flat_map(|o| o.held.ids().copied())
             .collect();
         match store::resolve_reply_ids(&**client, &mut batches, &held).await {
-            Ok(moved) => self.metrics.reply_id_collisions.inc_by(moved),
+            Ok(0) => {}
+            Ok(moved) => ReplyIdsSalted { count: moved }.emit(&self.metrics),
             Err(e) => {
                 let parts: Vec<i32> = batches.iter().map(|b| b.position.partition).collect();
                 let msg = format!("checking reply ids: {e}");
@@ -859,14 +877,13 @@ impl Processor {
                 Ok(()) => {
                     any_ok = true;
                     for b in g {
-                        self.observe_effects(written, &b.effects);
+                        self.observe_effects(b.position.partition, written, &b.effects);
                         self.succeeded(b.position.partition);
                     }
                 }
                 Err(StoreError::Fenced(fenced)) => {
                     all_ok = false;
-                    self.metrics.fenced.inc();
-                    tracing::error!(?fenced, "a newer owner claimed partitions; dropping them");
+                    BatchFenced { fenced: &fenced }.emit(&self.metrics);
                     self.health.fenced(&fenced);
                     for p in &fenced {
                         self.drop_partition(*p);
@@ -896,11 +913,11 @@ impl Processor {
             }
         }
         if any_ok {
-            self.metrics
-                .batch_seconds
-                .observe(started.elapsed().as_secs_f64());
-            self.metrics.batches.inc();
-            self.metrics.records.inc_by(records);
+            BatchWritten {
+                records,
+                seconds: started.elapsed().as_secs_f64(),
+            }
+            .emit(&self.metrics);
             self.update_gauges();
         }
         all_ok
@@ -914,24 +931,20 @@ impl Processor {
         };
         let r = &mut o.recovery;
         if r.failures > 0 {
-            tracing::info!(
-                partition = p,
-                failures = r.failures,
-                "partition writes again"
-            );
+            PartitionRecovered {
+                partition: p,
+                failures: r.failures,
+            }
+            .emit(&self.metrics);
             r.failures = 0;
             self.health.set_stuck(p, None);
-            self.metrics
-                .consecutive_failures
-                .with_label_values(&[&p.to_string()])
-                .set(0);
         }
         if r.careful_until.is_some_and(|u| o.engine.next_offset() > u) {
-            tracing::info!(
-                partition = p,
-                set_aside = r.poison.len(),
-                "partition is past the refused records; batches again"
-            );
+            RefusedRecordsPassed {
+                partition: p,
+                set_aside: r.poison.len(),
+            }
+            .emit(&self.metrics);
             r.careful_until = None;
             r.refusals.clear();
             r.poison.clear();
@@ -948,65 +961,62 @@ impl Processor {
         kind: FailureKind,
         single: Option<i64>,
     ) {
-        self.metrics.write_errors.inc();
-        self.metrics
-            .write_failures
-            .with_label_values(&[kind.as_str()])
-            .inc();
         let policy = self.settings.retry;
         let now = Instant::now();
+        // (partition, failures in a row) of the owned ones.
+        let mut failed = Vec::with_capacity(partitions.len());
         for p in partitions {
             let Some(o) = self.parts.get_mut(p) else {
                 continue;
             };
-            let read_up_to = o.engine.next_offset() - 1;
             let r = &mut o.recovery;
             r.failures = r.failures.saturating_add(1);
             r.last_error = error.to_owned();
             r.retry_at = Some(now + policy.backoff(r.failures, kind));
-            tracing::warn!(
-                partition = p,
-                failures = r.failures,
-                kind = kind.as_str(),
-                error,
-                "batch write failed; rebuilding the partition from its committed state"
-            );
+            failed.push((*p, r.failures));
+        }
+        BatchWriteFailed {
+            kind,
+            error,
+            partitions: &failed,
+        }
+        .emit(&self.metrics);
+        for &(p, failures) in &failed {
+            let Some(o) = self.parts.get_mut(&p) else {
+                continue;
+            };
+            let read_up_to = o.engine.next_offset() - 1;
+            let r = &mut o.recovery;
             if kind == FailureKind::Data {
                 match (r.careful_until, single) {
                     (None, _) => {
                         r.careful_until = Some(read_up_to);
-                        tracing::error!(
-                            partition = p,
-                            up_to = read_up_to,
+                        BatchRefused {
+                            partition: p,
+                            up_to: read_up_to,
                             error,
-                            "Postgres refused a batch; writing this partition record by record to find the record"
-                        );
+                        }
+                        .emit(&self.metrics);
                     }
                     (Some(_), Some(offset)) => {
                         let n = r.refusals.entry(offset).or_default();
                         *n += 1;
                         if policy.is_poison(*n) {
                             r.poison.insert(offset, error.to_owned());
-                            self.metrics.poison_records.inc();
-                            tracing::error!(
-                                partition = p,
+                            RecordSetAside {
+                                partition: p,
                                 offset,
-                                refusals = *n,
+                                refusals: *n,
                                 error,
-                                "record set aside: recorded as a storage_refused rejection, the partition goes on"
-                            );
+                            }
+                            .emit(&self.metrics);
                         }
                     }
                     (Some(_), None) => {}
                 }
             }
-            self.metrics
-                .consecutive_failures
-                .with_label_values(&[&p.to_string()])
-                .set(i64::from(r.failures));
-            if policy.is_stuck(r.failures) {
-                self.health
-                    .set_stuck(*p, Some((r.failures, error.to_owned())));
+            if policy.is_stuck(failures) {
+                self.health.set_stuck(p, Some((failures, error.to_owned())));
             }
         }
         self.recover(partitions).await;
@@ -1093,7 +1103,7 @@ impl Processor {
             match self.rebuild(partitions).await {
                 Ok(()) => break,
                 Err(e) => {
-                    tracing::warn!(error = %e, "rebuilding partitions failed; retrying");
+                    PartitionRebuildFailed { error: &e }.emit(&self.metrics);
                     tokio::time::sleep(Duration::from_millis(500)).await;
                 }
             }
@@ -1113,10 +1123,7 @@ impl Processor {
                     self.parts.insert(*p, fresh);
                 }
                 None => {
-                    tracing::error!(
-                        partition = p,
-                        "partition was claimed by a newer owner; dropping it"
-                    );
+                    PartitionFenced { partition: *p }.emit(&self.metrics);
                     self.health.fenced(&[*p]);
                     self.drop_partition(*p);
                 }
@@ -1131,6 +1138,7 @@ impl Processor {
     async fn read_bounds_now(&self) -> Vec<LogReading> {
         let consumer = self.consumer.clone();
         let topic = self.settings.topic.clone();
+        let metrics = self.metrics.clone();
         let positions: Vec<(i32, i64, i64)> = self
             .parts
             .iter()
@@ -1147,9 +1155,11 @@ impl Processor {
                         resume,
                         next,
                     }),
-                    Err(e) => {
-                        tracing::warn!(partition = p, error = %e, "reading the log bounds failed")
+                    Err(e) => LogBoundsReadFailed {
+                        partition: p,
+                        error: &e,
                     }
+                    .emit(&metrics),
                 }
             }
             out
@@ -1190,14 +1200,13 @@ impl Processor {
                 // expected; a liveness guard). Assign again.
                 let idle = o.last_record_at.elapsed();
                 if confirmations > 1 && r.end > r.next && !o.waiting() && idle > STALL_AFTER {
-                    self.metrics.stalled_partitions.inc();
-                    tracing::error!(
-                        partition = r.partition,
-                        next = r.next,
-                        log_end = r.end,
-                        idle_s = idle.as_secs(),
-                        "records to read but none delivered; assigning the partition again"
-                    );
+                    PartitionStalled {
+                        partition: r.partition,
+                        next: r.next,
+                        log_end: r.end,
+                        idle_s: idle.as_secs(),
+                    }
+                    .emit(&self.metrics);
                     self.reassign = true;
                 }
                 return;
@@ -1218,7 +1227,7 @@ impl Processor {
         let mut client = match self.pool.get().await {
             Ok(c) => c,
             Err(e) => {
-                tracing::warn!(error = %e, "cannot reset a partition now: Postgres unavailable");
+                PartitionResetPostponed { error: &e }.emit(&self.metrics);
                 return;
             }
         };
@@ -1237,36 +1246,19 @@ impl Processor {
         drop(client);
         match result {
             Ok(reset) => {
-                self.metrics
-                    .partition_resets
-                    .with_label_values(&[check.as_str()])
-                    .inc();
-                let warning = format!(
-                    "partition {}: stored position (resume {}, next {}) was {} (log {}..{}); reading from {} on; skipped offsets [{}, {}); {} stranded messages answered from their rows (see partition_resets)",
-                    r.partition,
-                    r.resume,
-                    r.next,
-                    check.as_str(),
-                    r.start,
-                    r.end,
-                    reset.claim.resume_offset,
-                    reset.skipped.0,
-                    reset.skipped.1,
-                    reset.stranded_answered,
-                );
-                tracing::error!(
-                    partition = r.partition,
-                    kind = check.as_str(),
-                    stored_resume = r.resume,
-                    stored_next = r.next,
-                    log_start = r.start,
-                    log_end = r.end,
-                    skipped_from = reset.skipped.0,
-                    skipped_to = reset.skipped.1,
-                    stranded_answered = reset.stranded_answered,
-                    "stored position outside the log; partition reset"
-                );
-                self.health.warn(warning);
+                let event = PartitionReset {
+                    partition: r.partition,
+                    kind: check,
+                    stored_resume: r.resume,
+                    stored_next: r.next,
+                    log_start: r.start,
+                    log_end: r.end,
+                    reading_from: reset.claim.resume_offset,
+                    skipped: reset.skipped,
+                    stranded_answered: reset.stranded_answered,
+                };
+                event.emit(&self.metrics);
+                self.health.warn(event.warning());
                 self.parts.insert(
                     r.partition,
                     Owned::from_claim(self.settings.engine, &reset.claim),
@@ -1276,38 +1268,42 @@ impl Processor {
             Err(StoreError::Fenced(f)) => {
                 self.health.fenced(&f);
                 for p in f {
+                    PartitionFenced { partition: p }.emit(&self.metrics);
                     self.drop_partition(p);
                 }
             }
             Err(e) => {
-                tracing::error!(partition = r.partition, error = %e, "resetting a partition failed; will try again");
+                PartitionResetFailed {
+                    partition: r.partition,
+                    error: &e,
+                }
+                .emit(&self.metrics);
             }
         }
     }
 
-    fn observe_effects(&self, written_ms: i64, effects: &[Effect]) {
+    /// Reports what a committed batch of partition `p` wrote.
+    fn observe_effects(&self, p: i32, written_ms: i64, effects: &[Effect]) {
         for e in effects {
             match e {
-                Effect::Outbound(o) => {
-                    self.metrics.replies.inc();
-                    if !o.flushed_by_close {
-                        self.metrics
-                            .reply_delta
-                            .observe((written_ms - o.timestamp_ms) as f64 / 1000.0);
-                    }
+                Effect::Outbound(o) => ReplyWritten {
+                    partition: p,
+                    delta_seconds: (!o.flushed_by_close)
+                        .then(|| (written_ms - o.timestamp_ms) as f64 / 1000.0),
                 }
-                Effect::Rejected(r) => {
-                    self.metrics
-                        .rejections
-                        .with_label_values(&[r.reason.as_str()])
-                        .inc();
+                .emit(&self.metrics),
+                Effect::Rejected(r) => RecordRejected {
+                    partition: p,
+                    offset: r.offset,
+                    reason: r.reason,
                 }
-                Effect::Undecodable(_) => {
-                    self.metrics
-                        .rejections
-                        .with_label_values(&[Reason::Undecodable.as_str()])
-                        .inc();
+                .emit(&self.metrics),
+                Effect::Undecodable(u) => RecordRejected {
+                    partition: p,
+                    offset: u.offset,
+                    reason: Reason::Undecodable,
                 }
+                .emit(&self.metrics),
                 _ => {}
             }
         }
@@ -1329,23 +1325,12 @@ impl Processor {
                 .with_label_values(&[&label])
                 .set(o.held.len() as i64);
             let s = o.engine.stats();
-            let last = o.last_stats;
-            self.metrics
-                .late_records
-                .inc_by(s.late_records.saturating_sub(last.late_records));
-            self.metrics
-                .late_new_groups
-                .inc_by(s.late_new_groups.saturating_sub(last.late_new_groups));
-            self.metrics
-                .duplicates
-                .inc_by(s.duplicates.saturating_sub(last.duplicates));
-            self.metrics
-                .capped_groups
-                .inc_by(s.capped_groups.saturating_sub(last.capped_groups));
-            self.metrics.lifecycle_duplicates.inc_by(
-                s.lifecycle_duplicates
-                    .saturating_sub(last.lifecycle_duplicates),
-            );
+            EngineCounted {
+                partition: *p,
+                before: o.last_stats,
+                now: s,
+            }
+            .emit(&self.metrics);
             o.last_stats = s;
         }
     }

@@ -17,12 +17,12 @@ use chrono::{DateTime, TimeZone, Utc};
 use tokio_postgres::GenericClient;
 use uuid::Uuid;
 
-use crate::effects::{Effect, Outbound, Reason};
-use crate::logcheck::PositionCheck;
+use crate::engine::domain::{ConversationLog, EngineConfig, LogPos, StoredMessage};
+use crate::engine::effects::{Effect, Outbound, Reason};
+use crate::engine::logcheck::PositionCheck;
+use crate::engine::reply::reply_id_salted;
+use crate::engine::stranded::{answer_stranded, StrandedRow};
 use crate::ownership::{fence_and_advance, Claim, PositionUpdate};
-use crate::reply::reply_id_salted;
-use crate::stranded::{answer_stranded, StrandedRow};
-use crate::window::{ConversationLog, EngineConfig, LogPos, StoredMessage};
 
 /// Errors of a batch write.
 #[derive(Debug, thiserror::Error)]
@@ -825,7 +825,7 @@ pub struct Reset {
 }
 
 /// Moves a partition whose stored position is outside the log (see
-/// [`crate::logcheck`]) to the log's start `start`, in one transaction
+/// [`crate::engine::logcheck`]) to the log's start `start`, in one transaction
 /// fenced by `epoch`:
 /// - beyond the end (a new log): the stored log positions of its
 ///   conversations and the source offsets of its rejections are moved

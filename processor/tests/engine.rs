@@ -2,10 +2,11 @@
 //! example, the window boundaries, close, late records and duplicates.
 
 use chatpipe_core::Event;
-use chatpipe_processor::effects::{Effect, Reason};
-use chatpipe_processor::memstore::MemStore;
-use chatpipe_processor::reply::{reply_id, reply_text};
-use chatpipe_processor::window::{EngineConfig, PartitionEngine, Record};
+use chatpipe_processor::engine::domain::{EngineConfig, Record};
+use chatpipe_processor::engine::effects::{Effect, Reason};
+use chatpipe_processor::engine::memstore::MemStore;
+use chatpipe_processor::engine::reply::{reply_id, reply_text};
+use chatpipe_processor::engine::window::PartitionEngine;
 use chrono::{TimeZone, Utc};
 use uuid::Uuid;
 

@@ -9,10 +9,11 @@
 use std::collections::{BTreeMap, HashMap};
 
 use chatpipe_core::Event;
-use chatpipe_processor::effects::{Effect, Reason};
-use chatpipe_processor::memstore::MemStore;
-use chatpipe_processor::visibility::PendingInbound;
-use chatpipe_processor::window::{EngineConfig, PartitionEngine, Record};
+use chatpipe_processor::engine::domain::{EngineConfig, Record};
+use chatpipe_processor::engine::effects::{Effect, Reason};
+use chatpipe_processor::engine::memstore::MemStore;
+use chatpipe_processor::engine::visibility::PendingInbound;
+use chatpipe_processor::engine::window::PartitionEngine;
 use chrono::{TimeZone, Utc};
 use proptest::prelude::*;
 use uuid::Uuid;

@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use chatpipe_processor::effects::{Effect, Inbound};
+use chatpipe_processor::engine::effects::{Effect, Inbound};
 use chatpipe_processor::ownership::{claim, fence_and_advance, PositionUpdate};
 use chatpipe_processor::store::{write_batch, PartitionBatch, StoreError};
 use chatpipe_tests::{create_topic, eventually, kafka_bootstrap, TestDb};

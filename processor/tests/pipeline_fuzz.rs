@@ -32,7 +32,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use chatpipe_core::Event;
-use chatpipe_processor::reply::reply_id;
+use chatpipe_processor::engine::reply::reply_id;
 use chatpipe_tests::{create_topic, eventually, kafka_bootstrap, TestDb};
 use chrono::{TimeZone, Utc};
 use common::{processor, Producer};

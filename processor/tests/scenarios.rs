@@ -169,7 +169,7 @@ async fn real_windows_5s_6s() {
     assert_eq!(r[0].0, expected_reply(&[m1, m2, m3]));
     assert_eq!(r[0].1, last + 5_000, "timestamp = last arrival + G");
     assert!(r[0].2 >= last + 5_000, "written after last arrival + G");
-    let reply = chatpipe_processor::reply::reply_id(&[m1, m2, m3]);
+    let reply = chatpipe_processor::engine::reply::reply_id(&[m1, m2, m3]);
     assert_eq!(
         inbound_of(&db, c).await,
         vec![(m1, Some(reply)), (m2, Some(reply)), (m3, Some(reply))],

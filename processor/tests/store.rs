@@ -5,11 +5,12 @@
 //! batches changes nothing.
 
 use chatpipe_core::Event;
-use chatpipe_processor::effects::Effect;
+use chatpipe_processor::engine::domain::{EngineConfig, Record};
+use chatpipe_processor::engine::effects::Effect;
+use chatpipe_processor::engine::reply::reply_id;
+use chatpipe_processor::engine::window::PartitionEngine;
 use chatpipe_processor::ownership::{claim, PositionUpdate};
-use chatpipe_processor::reply::reply_id;
 use chatpipe_processor::store::{write_batch, PartitionBatch};
-use chatpipe_processor::window::{EngineConfig, PartitionEngine, Record};
 use chatpipe_tests::TestDb;
 use chrono::Utc;
 use uuid::Uuid;

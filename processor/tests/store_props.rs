@@ -40,16 +40,17 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use chatpipe_core::Event;
-use chatpipe_processor::effects::Effect;
-use chatpipe_processor::memstore::MemStore;
+use chatpipe_processor::engine::domain::{ConversationLog, EngineConfig, Record};
+use chatpipe_processor::engine::effects::Effect;
+use chatpipe_processor::engine::memstore::MemStore;
+use chatpipe_processor::engine::reply::{reply_id, reply_id_salted};
+use chatpipe_processor::engine::visibility::PendingInbound;
+use chatpipe_processor::engine::window::PartitionEngine;
 use chatpipe_processor::ownership::{claim, PositionUpdate};
-use chatpipe_processor::reply::{reply_id, reply_id_salted};
 use chatpipe_processor::store::{
     load_conversations, load_decided_offsets, load_messages, message_ids, resolve_reply_ids,
     write_batch, PartitionBatch,
 };
-use chatpipe_processor::visibility::PendingInbound;
-use chatpipe_processor::window::{ConversationLog, EngineConfig, PartitionEngine, Record};
 use chatpipe_tests::TestDb;
 use chrono::{TimeZone, Utc};
 use proptest::prelude::*;

@@ -5,6 +5,8 @@ use chatpipe_core::Event;
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
+use crate::engine::domain::LogPos;
+
 /// Why an event from the log was not applied. The string form
 /// ([`Reason::as_str`]) is stored in `rejected_events.reason`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -221,7 +223,7 @@ pub enum Effect {
         /// Where its NEW_CONVERSATION is in the log (known to the engine:
         /// only a created conversation can be closed), so the store can
         /// write the close as an upsert keyed by the unique index.
-        created: crate::window::LogPos,
+        created: LogPos,
         /// Provider event time.
         closed_at: DateTime<Utc>,
         /// Offset of the CLOSE record.

@@ -13,9 +13,9 @@ use std::collections::BTreeMap;
 
 use uuid::Uuid;
 
-use crate::effects::Outbound;
-use crate::reply::{reply_id, reply_text};
-use crate::window::EngineConfig;
+use crate::engine::domain::EngineConfig;
+use crate::engine::effects::Outbound;
+use crate::engine::reply::{reply_id, reply_text};
 
 /// A stored INBOUND row without reply.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -27,7 +27,7 @@ use std::collections::{HashMap, VecDeque};
 
 use uuid::Uuid;
 
-use crate::effects::{Effect, Inbound};
+use crate::engine::effects::{Effect, Inbound};
 
 /// INBOUND rows held back while a partition is behind.
 #[derive(Debug, Default, Clone)]
@@ -133,15 +133,15 @@ impl PendingInbound {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::effects::Outbound;
-    use chrono::Utc;
+    use crate::engine::effects::Outbound;
+    use chrono::DateTime;
 
     fn inbound(n: u128) -> Inbound {
         Inbound {
             id: Uuid::from_u128(n),
             conversation_id: Uuid::from_u128(1000),
             content: format!("m{n}"),
-            timestamp: Utc::now(),
+            timestamp: DateTime::UNIX_EPOCH,
             arrival_ms: n as i64,
             offset: n as i64,
         }
@@ -150,9 +150,9 @@ mod tests {
     fn reply(ids: &[u128]) -> Effect {
         let ids: Vec<Uuid> = ids.iter().map(|n| Uuid::from_u128(*n)).collect();
         Effect::Outbound(Outbound {
-            id: crate::reply::reply_id(&ids),
+            id: crate::engine::reply::reply_id(&ids),
             conversation_id: Uuid::from_u128(1000),
-            content: crate::reply::reply_text(&ids),
+            content: crate::engine::reply::reply_text(&ids),
             timestamp_ms: 0,
             last_arrival_ms: 0,
             inbound_ids: ids,

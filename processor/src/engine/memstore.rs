@@ -7,8 +7,9 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use uuid::Uuid;
 
-use crate::effects::{Effect, Reason};
-use crate::window::{ConversationLog, LogPos, PartitionEngine, Record, StoredMessage};
+use crate::engine::domain::{ConversationLog, LogPos, Record, StoredMessage};
+use crate::engine::effects::{Effect, Reason};
+use crate::engine::window::PartitionEngine;
 
 /// A stored message row.
 #[derive(Debug, Clone, PartialEq, Eq)]
