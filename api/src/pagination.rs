@@ -12,10 +12,9 @@ use base64::Engine;
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
-/// Page size used when `limit` is absent.
-pub const DEFAULT_LIMIT: i64 = 50;
-/// Largest accepted `limit`.
-pub const MAX_LIMIT: i64 = 500;
+/// Page size used when `limit` is absent, and the largest accepted `limit`
+/// (the defaults of `--default-limit` and `--max-limit`).
+pub use chatpipe_settings::api::{DEFAULT_LIMIT, MAX_LIMIT};
 
 /// Where a page starts: just after the row the cursor names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

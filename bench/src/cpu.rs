@@ -15,7 +15,7 @@ pub fn component_of(exe_name: &str) -> Option<&'static str> {
         "chatpipe-ingest" => "ingest",
         "chatpipe-processor" => "processor",
         "chatpipe-api" => "api",
-        "chatpipe-operator" | "chatpipe-local" => "local mode",
+        "chatpipe-local" => "local mode",
         "tansu" => "broker (tansu)",
         "postgres" => "postgres",
         _ => return None,

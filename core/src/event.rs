@@ -22,10 +22,9 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 use uuid::Uuid;
 
-/// Default largest accepted `data.content`, in bytes of UTF-8.
-pub const DEFAULT_MAX_CONTENT_BYTES: usize = 16 * 1024;
-/// Default largest accepted request body, in bytes.
-pub const DEFAULT_MAX_BODY_BYTES: usize = 64 * 1024;
+/// Default largest accepted `data.content` and request body, in bytes:
+/// ingest's flag defaults, defined with its settings.
+pub use chatpipe_settings::ingest::{DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_CONTENT_BYTES};
 
 /// The earliest accepted event time: `0001-01-01T00:00:00Z`.
 pub const MIN_TIMESTAMP: &str = "0001-01-01T00:00:00Z";

@@ -9,7 +9,7 @@
 //! - [`murmur2`]: Kafka's Java-compatible key partitioner.
 //! - [`assignment`]: which processor owns which partition.
 //! - [`config`]: clap argument groups (Postgres, Kafka, logs) shared by the
-//!   binaries, each flag with an env var.
+//!   binaries, each flag with an env var (defined in `chatpipe-settings`).
 //! - [`db`]: connection pools, database creation, migrations (`migrations/`).
 //! - [`kafka`]: producer/consumer settings and topic management.
 //! - [`model`]: stored domain values (conversation status, message

@@ -5,7 +5,8 @@
 //! acknowledgement.
 //!
 //! # Layout
-//! - [`config`]: clap settings (each with an env var and a default).
+//! - [`config`]: clap settings (each with an env var and a default; defined
+//!   in `chatpipe-settings`).
 //! - [`webhook`]: the handler (admission, body timeout, decision on a task
 //!   of its own) and the pure outcome → HTTP mapping, with the table of
 //!   status codes.

@@ -100,7 +100,7 @@ impl Ingest {
             metrics.clone(),
         );
         let state = AppState {
-            limits: args.limits(),
+            limits: crate::config::limits(args),
             producer,
             lifecycle: Lifecycle::new(lifecycle_pool, args.db_timeout),
             lookup,

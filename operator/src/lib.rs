@@ -1,28 +1,36 @@
-//! The chatpipe operator: the `ChatPipeline` custom resource, the controller
-//! that reconciles it on Kubernetes, and a local mode that runs the same
-//! manifest as processes on one machine.
+//! The chatpipe operator: the controller that carries out each
+//! `ChatPipeline`'s plan on Kubernetes. It talks only to Kubernetes (and
+//! to Kafka for the topic); the resource, its validation and the plan are
+//! `chatpipe-plan`'s, and running the same plan as processes is local
+//! mode's (`chatpipe-local`).
+//!
+//! ```text
+//! ChatPipeline ──validate──▶ ValidatedPipeline ──plan──▶ Topology ──build──▶ objects ──apply──▶ API server
+//! ```
 //!
 //! # Layout
-//! - [`crd`] — the resource types; `crds/chatpipeline.yaml` is generated from them.
-//! - [`validate`] — the "validate once" step: raw spec → [`validate::ValidatedPipeline`].
+//! - [`crd`], [`validate`] — re-exported from `chatpipe-plan`: the resource
+//!   types (`crds/chatpipeline.yaml` is generated from them) and the
+//!   "validate once" step.
 //! - [`rbac`] — the exact permissions the controller uses (the chart's ClusterRole).
-//! - [`build`] — pure builders of every Kubernetes object (one file per kind).
+//! - [`build`] — pure builders of every Kubernetes object (one file per
+//!   kind) from the plan; each component's ConfigMap is its planned
+//!   settings' `to_env()`.
 //! - [`status`] — pure status/condition computation and the Events of a transition.
 //! - [`events`] — publishing Kubernetes Events with the operator's field manager.
 //! - [`reconcile`] — one reconcile run: validate, apply, status, finalizer.
 //! - [`controller`] — the controller process (watches, ops endpoints).
 //! - [`topic`] — ensuring the Kafka topic, behind a trait tests can fake.
 //! - [`metrics`], [`error`] — reconcile metrics and the error type.
-//! - [`local`] — `chatpipe-operator local -f pipeline.yaml`.
+//! - `src/main.rs` — the binary: the controller (default) and `crdgen`.
 pub mod build;
 pub mod controller;
-pub mod crd;
 pub mod error;
 pub mod events;
-pub mod local;
 pub mod metrics;
 pub mod rbac;
 pub mod reconcile;
 pub mod status;
 pub mod topic;
-pub mod validate;
+
+pub use chatpipe_plan::{crd, validate};

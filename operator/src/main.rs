@@ -1,5 +1,5 @@
-//! `chatpipe-operator`: the Kubernetes controller (the default subcommand),
-//! the CRD generator (`crdgen`) and the local mode (`local`).
+//! `chatpipe-operator`: the Kubernetes controller (the default subcommand)
+//! and the CRD generator (`crdgen`). Local mode is `chatpipe-local`.
 
 use clap::{Parser, Subcommand};
 
@@ -27,8 +27,6 @@ enum Command {
     Controller(ControllerArgs),
     /// Print the ChatPipeline CRD as YAML (what `crds/chatpipeline.yaml` holds).
     Crdgen,
-    /// Run a ChatPipeline manifest as processes on this machine.
-    Local(chatpipe_operator::local::LocalArgs),
 }
 
 #[tokio::main]
@@ -44,7 +42,6 @@ async fn main() -> anyhow::Result<()> {
             print!("{}", chatpipe_operator::crd::crd_yaml()?);
             Ok(())
         }
-        Command::Local(args) => chatpipe_operator::local::run(args).await,
     }
 }
 

@@ -42,7 +42,7 @@ use serde_json::json;
 
 use crate::build::configmap::ReferencedSecrets;
 use crate::build::job::{schema_version, MigrationStep};
-use crate::build::labels::{self, Component};
+use crate::build::labels::{self, object_name, Component};
 use crate::build::{self, BuildInput};
 use crate::crd::{ChatPipeline, ChatPipelineStatus, MigrationStatus, TopicStatus};
 use crate::error::{Error, KubeContext, Result};
@@ -369,12 +369,14 @@ async fn apply(cp: &ChatPipeline, ctx: &Context) -> Result<Action> {
     let owner = cp
         .controller_owner_ref(&())
         .ok_or(Error::MissingMetadata("uid"))?;
+    let topology = chatpipe_plan::plan(&pipeline);
     let input = BuildInput {
         name: &name,
         namespace: &ns,
         owner,
         pipeline: &pipeline,
-        checksums: build::configmap::checksums(&pipeline, &secrets),
+        topology: &topology,
+        checksums: build::configmap::checksums(&topology, &secrets),
     };
     let desired = build::desired(&input);
     let client = &ctx.client;
@@ -384,10 +386,8 @@ async fn apply(cp: &ChatPipeline, ctx: &Context) -> Result<Action> {
     for s in &desired.services {
         apply_object(client, &ns, s).await?;
     }
-    let mut deployments = Vec::new();
-    for d in &desired.deployments {
-        deployments.push(apply_object(client, &ns, d).await?);
-    }
+    let ingest = apply_object(client, &ns, &desired.ingest).await?;
+    let api = apply_object(client, &ns, &desired.api).await?;
     let statefulset = apply_object(client, &ns, &desired.statefulset).await?;
     for p in &desired.pdbs {
         apply_object(client, &ns, p).await?;
@@ -412,7 +412,7 @@ async fn apply(cp: &ChatPipeline, ctx: &Context) -> Result<Action> {
 
     // 7. Status and events.
     let mut rolling = Vec::new();
-    for (name, d) in ["ingest", "api"].into_iter().zip(&deployments) {
+    for (name, d) in [("ingest", &ingest), ("api", &api)] {
         if !status::deployment_rolled_out(d) {
             rolling.push(name);
         }
@@ -421,8 +421,8 @@ async fn apply(cp: &ChatPipeline, ctx: &Context) -> Result<Action> {
         rolling.push("processor");
     }
     let observed = Observed {
-        ingest: deployments.first().map(status::from_deployment),
-        api: deployments.get(1).map(status::from_deployment),
+        ingest: Some(status::from_deployment(&ingest)),
+        api: Some(status::from_deployment(&api)),
         processor: Some(status::from_statefulset(&statefulset)),
         migration: Some(migration),
         topic: Some(TopicStatus {
@@ -747,17 +747,17 @@ async fn read_secrets(ctx: &Context, ns: &str, p: &ValidatedPipeline) -> Result<
 async fn observe(ctx: &Context, ns: &str, name: &str) -> Result<Observed> {
     let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), ns);
     let statefulsets: Api<StatefulSet> = Api::namespaced(ctx.client.clone(), ns);
-    let ingest_name = Component::Ingest.object_name(name);
+    let ingest_name = object_name(name, Component::Ingest);
     let ingest = deployments
         .get_opt(&ingest_name)
         .await
         .context(|| format!("reading Deployment {ingest_name}"))?;
-    let processor_name = Component::Processor.object_name(name);
+    let processor_name = object_name(name, Component::Processor);
     let processor = statefulsets
         .get_opt(&processor_name)
         .await
         .context(|| format!("reading StatefulSet {processor_name}"))?;
-    let api_name = Component::Api.object_name(name);
+    let api_name = object_name(name, Component::Api);
     let api = deployments
         .get_opt(&api_name)
         .await

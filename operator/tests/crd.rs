@@ -21,7 +21,7 @@ fn crd_file_matches_the_rust_types() {
     let generated = crd_yaml().unwrap();
     assert!(
         on_disk == generated,
-        "crds/chatpipeline.yaml is out of date with operator/src/crd.rs.\nRegenerate it from the workspace root with:\n    {REGENERATE}"
+        "crds/chatpipeline.yaml is out of date with plan/src/crd.rs.\nRegenerate it from the workspace root with:\n    {REGENERATE}"
     );
 }
 

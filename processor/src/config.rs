@@ -1,144 +1,46 @@
-//! Flags and environment of `chatpipe-processor` (clap derive, every flag
-//! with an env var and a documented default).
+//! Flags and environment of `chatpipe-processor`. The clap definitions
+//! ([`Cli`], [`ProcessorArgs`]) live in `chatpipe-settings`, next to what a
+//! deployment writes of them; this module turns them into the engine's
+//! configuration.
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
-use chatpipe_core::config::{parse_duration, KafkaArgs, LogArgs, PostgresArgs};
+pub use chatpipe_settings::processor::{Cli, ProcessorArgs};
 
 use crate::engine::domain::EngineConfig;
 
-/// Command line of `chatpipe-processor`.
-#[derive(Debug, Clone, clap::Parser)]
-#[command(
-    name = "chatpipe-processor",
-    version,
-    about = "chatpipe processor: session windows over the event log, written to Postgres exactly once"
-)]
-pub struct Cli {
-    /// Postgres settings.
-    #[command(flatten)]
-    pub postgres: PostgresArgs,
-    /// Kafka settings.
-    #[command(flatten)]
-    pub kafka: KafkaArgs,
-    /// Log settings.
-    #[command(flatten)]
-    pub log: LogArgs,
-    /// Processor settings.
-    #[command(flatten)]
-    pub processor: ProcessorArgs,
-}
-
-/// Processor-specific settings.
-#[derive(Debug, Clone, clap::Args)]
-pub struct ProcessorArgs {
-    /// Address of the ops server (/healthz, /readyz, /metrics).
-    #[arg(long, env = "CHATPIPE_LISTEN", default_value = "127.0.0.1:8082")]
-    pub listen: SocketAddr,
-    /// Grouping gap G: messages whose arrival gaps are ≤ G form one group.
-    #[arg(long, env = "CHATPIPE_GROUPING_GAP", default_value = "5s", value_parser = parse_duration)]
-    pub grouping_gap: Duration,
-    /// Late-arrival tolerance L: a message waits this long for its
-    /// NEW_CONVERSATION.
-    #[arg(long, env = "CHATPIPE_LATE_TOLERANCE", default_value = "6s", value_parser = parse_duration)]
-    pub late_tolerance: Duration,
-    /// Allowance subtracted from the wall clock when a caught-up partition's
-    /// watermark advances (records in flight, ingest clock skew).
-    #[arg(long, env = "CHATPIPE_WATERMARK_ALLOWANCE", default_value = "50ms", value_parser = parse_duration)]
-    pub watermark_allowance: Duration,
-    /// Number of processor replicas N; partition p belongs to ordinal p mod N.
-    #[arg(long, env = "CHATPIPE_PROCESSOR_REPLICAS", default_value_t = 1)]
-    pub replicas: u32,
-    /// This replica's ordinal; when unset, parsed from the trailing `-<n>`
-    /// of HOSTNAME (StatefulSet pod name), else 0.
-    #[arg(long, env = "CHATPIPE_PROCESSOR_ORDINAL")]
-    pub ordinal: Option<u32>,
-    /// Most records read per poll batch (one Postgres transaction each).
-    #[arg(long, env = "CHATPIPE_POLL_BATCH_SIZE", default_value_t = 5000)]
-    pub poll_batch_size: usize,
-    /// Kafka `fetch.wait.max.ms`: Tansu answers a waiting fetch only then.
-    #[arg(long, env = "CHATPIPE_FETCH_WAIT", default_value = "10ms", value_parser = parse_duration)]
-    pub fetch_wait: Duration,
-    /// How long an idle poll waits before the wall-clock watermark is
-    /// re-evaluated.
-    #[arg(long, env = "CHATPIPE_IDLE_TICK", default_value = "5ms", value_parser = parse_duration)]
-    pub idle_tick: Duration,
-    /// Run the schema migrations at start (default: the admin tool or the
-    /// operator migrates).
-    #[arg(long, env = "CHATPIPE_MIGRATE", default_value_t = false)]
-    pub migrate: bool,
-    /// Concurrent write transactions per poll batch: 1 writes the whole
-    /// batch in one transaction; N > 1 splits it by partition over N
-    /// connections (each transaction with its own fencing check).
-    #[arg(long, env = "CHATPIPE_WRITE_PARALLELISM", default_value_t = 1)]
-    pub write_parallelism: usize,
-    /// While a partition works through a backlog (its end not reached and
-    /// its newest record older than this), an accepted message's INBOUND
-    /// row is written with its reply (one write instead of two), but no
-    /// later than this after it was read; a live partition writes it at once.
-    #[arg(long, env = "CHATPIPE_INBOUND_MAX_DELAY", default_value = "1s", value_parser = parse_duration)]
-    pub inbound_max_delay: Duration,
-    /// Largest number of idle conversation states cached per partition.
-    #[arg(long, env = "CHATPIPE_CONVERSATION_CACHE", default_value_t = 200_000)]
-    pub conversation_cache: usize,
-    /// Longest span of one group (first to last arrival): a conversation
-    /// that keeps talking within the gap is answered at least this often.
-    #[arg(long, env = "CHATPIPE_MAX_GROUP_SPAN", default_value = "60s", value_parser = parse_duration)]
-    pub max_group_span: Duration,
-    /// Most messages in one group; the group is answered when it has them.
-    #[arg(long, env = "CHATPIPE_MAX_GROUP_MESSAGES", default_value_t = crate::engine::domain::DEFAULT_MAX_GROUP_MESSAGES)]
-    pub max_group_messages: usize,
-    /// Record timestamps further ahead of this processor's clock are
-    /// clamped to clock + skew (and counted), so one bad clock cannot push
-    /// a partition's watermark into the future.
-    #[arg(long, env = "CHATPIPE_MAX_CLOCK_SKEW", default_value = "5s", value_parser = parse_duration)]
-    pub max_clock_skew: Duration,
-    /// Postgres `lock_timeout` of the processor's sessions.
-    #[arg(long, env = "CHATPIPE_LOCK_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
-    pub lock_timeout: Duration,
-    /// Postgres `statement_timeout` of the processor's sessions.
-    #[arg(long, env = "CHATPIPE_STATEMENT_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
-    pub statement_timeout: Duration,
-    /// Times Postgres may refuse one record's effects before the record is
-    /// set aside as a `storage_refused` rejection and its partition goes on.
-    #[arg(long, env = "CHATPIPE_POISON_ATTEMPTS", default_value_t = 3)]
-    pub poison_attempts: u32,
-    /// Failed writes in a row after which a partition makes the replica
-    /// not ready.
-    #[arg(long, env = "CHATPIPE_STUCK_AFTER", default_value_t = 5)]
-    pub stuck_after: u32,
-    /// Check stored positions against the log's bounds (at claim and every
-    /// lag refresh) and move on, loudly, when they are outside it.
-    #[arg(long, env = "CHATPIPE_LOG_RESET_CHECK", default_value_t = true, action = clap::ArgAction::Set)]
-    pub log_reset_check: bool,
-    /// How long an ingest replica's in-flight report (`ingest_inflight`)
-    /// counts without a fresh heartbeat.
-    #[arg(long, env = "CHATPIPE_INFLIGHT_LEASE", default_value = "3s", value_parser = parse_duration)]
-    pub inflight_lease: Duration,
-}
-
-impl ProcessorArgs {
-    /// The engine windows.
-    pub fn engine(&self) -> EngineConfig {
-        let ms = |d: Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
-        EngineConfig {
-            gap_ms: ms(self.grouping_gap),
-            tolerance_ms: ms(self.late_tolerance),
-            max_group_span_ms: ms(self.max_group_span),
-            max_group_messages: self.max_group_messages.max(1),
-        }
+/// The engine windows `args` describe.
+pub fn engine(args: &ProcessorArgs) -> EngineConfig {
+    let ms = |d: Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
+    EngineConfig {
+        gap_ms: ms(args.grouping_gap),
+        tolerance_ms: ms(args.late_tolerance),
+        max_group_span_ms: ms(args.max_group_span),
+        max_group_messages: args.max_group_messages.max(1),
     }
+}
 
-    /// This replica's ordinal: the flag, else HOSTNAME's trailing `-<n>`,
-    /// else 0.
-    pub fn resolved_ordinal(&self) -> u32 {
-        self.ordinal
-            .or_else(|| {
-                std::env::var("HOSTNAME")
-                    .ok()
-                    .and_then(|h| crate::ownership::ordinal_from_hostname(&h))
-            })
-            .unwrap_or(0)
+/// This replica's ordinal: the flag, else HOSTNAME's trailing `-<n>`,
+/// else 0.
+pub fn resolved_ordinal(args: &ProcessorArgs) -> u32 {
+    args.ordinal
+        .or_else(|| {
+            std::env::var("HOSTNAME")
+                .ok()
+                .and_then(|h| crate::ownership::ordinal_from_hostname(&h))
+        })
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    /// The flags' defaults are the engine's defaults.
+    #[test]
+    fn default_flags_give_the_default_engine() {
+        let cli = Cli::try_parse_from(["chatpipe-processor"]).unwrap();
+        assert_eq!(engine(&cli.processor), EngineConfig::default());
     }
 }

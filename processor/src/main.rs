@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use chatpipe_core::ops::{router_with_warnings, ReadinessCheck, WarningsFn};
-use chatpipe_processor::config::Cli;
+use chatpipe_processor::config::{self, Cli};
 use chatpipe_processor::engine::retry::RetryPolicy;
 use chatpipe_processor::metrics::Metrics;
 use chatpipe_processor::pipeline::{Processor, Settings};
@@ -33,11 +33,11 @@ async fn main() -> anyhow::Result<()> {
         },
     )?;
     let metrics = Metrics::new().context("registering metrics")?;
-    let ordinal = args.resolved_ordinal();
+    let ordinal = config::resolved_ordinal(args);
     let settings = Settings {
         brokers: cli.kafka.kafka_brokers.clone(),
         topic: cli.kafka.kafka_topic.clone(),
-        engine: args.engine(),
+        engine: config::engine(args),
         allowance_ms: args.watermark_allowance.as_millis() as i64,
         replicas: args.replicas,
         ordinal,

@@ -13,17 +13,17 @@
 //! - Events: [`new_conversation`], [`new_message`], [`close_conversation`].
 //!
 //! Every child process is started from one long-lived thread with
-//! `PR_SET_PDEATHSIG`, so a test process that dies (a panic, a timeout, a
+//! `PR_SET_PDEATHSIG` ([`spawn_tied`], local mode's process handling from
+//! `chatpipe-procs`), so a test process that dies (a panic, a timeout, a
 //! kill) takes its brokers and services with it.
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
-use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context};
+use chatpipe_settings::common::LISTEN_ENV;
 use chrono::{DateTime, Utc};
 use serde_json::{json, Value};
 use tokio::sync::OnceCell;
@@ -36,55 +36,10 @@ pub const READY_TIMEOUT: Duration = Duration::from_secs(60);
 // Process spawning
 // ---------------------------------------------------------------------------
 
-type SpawnRequest = (Command, mpsc::Sender<std::io::Result<Child>>);
-
 /// Spawns `cmd` from a thread that lives as long as the process, with
-/// `PR_SET_PDEATHSIG = SIGKILL`, so the child dies with the test process.
-pub fn spawn_tied(cmd: Command) -> std::io::Result<Child> {
-    static SPAWNER: OnceLock<Mutex<mpsc::Sender<SpawnRequest>>> = OnceLock::new();
-    let sender = SPAWNER.get_or_init(|| {
-        let (tx, rx) = mpsc::channel::<SpawnRequest>();
-        std::thread::Builder::new()
-            .name("testkit-spawner".into())
-            .spawn(move || {
-                for (mut cmd, reply) in rx {
-                    let _ = reply.send(spawn_with_deathsig(&mut cmd));
-                }
-            })
-            .map(|_| ())
-            .unwrap_or(());
-        Mutex::new(tx)
-    });
-    let (tx, rx) = mpsc::channel();
-    sender
-        .lock()
-        .map_err(|_| std::io::Error::other("spawner lock poisoned"))?
-        .send((cmd, tx))
-        .map_err(|_| std::io::Error::other("spawner thread is gone"))?;
-    rx.recv()
-        .map_err(|_| std::io::Error::other("spawner thread is gone"))?
-}
-
-fn spawn_with_deathsig(cmd: &mut Command) -> std::io::Result<Child> {
-    use std::os::unix::process::CommandExt;
-    // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
-    unsafe {
-        cmd.pre_exec(|| {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    cmd.spawn()
-}
-
-fn signal(child: &Child, sig: libc::c_int) {
-    // SAFETY: plain kill(2) on a pid we own.
-    unsafe {
-        libc::kill(child.id() as libc::pid_t, sig);
-    }
-}
+/// `PR_SET_PDEATHSIG = SIGKILL`, so the child dies with the test process
+/// (local mode's spawner, [`chatpipe_procs::spawn_tied`]).
+pub use chatpipe_procs::spawn_tied;
 
 /// A free TCP port on 127.0.0.1 (bound and released; good enough for tests).
 pub fn free_port() -> u16 {
@@ -126,25 +81,15 @@ pub fn binary(name: &str) -> PathBuf {
 }
 
 /// Path of the Tansu broker: `$CHATPIPE_TANSU`, else `tansu` on PATH, else
-/// `~/.cargo/bin/tansu`.
+/// `~/.cargo/bin/tansu` (local mode's finder, [`chatpipe_procs::find_tansu`]).
 pub fn tansu_path() -> anyhow::Result<PathBuf> {
-    if let Ok(p) = std::env::var("CHATPIPE_TANSU") {
-        return Ok(PathBuf::from(p));
+    let explicit = std::env::var_os(chatpipe_procs::tansu::TANSU_ENV).map(PathBuf::from);
+    match chatpipe_procs::find_tansu(explicit.as_deref()) {
+        Some(p) => Ok(p),
+        None => bail!(
+            "tansu not found: run scripts/setup.sh (it installs tansu 0.6.0) or set CHATPIPE_TANSU"
+        ),
     }
-    if let Some(paths) = std::env::var_os("PATH") {
-        for dir in std::env::split_paths(&paths) {
-            let p = dir.join("tansu");
-            if p.is_file() {
-                return Ok(p);
-            }
-        }
-    }
-    let home = std::env::var("HOME").unwrap_or_default();
-    let p = Path::new(&home).join(".cargo/bin/tansu");
-    if p.is_file() {
-        return Ok(p);
-    }
-    bail!("tansu not found: run scripts/setup.sh (it installs tansu 0.6.0) or set CHATPIPE_TANSU")
 }
 
 // ---------------------------------------------------------------------------
@@ -156,7 +101,6 @@ pub fn tansu_path() -> anyhow::Result<PathBuf> {
 pub struct PrivateBroker {
     /// `127.0.0.1:<port>`.
     pub bootstrap: String,
-    port: u16,
     dir: tempfile_dir::TempDir,
     child: Option<Child>,
 }
@@ -196,7 +140,6 @@ impl PrivateBroker {
         let port = free_port();
         let mut b = PrivateBroker {
             bootstrap: format!("127.0.0.1:{port}"),
-            port,
             dir: tempfile_dir::TempDir::new("chatpipe-tansu")?,
             child: None,
         };
@@ -205,19 +148,12 @@ impl PrivateBroker {
     }
 
     async fn launch(&mut self) -> anyhow::Result<()> {
-        let url = format!("tcp://127.0.0.1:{}", self.port);
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(self.dir.path().join("tansu.log"))?;
         let mut cmd = Command::new(tansu_path()?);
-        cmd.arg("broker")
-            .arg("--listener-url")
-            .arg(&url)
-            .arg("--advertised-listener-url")
-            .arg(&url)
-            .arg("--storage-engine")
-            .arg("sqlite://tansu.db")
+        cmd.args(chatpipe_procs::broker_args(&self.bootstrap))
             .current_dir(self.dir.path())
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
@@ -414,20 +350,21 @@ impl Service {
             .iter()
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
             .collect();
-        let port = match envs.iter().find(|(k, _)| k == "CHATPIPE_LISTEN") {
+        let port = match envs.iter().find(|(k, _)| k == LISTEN_ENV) {
             Some((_, v)) => v
                 .rsplit(':')
                 .next()
                 .and_then(|p| p.parse().ok())
-                .ok_or_else(|| anyhow!("CHATPIPE_LISTEN {v:?} has no port"))?,
+                .ok_or_else(|| anyhow!("{LISTEN_ENV} {v:?} has no port"))?,
             None => {
                 let p = free_port();
-                envs.push(("CHATPIPE_LISTEN".into(), format!("127.0.0.1:{p}")));
+                envs.push((LISTEN_ENV.into(), format!("127.0.0.1:{p}")));
                 p
             }
         };
-        if !envs.iter().any(|(k, _)| k == "CHATPIPE_LOG") {
-            envs.push(("CHATPIPE_LOG".into(), "warn".into()));
+        let log = chatpipe_settings::common::log_env();
+        if !envs.iter().any(|(k, _)| *k == log) {
+            envs.push((log, "warn".into()));
         }
         let mut s = Service {
             name: name.to_owned(),
@@ -492,7 +429,7 @@ impl Service {
         let Some(mut c) = self.child.take() else {
             return false;
         };
-        signal(&c, libc::SIGTERM);
+        let _ = chatpipe_procs::signal(c.id(), chatpipe_procs::Signal::SIGTERM);
         let deadline = std::time::Instant::now() + Duration::from_secs(20);
         loop {
             match c.try_wait() {

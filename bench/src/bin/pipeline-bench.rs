@@ -2,7 +2,7 @@
 //!
 //! 1. Writes a ChatPipeline manifest (like `examples/local.yaml`, with its
 //!    own broker port, database and state directory) and runs it through
-//!    local mode (`chatpipe-operator local`): a fresh Tansu broker with its
+//!    local mode (`chatpipe-local`): a fresh Tansu broker with its
 //!    SQLite storage, a fresh database, N ingest, M processor and one api
 //!    process — exactly what `scripts/run.sh` runs.
 //! 2. Creates conversations and sends conversation-shaped load through
@@ -229,7 +229,7 @@ async fn run(a: Args) -> anyhow::Result<()> {
             .context("executable without a directory")?
             .to_path_buf(),
     };
-    let launcher = bin_dir.join("chatpipe-operator");
+    let launcher = bin_dir.join("chatpipe-local");
     if !launcher.is_file() {
         bail!(
             "{} not found: build the release binaries first (cargo build --release --workspace --bins)",
@@ -253,7 +253,6 @@ async fn run(a: Args) -> anyhow::Result<()> {
         "pipeline-bench: starting local mode (broker 127.0.0.1:{broker}, database {database})"
     );
     let child = Command::new(&launcher)
-        .arg("local")
         .arg("-f")
         .arg(&manifest_path)
         .arg("--state-dir")

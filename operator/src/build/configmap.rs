@@ -7,79 +7,46 @@
 //! nothing else: a processor-only setting (the grouping gap) rolls the
 //! processors only, and the Kafka credentials (which the api never reads)
 //! do not roll the api.
+//!
+//! The data is the plan's settings of the component, written by their
+//! `to_env()` (every name comes from the binary's clap definition; unset
+//! settings are not written, so the binary's default applies), with JSON
+//! logs at `info`.
 
 use std::collections::BTreeMap;
 
-use chatpipe_core::config::format_duration;
+use chatpipe_plan::{Settings, Topology};
+use chatpipe_settings::common::LogSettings;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use sha2::{Digest, Sha256};
 
-use super::labels::Component;
+use super::labels::{self, Component};
 use super::BuildInput;
-use crate::validate::ValidatedPipeline;
 
 /// The workloads that read a ConfigMap, in apply order.
-pub const WORKLOADS: [Component; 3] = [Component::Ingest, Component::Processor, Component::Api];
+pub const WORKLOADS: [Component; 3] = Component::SERVICES;
 
-/// Whether `component` talks to Kafka (and so reads the brokers, the topic
-/// and the Kafka credentials Secret).
-pub fn reads_kafka(component: Component) -> bool {
-    matches!(component, Component::Ingest | Component::Processor)
-}
-
-/// The environment `component` reads, as ConfigMap data. Durations are
-/// written in the form `chatpipe_core::config::parse_duration` reads
-/// ([`format_duration`]); optional settings left unset are not written, so
-/// the binary's default applies.
-pub fn settings(p: &ValidatedPipeline, component: Component) -> BTreeMap<String, String> {
-    let mut d = BTreeMap::new();
-    let mut set = |k: &str, v: String| {
-        d.insert(k.to_owned(), v);
-    };
-    set("CHATPIPE_LOG_FORMAT", "json".to_owned());
-    set("CHATPIPE_LOG", "info".to_owned());
-    if reads_kafka(component) {
-        set("CHATPIPE_KAFKA_BROKERS", p.kafka.bootstrap_servers.clone());
-        set("CHATPIPE_KAFKA_TOPIC", p.kafka.topic.clone());
+/// The environment `component` reads from its ConfigMap: its planned
+/// settings with JSON logs. The processor count is not among them: it is
+/// on the StatefulSet's pod template ([`super::statefulset`]), which a
+/// scale changes anyway.
+pub fn settings(topology: &Topology, component: Component) -> BTreeMap<String, String> {
+    let mut settings = topology
+        .get(component)
+        .settings
+        .clone()
+        .with_log(LogSettings::json_info());
+    if let Settings::Processor(p) = &mut settings {
+        p.replicas = None;
     }
-    match component {
-        Component::Ingest => {
-            if let Some(b) = p.ingest.max_body_bytes {
-                set("CHATPIPE_MAX_BODY_BYTES", b.to_string());
-            }
-            if let Some(b) = p.ingest.max_content_bytes {
-                set("CHATPIPE_MAX_CONTENT_BYTES", b.to_string());
-            }
-        }
-        Component::Processor => {
-            set("CHATPIPE_GROUPING_GAP", format_duration(p.grouping_gap));
-            set(
-                "CHATPIPE_LATE_TOLERANCE",
-                format_duration(p.late_arrival_tolerance),
-            );
-            if let Some(a) = p.watermark_allowance {
-                set("CHATPIPE_WATERMARK_ALLOWANCE", format_duration(a));
-            }
-            if let Some(s) = p.max_group_span {
-                set("CHATPIPE_MAX_GROUP_SPAN", format_duration(s));
-            }
-            if let Some(n) = p.max_group_messages {
-                set("CHATPIPE_MAX_GROUP_MESSAGES", n.to_string());
-            }
-            if let Some(s) = p.max_clock_skew {
-                set("CHATPIPE_MAX_CLOCK_SKEW", format_duration(s));
-            }
-        }
-        Component::Api | Component::Migrate => {}
-    }
-    d
+    settings.to_env().into_iter().collect()
 }
 
 /// The ConfigMap `<name>-<component>-config`.
 pub fn config_map(input: &BuildInput<'_>, component: Component) -> ConfigMap {
     ConfigMap {
-        metadata: input.meta(component.config_map_name(input.name), component),
-        data: Some(settings(input.pipeline, component)),
+        metadata: input.meta(labels::config_map_name(input.name, component), component),
+        data: Some(settings(input.topology, component)),
         ..ConfigMap::default()
     }
 }
@@ -94,56 +61,50 @@ pub struct ReferencedSecrets {
     pub kafka: Option<Secret>,
 }
 
-/// The checksums on the pod templates, one per component.
+/// The checksums on the pod templates, one per component: a service's
+/// covers its settings, the Postgres URL and, when it reads Kafka, the
+/// Kafka credentials; the migration's covers the Postgres URL alone (which
+/// database the Job migrates).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Checksums {
-    /// Of ingest's settings, the Postgres URL and the Kafka credentials.
-    pub ingest: String,
-    /// Of the processor's settings, the Postgres URL and the Kafka credentials.
-    pub processor: String,
-    /// Of the api's settings and the Postgres URL.
-    pub api: String,
-    /// Of the Postgres URL alone: which database the migration Job migrates.
-    pub database: String,
-}
+pub struct Checksums(BTreeMap<Component, String>);
 
 impl Checksums {
     /// The same value for every component (test fixtures).
     pub fn all(value: &str) -> Self {
-        Self {
-            ingest: value.to_owned(),
-            processor: value.to_owned(),
-            api: value.to_owned(),
-            database: value.to_owned(),
-        }
+        Self(
+            Component::ALL
+                .iter()
+                .map(|c| (*c, value.to_owned()))
+                .collect(),
+        )
     }
 
-    /// The checksum of `component`'s pod template.
+    /// These checksums with `component`'s replaced by `value`.
+    pub fn with(mut self, component: Component, value: &str) -> Self {
+        self.0.insert(component, value.to_owned());
+        self
+    }
+
+    /// The checksum of `component`'s pod template (empty when unknown).
     pub fn of(&self, component: Component) -> &str {
-        match component {
-            Component::Ingest => &self.ingest,
-            Component::Processor => &self.processor,
-            Component::Api => &self.api,
-            Component::Migrate => &self.database,
-        }
+        self.0.get(&component).map_or("", String::as_str)
     }
 }
 
-/// Every checksum of the pipeline `p` given the referenced Secrets.
-pub fn checksums(p: &ValidatedPipeline, secrets: &ReferencedSecrets) -> Checksums {
+/// Every checksum of the plan `topology` given the referenced Secrets.
+pub fn checksums(topology: &Topology, secrets: &ReferencedSecrets) -> Checksums {
     let of = |component: Component| {
         let mut read = vec![&secrets.postgres];
-        if reads_kafka(component) {
+        if component.reads_kafka() {
             read.extend(secrets.kafka.as_ref());
         }
-        checksum(&settings(p, component), &read)
+        let settings = match component {
+            Component::Migrate => BTreeMap::new(),
+            _ => settings(topology, component),
+        };
+        (component, checksum(&settings, &read))
     };
-    Checksums {
-        ingest: of(Component::Ingest),
-        processor: of(Component::Processor),
-        api: of(Component::Api),
-        database: checksum(&BTreeMap::new(), &[&secrets.postgres]),
-    }
+    Checksums(Component::ALL.iter().map(|c| of(*c)).collect())
 }
 
 /// SHA-256 (hex) over `settings` and the data of `secrets`, in a canonical
@@ -205,7 +166,10 @@ mod tests {
     }
 
     fn sums(spec: &crate::crd::ChatPipelineSpec, s: &ReferencedSecrets) -> Checksums {
-        super::checksums(&crate::validate::validate(spec).unwrap(), s)
+        super::checksums(
+            &chatpipe_plan::plan(&crate::validate::validate(spec).unwrap()),
+            s,
+        )
     }
 
     #[test]
@@ -331,7 +295,7 @@ mod tests {
 
     #[test]
     fn checksum_changes_with_settings_and_secrets() {
-        let d = with_input(&spec(), |i| settings(i.pipeline, Component::Ingest));
+        let d = with_input(&spec(), |i| settings(i.topology, Component::Ingest));
         let pg = secret("pg", "url", "postgres://a");
         let base = checksum(&d, &[&pg]);
         assert_eq!(base.len(), 64);
@@ -361,18 +325,26 @@ mod tests {
             let mut s = spec();
             change(&mut s);
             let next = sums(&s, &s0);
-            assert_ne!(next.processor, base.processor);
-            assert_eq!(next.ingest, base.ingest, "ingest must not roll");
-            assert_eq!(next.api, base.api, "api must not roll");
-            assert_eq!(next.database, base.database);
+            assert_ne!(next.of(Component::Processor), base.of(Component::Processor));
+            assert_eq!(
+                next.of(Component::Ingest),
+                base.of(Component::Ingest),
+                "ingest must not roll"
+            );
+            assert_eq!(
+                next.of(Component::Api),
+                base.of(Component::Api),
+                "api must not roll"
+            );
+            assert_eq!(next.of(Component::Migrate), base.of(Component::Migrate));
         }
         // An ingest-only setting rolls ingest only.
         let mut s = spec();
         s.ingest.max_content_bytes = Some(1024);
         let next = sums(&s, &s0);
-        assert_ne!(next.ingest, base.ingest);
-        assert_eq!(next.processor, base.processor);
-        assert_eq!(next.api, base.api);
+        assert_ne!(next.of(Component::Ingest), base.of(Component::Ingest));
+        assert_eq!(next.of(Component::Processor), base.of(Component::Processor));
+        assert_eq!(next.of(Component::Api), base.of(Component::Api));
     }
 
     /// Secrets a component does not read stay out of its checksum.
@@ -380,16 +352,23 @@ mod tests {
     fn secrets_enter_only_the_checksums_of_their_readers() {
         let base = sums(&spec(), &secrets("postgres://a", "p1"));
         let kafka = sums(&spec(), &secrets("postgres://a", "p2"));
-        assert_ne!(kafka.ingest, base.ingest);
-        assert_ne!(kafka.processor, base.processor);
-        assert_eq!(kafka.api, base.api, "the api never reads Kafka credentials");
-        assert_eq!(kafka.database, base.database);
+        assert_ne!(kafka.of(Component::Ingest), base.of(Component::Ingest));
+        assert_ne!(
+            kafka.of(Component::Processor),
+            base.of(Component::Processor)
+        );
+        assert_eq!(
+            kafka.of(Component::Api),
+            base.of(Component::Api),
+            "the api never reads Kafka credentials"
+        );
+        assert_eq!(kafka.of(Component::Migrate), base.of(Component::Migrate));
         let pg = sums(&spec(), &secrets("postgres://b", "p1"));
         for (a, b) in [
-            (&pg.ingest, &base.ingest),
-            (&pg.processor, &base.processor),
-            (&pg.api, &base.api),
-            (&pg.database, &base.database),
+            (pg.of(Component::Ingest), base.of(Component::Ingest)),
+            (pg.of(Component::Processor), base.of(Component::Processor)),
+            (pg.of(Component::Api), base.of(Component::Api)),
+            (pg.of(Component::Migrate), base.of(Component::Migrate)),
         ] {
             assert_ne!(a, b, "everyone reads the database URL");
         }

@@ -1,6 +1,10 @@
 //! The Deployments of the stateless components: ingest (webhook receiver)
 //! and api (query API).
 
+use std::time::Duration;
+
+use chatpipe_plan::Settings;
+use chatpipe_settings::ingest::IngestSettings;
 use k8s_openapi::api::apps::v1::{
     Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment,
 };
@@ -8,21 +12,24 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::labels::{self, Component};
-use super::pod::{checksum_annotations, env, pod_template, service_container};
+use super::pod::{checksum_annotations, pod_template, service_container};
 use super::{BuildInput, API_PORT, INGEST_PORT};
 use crate::validate::ValidatedComponent;
+
+/// Ingest's produce timeout on the cluster (its flag default, set
+/// explicitly on the pod template).
+const INGEST_PRODUCE_TIMEOUT: Duration = Duration::from_secs(5);
 
 fn deployment(
     input: &BuildInput<'_>,
     component: Component,
-    binary: &str,
     port: i32,
     size: &ValidatedComponent,
-    extra_env: Vec<k8s_openapi::api::core::v1::EnvVar>,
+    pod_settings: Settings,
 ) -> Deployment {
-    let container = service_container(input, component, binary, port, size, extra_env);
+    let container = service_container(input, component, port, size, pod_settings);
     Deployment {
-        metadata: input.meta(component.object_name(input.name), component),
+        metadata: input.meta(labels::object_name(input.name, component), component),
         spec: Some(DeploymentSpec {
             replicas: Some(size.replicas),
             selector: LabelSelector {
@@ -56,10 +63,12 @@ pub fn ingest(input: &BuildInput<'_>) -> Deployment {
     deployment(
         input,
         Component::Ingest,
-        "chatpipe-ingest",
         INGEST_PORT,
         &input.pipeline.ingest.component,
-        vec![env("CHATPIPE_PRODUCE_TIMEOUT", "5s")],
+        Settings::Ingest(IngestSettings {
+            produce_timeout: Some(INGEST_PRODUCE_TIMEOUT),
+            ..IngestSettings::default()
+        }),
     )
 }
 
@@ -68,10 +77,9 @@ pub fn api(input: &BuildInput<'_>) -> Deployment {
     deployment(
         input,
         Component::Api,
-        "chatpipe-api",
         API_PORT,
         &input.pipeline.api,
-        Vec::new(),
+        Settings::none(Component::Api),
     )
 }
 
@@ -126,14 +134,11 @@ mod tests {
     fn checksum_change_changes_only_the_template_annotation() {
         let spec = spec();
         let a = with_input(&spec, ingest);
-        let pipeline = crate::validate::validate(&spec).unwrap();
-        let b = ingest(&BuildInput {
-            name: "demo",
-            namespace: "chat",
-            owner: owner(),
-            pipeline: &pipeline,
-            checksums: crate::build::configmap::Checksums::all("changed"),
-        });
+        let b = with_checksums(
+            &spec,
+            crate::build::configmap::Checksums::all("changed"),
+            ingest,
+        );
         assert_ne!(a, b);
         let mut b2 = b.clone();
         b2.spec

@@ -6,7 +6,7 @@ use k8s_openapi::api::networking::v1::{
     IngressServiceBackend, IngressSpec, IngressTLS, ServiceBackendPort,
 };
 
-use super::labels::Component;
+use super::labels::{object_name, Component};
 use super::pod::PORT_NAME;
 use super::BuildInput;
 
@@ -15,7 +15,7 @@ pub const WEBHOOK_PATH: &str = "/webhook";
 
 /// Name of the Ingress (also used to delete it when the spec drops it).
 pub fn name(instance: &str) -> String {
-    Component::Ingest.object_name(instance)
+    object_name(instance, Component::Ingest)
 }
 
 /// The Ingress `<name>-ingest`, or `None` when the spec has no ingress.
@@ -23,7 +23,7 @@ pub fn ingress(input: &BuildInput<'_>) -> Option<Ingress> {
     let spec = input.pipeline.ingest.ingress.as_ref()?;
     let backend = IngressBackend {
         service: Some(IngressServiceBackend {
-            name: Component::Ingest.object_name(input.name),
+            name: object_name(input.name, Component::Ingest),
             port: Some(ServiceBackendPort {
                 name: Some(PORT_NAME.to_owned()),
                 number: None,

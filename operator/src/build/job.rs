@@ -23,12 +23,15 @@
 use std::collections::BTreeMap;
 use std::sync::OnceLock;
 
+use chatpipe_settings::common::LogSettings;
 use k8s_openapi::api::batch::v1::{Job, JobSpec};
 use k8s_openapi::api::core::v1::{Container, PodTemplateSpec};
 use sha2::{Digest, Sha256};
 
-use super::labels::Component;
-use super::pod::{container_security_context, env, pod_template, postgres_url_env, tmp_mount};
+use super::labels::{self, Component};
+use super::pod::{
+    container_security_context, pod_template, postgres_url_env, settings_env, tmp_mount,
+};
 use super::BuildInput;
 use crate::status;
 
@@ -69,16 +72,20 @@ pub fn schema_version() -> &'static str {
 /// database checksum.
 fn template(input: &BuildInput<'_>) -> PodTemplateSpec {
     let component = Component::Migrate;
+    let settings = input
+        .topology
+        .get(component)
+        .settings
+        .clone()
+        .with_log(LogSettings::json_info());
+    let mut env = vec![postgres_url_env(input)];
+    env.extend(settings_env(&settings));
     let container = Container {
         name: component.as_str().to_owned(),
         image: Some(input.pipeline.image.clone()),
         image_pull_policy: input.pipeline.image_pull_policy.clone(),
-        command: Some(vec!["chatpipe-admin".to_owned(), "migrate".to_owned()]),
-        env: Some(vec![
-            postgres_url_env(input),
-            env("CHATPIPE_LOG_FORMAT", "json"),
-            env("CHATPIPE_LOG", "info"),
-        ]),
+        command: Some(vec![component.binary().to_owned(), "migrate".to_owned()]),
+        env: Some(env),
         security_context: Some(container_security_context()),
         volume_mounts: Some(vec![tmp_mount()]),
         ..Container::default()
@@ -90,7 +97,7 @@ fn template(input: &BuildInput<'_>) -> PodTemplateSpec {
         ),
         (
             DATABASE_CHECKSUM_ANNOTATION.to_owned(),
-            input.checksums.database.clone(),
+            input.checksums.of(Component::Migrate).to_owned(),
         ),
     ]);
     pod_template(input, component, container, Some("Never"), annotations)
@@ -116,7 +123,10 @@ fn name_of(instance: &str, spec: &JobSpec) -> String {
     }
     let d = h.finalize();
     let short: String = d.iter().take(4).map(|b| format!("{b:02x}")).collect();
-    format!("{}-{short}", Component::Migrate.object_name(instance))
+    format!(
+        "{}-{short}",
+        labels::object_name(instance, Component::Migrate)
+    )
 }
 
 /// Name of the migration Job for this image, schema version and database.
@@ -192,8 +202,6 @@ pub fn plan(desired: &str, last_succeeded: Option<&str>, existing: &[Job]) -> Mi
 mod tests {
     use super::super::testing::*;
     use super::*;
-    use crate::build::configmap::Checksums;
-    use crate::build::BuildInput;
     use k8s_openapi::api::batch::v1::{JobCondition, JobStatus};
 
     #[test]
@@ -265,19 +273,8 @@ mod tests {
         let mut s = spec();
         s.postgres.url_secret.key = "other".into();
         variants.push(("secret key", with_input(&s, migration)));
-        let pipeline = crate::validate::validate(&spec()).unwrap();
-        let mut sums = checksums();
-        sums.database = "another-database".into();
-        variants.push((
-            "database",
-            migration(&BuildInput {
-                name: "demo",
-                namespace: "chat",
-                owner: owner(),
-                pipeline: &pipeline,
-                checksums: sums,
-            }),
-        ));
+        let sums = checksums().with(Component::Migrate, "another-database");
+        variants.push(("database", with_checksums(&spec(), sums, migration)));
         for (what, j) in variants {
             assert_ne!(j.spec, base.spec, "{what} changes the Job");
             assert_ne!(j.metadata.name, base.metadata.name, "{what}: new name");
@@ -297,20 +294,11 @@ mod tests {
         s.kafka.credentials_secret = None;
         assert_eq!(with_input(&s, migration), base);
         // Nor do the checksums of the workloads.
-        let pipeline = crate::validate::validate(&spec()).unwrap();
-        let sums = Checksums {
-            ingest: "x".into(),
-            processor: "y".into(),
-            api: "z".into(),
-            database: checksums().database,
-        };
-        let j = migration(&BuildInput {
-            name: "demo",
-            namespace: "chat",
-            owner: owner(),
-            pipeline: &pipeline,
-            checksums: sums,
-        });
+        let sums = checksums()
+            .with(Component::Ingest, "x")
+            .with(Component::Processor, "y")
+            .with(Component::Api, "z");
+        let j = with_checksums(&spec(), sums, migration);
         assert_eq!(j, base);
     }
 

@@ -11,40 +11,20 @@ pub const APP_NAME: &str = "chatpipe";
 /// `app.kubernetes.io/managed-by` of every object.
 pub const MANAGED_BY: &str = "chatpipe-operator";
 
-/// A component of a pipeline; one per workload.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Component {
-    /// Webhook receiver (Deployment).
-    Ingest,
-    /// Stateful processors (StatefulSet).
-    Processor,
-    /// Query API (Deployment).
-    Api,
-    /// Schema migration (Job).
-    Migrate,
+/// The plan's components: ingest and api are Deployments, the processors a
+/// StatefulSet, the migration a Job.
+pub use chatpipe_plan::Component;
+
+/// Name of `component`'s object(s) for the pipeline `instance`
+/// (`<instance>-<component>`).
+pub fn object_name(instance: &str, component: Component) -> String {
+    format!("{instance}-{}", component.as_str())
 }
 
-impl Component {
-    /// The component as used in names and labels.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Component::Ingest => "ingest",
-            Component::Processor => "processor",
-            Component::Api => "api",
-            Component::Migrate => "migrate",
-        }
-    }
-
-    /// Name of this component's object(s) for the pipeline `instance`.
-    pub fn object_name(self, instance: &str) -> String {
-        format!("{instance}-{}", self.as_str())
-    }
-
-    /// Name of the ConfigMap holding this component's settings
-    /// (`<instance>-<component>-config`).
-    pub fn config_map_name(self, instance: &str) -> String {
-        format!("{instance}-{}-config", self.as_str())
-    }
+/// Name of the ConfigMap holding `component`'s settings
+/// (`<instance>-<component>-config`).
+pub fn config_map_name(instance: &str, component: Component) -> String {
+    format!("{instance}-{}-config", component.as_str())
 }
 
 /// Labels that select the pods of `component` of `instance`.
@@ -118,10 +98,10 @@ mod tests {
 
     #[test]
     fn names() {
-        assert_eq!(Component::Processor.object_name("demo"), "demo-processor");
-        assert_eq!(Component::Migrate.object_name("demo"), "demo-migrate");
+        assert_eq!(object_name("demo", Component::Processor), "demo-processor");
+        assert_eq!(object_name("demo", Component::Migrate), "demo-migrate");
         assert_eq!(
-            Component::Processor.config_map_name("demo"),
+            config_map_name("demo", Component::Processor),
             "demo-processor-config"
         );
     }

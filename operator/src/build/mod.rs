@@ -1,6 +1,8 @@
-//! Pure builders: a [`ValidatedPipeline`] (plus the owner reference and the
-//! per-component checksums of settings and referenced Secrets) in,
-//! Kubernetes objects out. No I/O; unit tests call each builder directly.
+//! Pure builders: the plan ([`Topology`]: each component's replicas and
+//! settings) and the Kubernetes parts of the [`ValidatedPipeline`] (image,
+//! resources, ingress), plus the owner reference and the per-component
+//! checksums of settings and referenced Secrets, in; Kubernetes objects
+//! out. No I/O; unit tests call each builder directly.
 //!
 //! - [`labels`] — names and labels shared by every object.
 //! - [`configmap`] — each component's settings (read through `envFrom`),
@@ -25,6 +27,7 @@ pub mod pod;
 pub mod service;
 pub mod statefulset;
 
+use chatpipe_plan::Topology;
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{ConfigMap, Service};
@@ -54,8 +57,10 @@ pub struct BuildInput<'a> {
     pub namespace: &'a str,
     /// Controller owner reference to the ChatPipeline.
     pub owner: OwnerReference,
-    /// The validated spec.
+    /// The validated spec (image, pull policy, resources, ingress).
     pub pipeline: &'a ValidatedPipeline,
+    /// The plan of `pipeline`: each component's replicas and settings.
+    pub topology: &'a Topology,
     /// Per-component checksums of settings and Secrets
     /// ([`configmap::checksums`]).
     pub checksums: configmap::Checksums,
@@ -75,15 +80,18 @@ impl BuildInput<'_> {
     }
 }
 
-/// Every object of one ChatPipeline, in the order they are applied.
+/// Every object of one ChatPipeline, by what it is (the reconciler applies
+/// them in field order and never relies on the order of a list).
 #[derive(Debug, Clone)]
 pub struct DesiredObjects {
     /// Each component's settings (ingest, processor, api).
     pub config_maps: Vec<ConfigMap>,
     /// ingest, api and the processors' headless Service.
     pub services: Vec<Service>,
-    /// ingest and api.
-    pub deployments: Vec<Deployment>,
+    /// The ingest Deployment.
+    pub ingest: Deployment,
+    /// The api Deployment.
+    pub api: Deployment,
     /// The processors.
     pub statefulset: StatefulSet,
     /// One per workload.
@@ -106,7 +114,8 @@ pub fn desired(input: &BuildInput<'_>) -> DesiredObjects {
             service::api(input),
             service::processor_headless(input),
         ],
-        deployments: vec![deployment::ingest(input), deployment::api(input)],
+        ingest: deployment::ingest(input),
+        api: deployment::api(input),
         statefulset: statefulset::processor(input),
         pdbs: vec![
             pdb::pdb(input, Component::Ingest),
@@ -166,23 +175,43 @@ api: { replicas: 1 }
 
     /// The fixture's checksums: `sum-<component>`, `sum-migrate` for the database.
     pub fn checksums() -> configmap::Checksums {
-        configmap::Checksums {
-            ingest: "sum-ingest".into(),
-            processor: "sum-processor".into(),
-            api: "sum-api".into(),
-            database: "sum-migrate".into(),
-        }
+        Component::ALL
+            .iter()
+            .fold(configmap::Checksums::default(), |sums, c| {
+                sums.with(*c, &format!("sum-{}", c.as_str()))
+            })
     }
 
     /// Runs `f` with a build input over `spec`.
     pub fn with_input<T>(spec: &ChatPipelineSpec, f: impl FnOnce(&BuildInput<'_>) -> T) -> T {
+        with_checksums(spec, checksums(), f)
+    }
+
+    /// Runs `f` with a build input over `spec` with `checksums`.
+    pub fn with_checksums<T>(
+        spec: &ChatPipelineSpec,
+        checksums: configmap::Checksums,
+        f: impl FnOnce(&BuildInput<'_>) -> T,
+    ) -> T {
+        with_name("demo", spec, checksums, f)
+    }
+
+    /// Runs `f` with a build input for the pipeline `name` over `spec`.
+    pub fn with_name<T>(
+        name: &str,
+        spec: &ChatPipelineSpec,
+        checksums: configmap::Checksums,
+        f: impl FnOnce(&BuildInput<'_>) -> T,
+    ) -> T {
         let pipeline = validate(spec).unwrap();
+        let topology = chatpipe_plan::plan(&pipeline);
         let input = BuildInput {
-            name: "demo",
+            name,
             namespace: "chat",
             owner: owner(),
             pipeline: &pipeline,
-            checksums: checksums(),
+            topology: &topology,
+            checksums,
         };
         f(&input)
     }
@@ -199,7 +228,8 @@ mod tests {
         let mut metas = vec![objs.statefulset.metadata.clone()];
         metas.extend(objs.config_maps.iter().map(|s| s.metadata.clone()));
         metas.extend(objs.services.iter().map(|s| s.metadata.clone()));
-        metas.extend(objs.deployments.iter().map(|s| s.metadata.clone()));
+        metas.push(objs.ingest.metadata.clone());
+        metas.push(objs.api.metadata.clone());
         metas.extend(objs.pdbs.iter().map(|s| s.metadata.clone()));
         metas.push(objs.ingress.clone().unwrap().metadata);
         metas.push(objs.migration_job.metadata.clone());
@@ -217,15 +247,7 @@ mod tests {
     #[test]
     fn longest_allowed_name_gives_valid_object_names() {
         let long = "a".repeat(crate::validate::MAX_NAME_LEN);
-        let pipeline = crate::validate::validate(&spec()).unwrap();
-        let input = BuildInput {
-            name: &long,
-            namespace: "chat",
-            owner: owner(),
-            pipeline: &pipeline,
-            checksums: checksums(),
-        };
-        let objs = desired(&input);
+        let objs = with_name(&long, &spec(), checksums(), desired);
         let sts = objs.statefulset.metadata.name.unwrap();
         // Pod names `<sts>-<ordinal>` and the controller-revision-hash label
         // `<sts>-<10 chars>` must fit in a 63-character DNS label.

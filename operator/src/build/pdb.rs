@@ -11,7 +11,7 @@ use super::BuildInput;
 /// The PDB `<name>-<component>` with `maxUnavailable: 1`.
 pub fn pdb(input: &BuildInput<'_>, component: Component) -> PodDisruptionBudget {
     PodDisruptionBudget {
-        metadata: input.meta(component.object_name(input.name), component),
+        metadata: input.meta(labels::object_name(input.name, component), component),
         spec: Some(PodDisruptionBudgetSpec {
             max_unavailable: Some(IntOrString::Int(1)),
             selector: Some(LabelSelector {

@@ -7,6 +7,8 @@
 
 use std::collections::BTreeMap;
 
+use chatpipe_plan::Settings;
+use chatpipe_settings::common::{postgres_url_env as postgres_url_name, ServiceSettings};
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMapEnvSource, Container, ContainerPort, EmptyDirVolumeSource,
     EnvFromSource, EnvVar, EnvVarSource, HTTPGetAction, PodSecurityContext, PodSpec,
@@ -34,11 +36,21 @@ pub fn env(name: &str, value: impl Into<String>) -> EnvVar {
     }
 }
 
-/// `CHATPIPE_POSTGRES_URL` read from the Secret named in the spec.
+/// The literal environment variables that give a binary `settings`.
+pub fn settings_env(settings: &Settings) -> Vec<EnvVar> {
+    settings
+        .to_env()
+        .into_iter()
+        .map(|(name, value)| env(&name, value))
+        .collect()
+}
+
+/// The Postgres URL variable (`CHATPIPE_POSTGRES_URL`), read from the
+/// Secret the plan names.
 pub fn postgres_url_env(input: &BuildInput<'_>) -> EnvVar {
-    let s = &input.pipeline.postgres_url_secret;
+    let s = &input.topology.postgres_url_secret;
     EnvVar {
-        name: "CHATPIPE_POSTGRES_URL".to_owned(),
+        name: postgres_url_name(),
         value: None,
         value_from: Some(EnvVarSource {
             secret_key_ref: Some(SecretKeySelector {
@@ -56,7 +68,7 @@ pub fn postgres_url_env(input: &BuildInput<'_>) -> EnvVar {
 pub fn env_from(input: &BuildInput<'_>, component: Component) -> Vec<EnvFromSource> {
     let mut v = vec![EnvFromSource {
         config_map_ref: Some(ConfigMapEnvSource {
-            name: component.config_map_name(input.name),
+            name: labels::config_map_name(input.name, component),
             optional: Some(false),
         }),
         ..EnvFromSource::default()
@@ -66,7 +78,7 @@ pub fn env_from(input: &BuildInput<'_>, component: Component) -> Vec<EnvFromSour
         .kafka
         .credentials_secret
         .as_ref()
-        .filter(|_| super::configmap::reads_kafka(component));
+        .filter(|_| component.reads_kafka());
     if let Some(secret) = credentials {
         v.push(EnvFromSource {
             secret_ref: Some(SecretEnvSource {
@@ -136,26 +148,32 @@ pub fn liveness_probe() -> Probe {
     http_probe("/healthz", 10, 10)
 }
 
-/// The main container of a workload: runs `binary` listening on `port`,
-/// with the shared env plus `extra_env`.
+/// The main container of a workload: runs the component's binary
+/// listening on `port`, with the listener, the Postgres URL from its
+/// Secret, then `pod_settings` (settings kept on the pod template rather
+/// than in the ConfigMap) as its env.
 pub fn service_container(
     input: &BuildInput<'_>,
     component: Component,
-    binary: &str,
     port: i32,
     size: &ValidatedComponent,
-    extra_env: Vec<EnvVar>,
+    pod_settings: Settings,
 ) -> Container {
-    let mut env = vec![
-        env("CHATPIPE_LISTEN", format!("0.0.0.0:{port}")),
-        postgres_url_env(input),
-    ];
-    env.extend(extra_env);
+    let listen = Settings::none(component).with_service(ServiceSettings {
+        listen: Some(std::net::SocketAddr::from((
+            [0, 0, 0, 0],
+            listen_port(port),
+        ))),
+        ..ServiceSettings::default()
+    });
+    let mut env = settings_env(&listen);
+    env.push(postgres_url_env(input));
+    env.extend(settings_env(&pod_settings));
     Container {
         name: component.as_str().to_owned(),
         image: Some(input.pipeline.image.clone()),
         image_pull_policy: input.pipeline.image_pull_policy.clone(),
-        command: Some(vec![binary.to_owned()]),
+        command: Some(vec![component.binary().to_owned()]),
         ports: Some(vec![ContainerPort {
             name: Some(PORT_NAME.to_owned()),
             container_port: port,
@@ -171,6 +189,12 @@ pub fn service_container(
         volume_mounts: Some(vec![tmp_mount()]),
         ..Container::default()
     }
+}
+
+/// A container port as a listener port (the builders' ports are constants
+/// within range).
+fn listen_port(port: i32) -> u16 {
+    u16::try_from(port).unwrap_or_default()
 }
 
 /// `/tmp` as an emptyDir, since the root file system is read-only.

@@ -11,7 +11,7 @@ use super::{BuildInput, API_PORT, INGEST_PORT, PROCESSOR_PORT};
 
 fn service(input: &BuildInput<'_>, component: Component, port: i32, headless: bool) -> Service {
     Service {
-        metadata: input.meta(component.object_name(input.name), component),
+        metadata: input.meta(labels::object_name(input.name, component), component),
         spec: Some(ServiceSpec {
             type_: Some("ClusterIP".to_owned()),
             cluster_ip: headless.then(|| "None".to_owned()),

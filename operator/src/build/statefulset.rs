@@ -1,17 +1,17 @@
 //! The processor StatefulSet. Each pod derives its ordinal from its name
 //! (`<name>-processor-<i>`, the trailing number of `HOSTNAME`) and learns the
-//! number of processors from `CHATPIPE_PROCESSOR_REPLICAS`; partition `p`
-//! belongs to ordinal `p mod N` ([`partitions_of`]).
+//! number of processors from its pod template's env (the plan's processor
+//! count, `CHATPIPE_PROCESSOR_REPLICAS`); partition `p` belongs to ordinal
+//! `p mod N` ([`partitions_of`]).
 
+use chatpipe_plan::Settings;
+use chatpipe_settings::processor::ProcessorSettings;
 use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetSpec, StatefulSetUpdateStrategy};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 
 use super::labels::{self, Component};
-use super::pod::{checksum_annotations, env, pod_template, service_container};
+use super::pod::{checksum_annotations, pod_template, service_container};
 use super::{BuildInput, PROCESSOR_PORT};
-
-/// Env var carrying the processor count N.
-pub const REPLICAS_ENV: &str = "CHATPIPE_PROCESSOR_REPLICAS";
 
 /// Partitions owned by processor `ordinal` of `replicas` on a topic of
 /// `partitions` partitions ([`chatpipe_core::assignment::partitions_of`],
@@ -34,15 +34,12 @@ pub fn ordinal_from_pod_name(pod: &str) -> Option<i32> {
 pub fn processor(input: &BuildInput<'_>) -> StatefulSet {
     let component = Component::Processor;
     let size = &input.pipeline.processor;
-    let container = service_container(
-        input,
-        component,
-        "chatpipe-processor",
-        PROCESSOR_PORT,
-        size,
-        vec![env(REPLICAS_ENV, size.replicas.to_string())],
-    );
-    let name = component.object_name(input.name);
+    let replicas = Settings::Processor(ProcessorSettings {
+        replicas: Some(input.topology.get(component).replicas),
+        ..ProcessorSettings::default()
+    });
+    let container = service_container(input, component, PROCESSOR_PORT, size, replicas);
+    let name = labels::object_name(input.name, component);
     StatefulSet {
         metadata: input.meta(name.clone(), component),
         spec: Some(StatefulSetSpec {
@@ -78,6 +75,9 @@ mod tests {
     use super::super::testing::*;
     use super::*;
     use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+
+    /// The variable the processors read their count N from.
+    const REPLICAS_ENV: &str = "CHATPIPE_PROCESSOR_REPLICAS";
 
     #[test]
     fn processor_statefulset() {

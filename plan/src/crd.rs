@@ -22,10 +22,9 @@ pub const VERSION: &str = "v1alpha1";
 pub const PAUSED_ANNOTATION: &str = "chatpipe.dev/paused";
 /// Default Kafka topic.
 pub const DEFAULT_TOPIC: &str = "chatpipe.events";
-/// Default grouping gap (Go duration).
-pub const DEFAULT_GROUPING_GAP: &str = "5s";
-/// Default late-arrival tolerance (Go duration).
-pub const DEFAULT_LATE_TOLERANCE: &str = "6s";
+/// Default grouping gap and late-arrival tolerance: the processor's own
+/// flag defaults (`5s`, `6s`), which read the same as Go durations.
+pub use chatpipe_settings::processor::{DEFAULT_GROUPING_GAP, DEFAULT_LATE_TOLERANCE};
 /// Image pull policies Kubernetes accepts (the `enum` of `spec.imagePullPolicy`).
 pub const PULL_POLICIES: &[&str] = &["Always", "IfNotPresent", "Never"];
 /// The one duration grammar of the resource: Go's `time.ParseDuration`

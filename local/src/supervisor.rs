@@ -9,25 +9,26 @@
 //! Orphans: every child runs in its own process group (so a terminal's
 //! Ctrl-C reaches only us, and we stop children in order), is killed when
 //! its handle is dropped, and asks the kernel for SIGTERM when the thread
-//! that spawned it dies (`PR_SET_PDEATHSIG`), so even a SIGKILL of the
-//! operator does not leave services running.
+//! that spawned it dies (`PR_SET_PDEATHSIG`,
+//! [`chatpipe_procs::die_with_parent`]), so even a SIGKILL of local mode
+//! does not leave services running.
 
 use std::collections::BTreeMap;
 use std::io::{IsTerminal, Write};
+use std::os::unix::process::CommandExt;
 use std::process::{ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use nix::sys::signal::{killpg, Signal};
-use nix::unistd::Pid;
+use chatpipe_procs::Signal;
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::process::{Child, Command};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use crate::local::plan::{restart_delay, Actions, Component, ProcessSpec, HEALTHY_RUN};
+use crate::processes::{restart_delay, Actions, ProcessSpec, Role, HEALTHY_RUN};
 
 /// Counters of one supervised process.
 #[derive(Debug, Default)]
@@ -61,11 +62,11 @@ impl Supervisor {
         }
     }
 
-    /// Specs of the supervised processes of `component`.
-    pub fn running(&self, component: Component) -> Vec<ProcessSpec> {
+    /// Specs of the supervised processes of `role`.
+    pub fn running(&self, role: Role) -> Vec<ProcessSpec> {
         self.procs
             .values()
-            .filter(|m| m.spec.component == component)
+            .filter(|m| m.spec.role == role)
             .map(|m| m.spec.clone())
             .collect()
     }
@@ -74,7 +75,7 @@ impl Supervisor {
     pub fn running_services(&self) -> Vec<ProcessSpec> {
         self.procs
             .values()
-            .filter(|m| m.spec.component != Component::Broker)
+            .filter(|m| m.spec.role != Role::Broker)
             .map(|m| m.spec.clone())
             .collect()
     }
@@ -140,7 +141,7 @@ impl Supervisor {
         let services: Vec<String> = self
             .procs
             .values()
-            .filter(|m| m.spec.component != Component::Broker)
+            .filter(|m| m.spec.role != Role::Broker)
             .map(|m| m.spec.name.clone())
             .collect();
         self.stop(&services).await;
@@ -150,13 +151,12 @@ impl Supervisor {
 }
 
 fn spawn(spec: &ProcessSpec) -> std::io::Result<Child> {
-    let mut cmd = Command::new(&spec.program);
+    let mut cmd = std::process::Command::new(&spec.program);
     cmd.args(&spec.args)
         .envs(&spec.env)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
-        .kill_on_drop(true)
         .process_group(0);
     if let Some(dir) = &spec.cwd {
         cmd.current_dir(dir);
@@ -165,14 +165,8 @@ fn spawn(spec: &ProcessSpec) -> std::io::Result<Child> {
     if !std::io::stdout().is_terminal() {
         cmd.env("NO_COLOR", "1");
     }
-    // SAFETY: the closure runs between fork and exec and only makes one
-    // async-signal-safe system call (prctl).
-    unsafe {
-        cmd.pre_exec(|| {
-            nix::sys::prctl::set_pdeathsig(Signal::SIGTERM).map_err(std::io::Error::from)
-        });
-    }
-    cmd.spawn()
+    chatpipe_procs::die_with_parent(&mut cmd, Signal::SIGTERM);
+    Command::from(cmd).kill_on_drop(true).spawn()
 }
 
 fn forward<R: AsyncRead + Unpin + Send + 'static>(reader: Option<R>, name: String) {
@@ -196,10 +190,8 @@ fn forward<R: AsyncRead + Unpin + Send + 'static>(reader: Option<R>, name: Strin
 }
 
 fn signal_group(pid: u32, sig: Signal) {
-    let Ok(raw) = i32::try_from(pid) else { return };
-    match killpg(Pid::from_raw(raw), sig) {
-        Ok(()) | Err(nix::errno::Errno::ESRCH) => {}
-        Err(e) => tracing::warn!(pid, signal = ?sig, error = %e, "signalling process group"),
+    if let Err(e) = chatpipe_procs::signal_group(pid, sig) {
+        tracing::warn!(pid, signal = ?sig, error = %e, "signalling process group");
     }
 }
 
@@ -282,10 +274,13 @@ mod tests {
     use super::*;
     use std::path::PathBuf;
 
+    use chatpipe_plan::Component;
+    use nix::unistd::Pid;
+
     fn sh(name: &str, script: &str) -> ProcessSpec {
         ProcessSpec {
             name: name.into(),
-            component: Component::Ingest,
+            role: Role::Service(Component::Ingest),
             ordinal: 0,
             program: PathBuf::from("/bin/sh"),
             args: vec!["-c".into(), script.into()],
@@ -369,7 +364,7 @@ mod tests {
         assert!(!alive(old));
         let new = wait_pid(&sup.stats("p-0").unwrap()).await;
         assert_ne!(old, new);
-        assert_eq!(sup.running(Component::Ingest), vec![next]);
+        assert_eq!(sup.running(Role::Service(Component::Ingest)), vec![next]);
         sup.shutdown().await;
         assert!(!alive(new));
     }

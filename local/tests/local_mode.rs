@@ -1,4 +1,4 @@
-//! End-to-end tests of `chatpipe-operator local` with the real binaries, the
+//! End-to-end tests of `chatpipe-local` with the real binaries, the
 //! real broker and real Postgres: a pipeline is started from a manifest,
 //! its processors are scaled 1 → 3 → 1 by editing the file while webhooks
 //! arrive, and every message must end up in exactly one reply.
@@ -18,23 +18,22 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use tokio::sync::mpsc;
 
-/// `[local]` status lines of the operator, and its exit.
+/// `[local]` status lines of local mode, and its exit.
 struct Local {
     child: Child,
     lines: mpsc::UnboundedReceiver<String>,
 }
 
 impl Local {
-    /// Starts `chatpipe-operator local` with `args`; its stdout is echoed
+    /// Starts `chatpipe-local` with `args`; its stdout is echoed
     /// and its `[local]` lines are kept for [`Local::expect`].
     fn start(args: &[&str]) -> Local {
-        let mut cmd = Command::new(binary("chatpipe-operator"));
-        cmd.arg("local")
-            .args(args)
+        let mut cmd = Command::new(binary("chatpipe-local"));
+        cmd.args(args)
             .env("CHATPIPE_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(Stdio::piped());
-        let mut child = spawn_tied(cmd).expect("starting chatpipe-operator local");
+        let mut child = spawn_tied(cmd).expect("starting chatpipe-local");
         let stdout = child.stdout.take().expect("piped stdout");
         let (tx, lines) = mpsc::unbounded_channel();
         std::thread::spawn(move || {
@@ -533,8 +532,8 @@ fn an_invalid_manifest_is_refused_before_anything_starts() {
         processors: 3,
     };
     std::fs::write(&file, manifest.render()).unwrap();
-    let out = Command::new(binary("chatpipe-operator"))
-        .args(["local", "-f", file.to_str().unwrap(), "--state-dir"])
+    let out = Command::new(binary("chatpipe-local"))
+        .args(["-f", file.to_str().unwrap(), "--state-dir"])
         .arg(dir.path().join("state"))
         .output()
         .unwrap();

@@ -1,15 +1,16 @@
-//! Local mode: `chatpipe-operator local -f examples/local.yaml` runs a
-//! `ChatPipeline` manifest as processes on this machine — the same
-//! validated spec the controller deploys on Kubernetes.
+//! Local mode: `chatpipe-local -f examples/local.yaml` runs a
+//! `ChatPipeline` manifest as processes on this machine — the same plan
+//! ([`chatpipe_plan::Topology`]) the operator deploys on Kubernetes.
 //!
 //! What it does, in order:
 //! 1. reads the manifest (the ChatPipeline and the Secret holding the
-//!    Postgres URL, [`manifest`]) and validates it with
-//!    [`crate::validate::validate`];
+//!    Postgres URL, [`manifest`]), validates and plans it with
+//!    `chatpipe-plan`;
 //! 2. uses the broker at the manifest's bootstrap address, or starts Tansu
 //!    there when nothing listens and the address is loopback ([`broker`]);
-//! 3. creates the database, applies migrations, ensures the topic;
-//! 4. starts N ingest, M processor and K api processes ([`plan`],
+//! 3. creates the database, applies migrations (the plan's migration
+//!    component, run in-process), ensures the topic;
+//! 4. starts N ingest, M processor and K api processes ([`processes`],
 //!    [`supervisor`]), restarting any that crash, and prints the URLs once
 //!    every `/readyz` answers;
 //! 5. re-reads the manifest when it changes ([`watch`]) and applies the
@@ -19,16 +20,29 @@
 //! 6. on Ctrl-C or SIGTERM stops every service (SIGTERM, then SIGKILL after
 //!    `--grace-period`) and then the broker it started.
 //!
-//! Ports (see [`plan`]): ingest replica `i` on `--ingest-port + i·--port-stride`
+//! Ports (see [`processes`]): ingest replica `i` on `--ingest-port + i·--port-stride`
 //! (8080, 8180, …), api on `--api-port + i·stride` (8081, 8181, …),
 //! processor `i` ops on `--processor-port + i` (8090, 8091, …). Services'
 //! output goes to stdout prefixed `[name]`; local mode's own status lines
 //! are prefixed `[local]`, its logs go to stderr. The broker's data lives in
 //! `<state-dir>/broker/tansu.db`.
+//!
+//! # Layout
+//! - [`manifest`] — reading the manifest files; validating, planning and
+//!   resolving the Postgres Secret into a [`processes::LocalPipeline`].
+//! - [`processes`] — pure: the processes a plan asks for (ports, env from
+//!   the plan's settings), the difference to the running ones, refused edits.
+//! - [`supervisor`] — runs, restarts and stops the processes.
+//! - [`broker`] — finding or starting the Tansu broker.
+//! - [`watch`] — noticing edits of the manifest.
+//! - `src/main.rs` — the `chatpipe-local` binary; [`run`] is all it calls.
+//!
+//! Process spawning, signalling and the Tansu finder are shared with the
+//! test kit through `chatpipe-procs` (`local/procs/`).
 
 pub mod broker;
 pub mod manifest;
-pub mod plan;
+pub mod processes;
 pub mod supervisor;
 pub mod watch;
 
@@ -37,16 +51,24 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use chatpipe_core::config::parse_duration;
+use chatpipe_core::config::{parse_duration, LogArgs};
 use chatpipe_core::kafka::TopicState;
+use chatpipe_plan::Component;
 
 use self::manifest::{load, pipeline_name, resolve, Manifest};
-use self::plan::{check_update, desired, diff, Binaries, Component, LocalSpec, Ports, ProcessSpec};
+use self::processes::{
+    check_update, desired, diff, Binaries, LocalPipeline, Ports, ProcessSpec, Role,
+};
 use self::supervisor::Supervisor;
 use self::watch::FileWatch;
 
-/// Arguments of `chatpipe-operator local`.
-#[derive(Debug, Clone, clap::Args)]
+/// Arguments of `chatpipe-local`.
+#[derive(Debug, Clone, clap::Parser)]
+#[command(
+    name = "chatpipe-local",
+    version,
+    about = "Runs a ChatPipeline manifest as processes on this machine"
+)]
 pub struct LocalArgs {
     /// Manifest(s) to run: YAML holding one ChatPipeline and the Secret its
     /// `postgres.urlSecret` names. Repeat (or comma-separate) for several
@@ -63,7 +85,7 @@ pub struct LocalArgs {
     #[arg(long, env = "CHATPIPE_LOCAL_STATE_DIR", default_value = ".local")]
     pub state_dir: PathBuf,
     /// The `tansu` executable [default: `tansu` on PATH, then ~/.cargo/bin/tansu].
-    #[arg(long, env = "CHATPIPE_TANSU")]
+    #[arg(long, env = chatpipe_procs::tansu::TANSU_ENV)]
     pub tansu: Option<PathBuf>,
     /// Directory holding chatpipe-ingest, chatpipe-processor and chatpipe-api
     /// [default: the directory of this executable].
@@ -94,6 +116,10 @@ pub struct LocalArgs {
     /// How long to wait for services' /readyz before reporting them late.
     #[arg(long, env = "CHATPIPE_LOCAL_READY_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
     pub ready_timeout: Duration,
+    /// Local mode's own logs (on stderr; the services inherit the
+    /// environment, so `CHATPIPE_LOG` reaches them too).
+    #[command(flatten)]
+    pub log: LogArgs,
 }
 
 /// Prints one of local mode's status lines (a closed stdout is ignored).
@@ -105,10 +131,7 @@ fn say(msg: impl std::fmt::Display) {
 /// Runs the manifest until Ctrl-C or SIGTERM, then stops everything it
 /// started. Fails early (before starting anything) on an invalid manifest.
 pub async fn run(args: LocalArgs) -> anyhow::Result<()> {
-    chatpipe_core::telemetry::init_tracing(&chatpipe_core::config::LogArgs {
-        log: std::env::var("CHATPIPE_LOG").unwrap_or_else(|_| "info".to_owned()),
-        log_format: chatpipe_core::config::LogFormat::Text,
-    });
+    chatpipe_core::telemetry::init_tracing(&args.log);
     let manifest = load(&args.file)?;
     let spec = resolve(&manifest)?;
     let bins = binaries(&args)?;
@@ -144,13 +167,9 @@ fn binaries(args: &LocalArgs) -> anyhow::Result<Binaries> {
             .map(Path::to_owned)
             .context("this executable has no parent directory")?,
     };
-    let bins = Binaries {
-        ingest: dir.join("chatpipe-ingest"),
-        processor: dir.join("chatpipe-processor"),
-        api: dir.join("chatpipe-api"),
-    };
-    let missing: Vec<String> = [&bins.ingest, &bins.processor, &bins.api]
-        .iter()
+    let bins = Binaries::in_dir(&dir);
+    let missing: Vec<String> = bins
+        .all()
         .filter(|p| !p.is_file())
         .map(|p| p.display().to_string())
         .collect();
@@ -168,7 +187,7 @@ async fn serve(
     args: &LocalArgs,
     sup: &mut Supervisor,
     manifest: Manifest,
-    spec: LocalSpec,
+    spec: LocalPipeline,
     ports: Ports,
     bins: Binaries,
 ) -> anyhow::Result<()> {
@@ -180,7 +199,7 @@ async fn serve(
     if manifest.pipeline.is_paused() {
         say(format!(
             "pipeline {name} is paused (annotation {}); starting nothing until it is unpaused",
-            crate::crd::PAUSED_ANNOTATION
+            chatpipe_plan::crd::PAUSED_ANNOTATION
         ));
     } else {
         reconcile(args, sup, &name, &current, &ports, &bins, started_broker).await?;
@@ -208,7 +227,9 @@ async fn serve(
             say(format!("the edited manifest is not applied: {e}"));
             continue;
         }
-        if next.topic != current.topic || next.postgres_url != current.postgres_url {
+        if next.topology.kafka.topic != current.topology.kafka.topic
+            || next.postgres_url != current.postgres_url
+        {
             if let Err(e) = prepare(&next).await {
                 say(format!("the edited manifest is not applied: {e:#}"));
                 continue;
@@ -226,9 +247,9 @@ async fn serve(
 async fn ensure_broker(
     args: &LocalArgs,
     sup: &mut Supervisor,
-    spec: &LocalSpec,
+    spec: &LocalPipeline,
 ) -> anyhow::Result<bool> {
-    let server = broker::first_server(&spec.bootstrap_servers);
+    let server = broker::first_server(&spec.topology.kafka.bootstrap_servers);
     if broker::is_listening(server).await {
         say(format!("using the broker already listening on {server}"));
         return Ok(false);
@@ -258,8 +279,10 @@ async fn ensure_broker(
     Ok(true)
 }
 
-/// Creates the database, applies migrations and ensures the topic.
-async fn prepare(spec: &LocalSpec) -> anyhow::Result<()> {
+/// Creates the database, applies migrations (the plan's migration
+/// component, run here rather than as a process) and ensures the topic.
+async fn prepare(spec: &LocalPipeline) -> anyhow::Result<()> {
+    let kafka = &spec.topology.kafka;
     let db = chatpipe_core::db::redact(&spec.postgres_url);
     chatpipe_core::db::ensure_database(&spec.postgres_url)
         .await
@@ -281,9 +304,9 @@ async fn prepare(spec: &LocalSpec) -> anyhow::Result<()> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     let state = loop {
         match chatpipe_core::kafka::ensure_topic(
-            &spec.bootstrap_servers,
-            &spec.topic,
-            spec.partitions,
+            &kafka.bootstrap_servers,
+            &kafka.topic,
+            kafka.partitions,
             1,
             Duration::from_secs(10),
         )
@@ -298,7 +321,7 @@ async fn prepare(spec: &LocalSpec) -> anyhow::Result<()> {
                 return Err(e).with_context(|| {
                     format!(
                         "ensuring topic {} on {}",
-                        spec.topic, spec.bootstrap_servers
+                        kafka.topic, kafka.bootstrap_servers
                     )
                 })
             }
@@ -307,17 +330,17 @@ async fn prepare(spec: &LocalSpec) -> anyhow::Result<()> {
     match state {
         TopicState::Created => say(format!(
             "topic {} created with {} partitions",
-            spec.topic, spec.partitions
+            kafka.topic, kafka.partitions
         )),
         TopicState::Exists => say(format!(
             "topic {} exists with {} partitions",
-            spec.topic, spec.partitions
+            kafka.topic, kafka.partitions
         )),
         TopicState::Mismatch { actual } => bail!(
             "topic {} has {actual} partitions on the broker but the manifest says {}; \
              partitions are immutable: restore {actual}, or use a new topic name",
-            spec.topic,
-            spec.partitions
+            kafka.topic,
+            kafka.partitions
         ),
     }
     Ok(())
@@ -328,7 +351,7 @@ async fn reconcile(
     args: &LocalArgs,
     sup: &mut Supervisor,
     name: &str,
-    spec: &LocalSpec,
+    spec: &LocalPipeline,
     ports: &Ports,
     bins: &Binaries,
     started_broker: bool,
@@ -347,14 +370,14 @@ async fn reconcile(
     say(format!("starting {}", starting.join(", ")));
 
     let late = wait_ready(&want, args.ready_timeout).await;
-    let count = |c: Component| want.iter().filter(|p| p.component == c).count();
+    let count = |c: Component| want.iter().filter(|p| p.role == Role::Service(c)).count();
     let status = format!(
         "pipeline {name}: {} ingest, {} processor(s), {} api; topic {} ({} partitions)",
         count(Component::Ingest),
         count(Component::Processor),
         count(Component::Api),
-        spec.topic,
-        spec.partitions
+        spec.topology.kafka.topic,
+        spec.topology.kafka.partitions
     );
     if late.is_empty() {
         say(format!("ready: {status}"));
@@ -371,14 +394,14 @@ async fn reconcile(
 
 fn print_urls(
     want: &[ProcessSpec],
-    spec: &LocalSpec,
+    spec: &LocalPipeline,
     started_broker: bool,
     state_dir: &Path,
     files: &[PathBuf],
 ) {
     let addrs = |c: Component| -> Vec<String> {
         want.iter()
-            .filter(|p| p.component == c)
+            .filter(|p| p.role == Role::Service(c))
             .filter_map(|p| p.listen)
             .map(|a| a.to_string())
             .collect()
@@ -406,7 +429,7 @@ fn print_urls(
     };
     say(format!(
         "  broker:     {} ({broker})",
-        spec.bootstrap_servers
+        spec.topology.kafka.bootstrap_servers
     ));
     let files: Vec<String> = files.iter().map(|f| f.display().to_string()).collect();
     say(format!(
@@ -458,16 +481,10 @@ mod tests {
     use super::*;
     use clap::{CommandFactory, Parser};
 
-    #[derive(Debug, Parser)]
-    struct Cli {
-        #[command(flatten)]
-        local: LocalArgs,
-    }
-
     #[test]
     fn defaults_are_the_documented_ones() {
-        Cli::command().debug_assert();
-        let a = Cli::try_parse_from(["local"]).unwrap().local;
+        LocalArgs::command().debug_assert();
+        let a = LocalArgs::try_parse_from(["local"]).unwrap();
         assert_eq!(a.file, [PathBuf::from("examples/local.yaml")]);
         assert_eq!(a.state_dir, PathBuf::from(".local"));
         assert_eq!(a.host, IpAddr::from([127, 0, 0, 1]));
@@ -483,7 +500,7 @@ mod tests {
 
     #[test]
     fn several_files_and_ports_can_be_given() {
-        let a = Cli::try_parse_from([
+        let a = LocalArgs::try_parse_from([
             "local",
             "-f",
             "a.yaml",
@@ -494,8 +511,7 @@ mod tests {
             "--watch-interval",
             "200ms",
         ])
-        .unwrap()
-        .local;
+        .unwrap();
         assert_eq!(a.file.len(), 3);
         assert_eq!(a.ingest_port, 9000);
         assert_eq!(a.watch_interval, Duration::from_millis(200));

@@ -4,13 +4,16 @@
 //! a restart of local mode.
 //!
 //! The broker is supervised like every other process (restarted when it
-//! crashes) and stopped last.
+//! crashes) and stopped last. Its executable and command line are the test
+//! kit's too ([`chatpipe_procs::tansu`]).
 
 use std::net::ToSocketAddrs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
-use crate::local::plan::{Component, ProcessSpec};
+pub use chatpipe_procs::find_tansu;
+
+use crate::processes::{ProcessSpec, Role};
 
 /// The first server of a comma-separated bootstrap list.
 pub fn first_server(bootstrap: &str) -> &str {
@@ -60,43 +63,16 @@ pub async fn wait_listening(server: &str, timeout: Duration) -> bool {
     }
 }
 
-/// Finds the `tansu` executable: `explicit` when given, else on `PATH`,
-/// else `~/.cargo/bin/tansu`.
-pub fn find_tansu(explicit: Option<&Path>) -> Option<PathBuf> {
-    if let Some(p) = explicit {
-        return p.is_file().then(|| p.to_owned());
-    }
-    let on_path = std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|d| d.join("tansu"))
-            .find(|p| p.is_file())
-    });
-    on_path.or_else(|| {
-        let home = std::env::var_os("HOME")?;
-        let p = PathBuf::from(home).join(".cargo/bin/tansu");
-        p.is_file().then_some(p)
-    })
-}
-
 /// The broker process: Tansu listening on (and advertising) `server`, its
 /// data in `<data_dir>/tansu.db` (SQLite; Tansu resolves the storage URL
 /// against its working directory, which is `data_dir`).
 pub fn broker_process(tansu: &Path, server: &str, data_dir: &Path) -> ProcessSpec {
-    let url = format!("tcp://{server}");
     ProcessSpec {
-        name: "broker".to_owned(),
-        component: Component::Broker,
+        name: Role::Broker.as_str().to_owned(),
+        role: Role::Broker,
         ordinal: 0,
         program: tansu.to_owned(),
-        args: vec![
-            "broker".to_owned(),
-            "--listener-url".to_owned(),
-            url.clone(),
-            "--advertised-listener-url".to_owned(),
-            url,
-            "--storage-engine".to_owned(),
-            "sqlite://tansu.db".to_owned(),
-        ],
+        args: chatpipe_procs::broker_args(server),
         env: Default::default(),
         cwd: Some(data_dir.to_owned()),
         listen: None,
@@ -126,29 +102,12 @@ mod tests {
             Path::new("/s/broker"),
         );
         assert_eq!(p.name, "broker");
-        assert_eq!(p.component, Component::Broker);
+        assert_eq!(p.role, Role::Broker);
+        // `sqlite://tansu.db` is resolved against the working directory.
         assert_eq!(p.cwd.as_deref(), Some(Path::new("/s/broker")));
-        assert_eq!(
-            p.args,
-            [
-                "broker",
-                "--listener-url",
-                "tcp://127.0.0.1:9092",
-                "--advertised-listener-url",
-                "tcp://127.0.0.1:9092",
-                "--storage-engine",
-                "sqlite://tansu.db"
-            ]
-        );
-    }
-
-    #[test]
-    fn explicit_tansu_path_must_exist() {
-        assert_eq!(find_tansu(Some(Path::new("/nonexistent/tansu"))), None);
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("tansu");
-        std::fs::write(&p, "").unwrap();
-        assert_eq!(find_tansu(Some(&p)), Some(p));
+        assert_eq!(p.program, Path::new("/x/tansu"));
+        assert_eq!(p.args, chatpipe_procs::broker_args("127.0.0.1:9092"));
+        assert!(p.args.iter().any(|a| a == "sqlite://tansu.db"));
     }
 
     #[tokio::test]

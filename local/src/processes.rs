@@ -1,10 +1,12 @@
-//! The pure core of local mode: which processes a validated `ChatPipeline`
-//! asks for on this machine ([`desired`]), what must change to get from the
-//! running set to that ([`diff`]), and which edits of a running manifest are
-//! refused ([`check_update`]).
+//! The pure core of local mode: which processes the plan asks for on this
+//! machine ([`desired`]), what must change to get from the running set to
+//! that ([`diff`]), and which edits of a running manifest are refused
+//! ([`check_update`]).
 //!
 //! No I/O here: the supervisor applies the [`Actions`], the tests call these
-//! functions directly.
+//! functions directly. Each process gets its component's planned settings
+//! plus where it runs (its listener, the database URL, a processor's
+//! ordinal), written by the same `to_env()` the operator's ConfigMaps use.
 //!
 //! # Ports
 //! Every process listens on `host` (127.0.0.1 by default):
@@ -15,75 +17,46 @@
 //!
 //! # Processors and partition handover
 //! Processor `i` of `M` owns partitions `p` with `p mod M == i`, fenced by an
-//! owner epoch in Postgres. `CHATPIPE_PROCESSOR_REPLICAS` is part of every
+//! owner epoch in Postgres. The processor count is part of every
 //! processor's environment, so a change of `M` changes every processor's
 //! [`ProcessSpec`] and [`diff`] restarts the whole set: all old processors
 //! are stopped (gracefully) before any new one starts.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-/// The three chatpipe services, plus the broker local mode may run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Component {
-    /// The Kafka-protocol broker (Tansu), started only when none listens.
-    Broker,
-    /// `chatpipe-ingest`.
-    Ingest,
-    /// `chatpipe-processor`.
-    Processor,
-    /// `chatpipe-api`.
-    Api,
+use chatpipe_plan::{Component, Topology};
+use chatpipe_settings::common::ServiceSettings;
+
+/// A pipeline as local mode runs it: the plan, and the database URL its
+/// Secret holds.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LocalPipeline {
+    /// What runs, with which settings.
+    pub topology: Topology,
+    /// The Postgres URL (resolved from the manifest's Secret).
+    pub postgres_url: String,
 }
 
-impl Component {
+/// What a process local mode runs is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Role {
+    /// The Kafka-protocol broker (Tansu), started only when none listens.
+    Broker,
+    /// A replica of one of the plan's services.
+    Service(Component),
+}
+
+impl Role {
     /// Short name used in process names and log prefixes.
     pub fn as_str(self) -> &'static str {
         match self {
-            Component::Broker => "broker",
-            Component::Ingest => "ingest",
-            Component::Processor => "processor",
-            Component::Api => "api",
+            Role::Broker => "broker",
+            Role::Service(c) => c.as_str(),
         }
     }
-}
-
-/// Everything local mode needs from a validated `ChatPipeline` (with its
-/// Postgres Secret resolved), as plain data.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LocalSpec {
-    /// Kafka bootstrap servers.
-    pub bootstrap_servers: String,
-    /// Event topic.
-    pub topic: String,
-    /// Partitions of the topic (immutable).
-    pub partitions: i32,
-    /// Postgres connection URL (from the Secret).
-    pub postgres_url: String,
-    /// Grouping gap, as written in the manifest (`5s`).
-    pub grouping_gap: String,
-    /// Late-arrival tolerance, as written in the manifest (`6s`).
-    pub late_arrival_tolerance: String,
-    /// Watermark allowance, when the manifest sets one.
-    pub watermark_allowance: Option<String>,
-    /// Longest span of one group, when the manifest sets one.
-    pub max_group_span: Option<String>,
-    /// Most messages in one group, when the manifest sets it.
-    pub max_group_messages: Option<u32>,
-    /// Largest tolerated clock skew, when the manifest sets one.
-    pub max_clock_skew: Option<String>,
-    /// Largest accepted webhook body, when set.
-    pub max_body_bytes: Option<i64>,
-    /// Largest accepted message content, when set.
-    pub max_content_bytes: Option<i64>,
-    /// Ingest processes.
-    pub ingest_replicas: u32,
-    /// Processor processes.
-    pub processor_replicas: u32,
-    /// Api processes.
-    pub api_replicas: u32,
 }
 
 /// Where the processes listen.
@@ -113,15 +86,48 @@ impl Default for Ports {
     }
 }
 
-/// Paths of the service binaries.
+impl Ports {
+    /// The port of replica 0 of `component` and the step between replicas.
+    fn layout(&self, component: Component) -> (u16, u16) {
+        match component {
+            Component::Ingest => (self.ingest, self.stride),
+            Component::Api => (self.api, self.stride),
+            Component::Processor | Component::Migrate => (self.processor, 1),
+        }
+    }
+}
+
+/// Paths of the service binaries, by component.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Binaries {
-    /// `chatpipe-ingest`.
-    pub ingest: PathBuf,
-    /// `chatpipe-processor`.
-    pub processor: PathBuf,
-    /// `chatpipe-api`.
-    pub api: PathBuf,
+    paths: BTreeMap<Component, PathBuf>,
+}
+
+impl Binaries {
+    /// Every service's binary ([`Component::binary`]) in `dir`.
+    pub fn in_dir(dir: &Path) -> Self {
+        let paths = Component::SERVICES
+            .iter()
+            .map(|c| (*c, dir.join(c.binary())))
+            .collect();
+        Self { paths }
+    }
+
+    /// These binaries with `component`'s at `path`.
+    pub fn with(mut self, component: Component, path: PathBuf) -> Self {
+        self.paths.insert(component, path);
+        self
+    }
+
+    /// The binary of `component`, when it has one.
+    pub fn get(&self, component: Component) -> Option<&Path> {
+        self.paths.get(&component).map(PathBuf::as_path)
+    }
+
+    /// Every binary.
+    pub fn all(&self) -> impl Iterator<Item = &Path> {
+        self.paths.values().map(PathBuf::as_path)
+    }
 }
 
 /// One process local mode runs: what to execute and with which settings.
@@ -130,8 +136,8 @@ pub struct Binaries {
 pub struct ProcessSpec {
     /// Unique name, e.g. `processor-2`; also the log prefix.
     pub name: String,
-    /// Which service.
-    pub component: Component,
+    /// What it is.
+    pub role: Role,
     /// Replica index within its component.
     pub ordinal: u32,
     /// Executable.
@@ -153,9 +159,9 @@ impl ProcessSpec {
     }
 }
 
-/// Why a plan cannot be built or an edit is refused.
+/// Why local mode refuses a layout or an edit.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum PlanError {
+pub enum Refusal {
     /// A replica's port would exceed 65535.
     #[error("{component} replica {ordinal} would listen on port {port}, beyond 65535; lower the replicas or the base port")]
     PortOverflow {
@@ -176,13 +182,11 @@ pub enum PlanError {
         /// The shared port.
         port: u16,
     },
-    /// More processors than partitions.
-    #[error("processor.replicas ({replicas}) must not exceed kafka.partitions ({partitions})")]
-    TooManyProcessors {
-        /// Requested processors.
-        replicas: u32,
-        /// Partitions of the topic.
-        partitions: i32,
+    /// A service has no binary.
+    #[error("no binary for {component}")]
+    NoBinary {
+        /// Component name.
+        component: &'static str,
     },
     /// The edit changes the partition count of a running pipeline.
     #[error("kafka.partitions is immutable: the running pipeline has {from}, the file now says {to}; the edit is ignored (restore {from}, or stop local mode and use a new topic)")]
@@ -202,111 +206,61 @@ pub enum PlanError {
     },
 }
 
-/// The environment every chatpipe service gets.
-fn common_env(spec: &LocalSpec, listen: SocketAddr) -> BTreeMap<String, String> {
-    let mut env = BTreeMap::new();
-    env.insert("CHATPIPE_LISTEN".to_owned(), listen.to_string());
-    env.insert(
-        "CHATPIPE_POSTGRES_URL".to_owned(),
-        spec.postgres_url.clone(),
-    );
-    env.insert(
-        "CHATPIPE_KAFKA_BROKERS".to_owned(),
-        spec.bootstrap_servers.clone(),
-    );
-    env.insert("CHATPIPE_KAFKA_TOPIC".to_owned(), spec.topic.clone());
-    env
-}
-
-fn port_for(component: Component, base: u16, step: u16, ordinal: u32) -> Result<u16, PlanError> {
+fn port_for(component: Component, base: u16, step: u16, ordinal: u32) -> Result<u16, Refusal> {
     let port = u32::from(base) + u32::from(step) * ordinal;
-    u16::try_from(port).map_err(|_| PlanError::PortOverflow {
+    u16::try_from(port).map_err(|_| Refusal::PortOverflow {
         component: component.as_str(),
         ordinal,
         port,
     })
 }
 
-/// The processes `spec` asks for, in start order (ingest, processors, api),
-/// each with its port and environment.
+/// The processes `pipeline` asks for, in start order (ingest, processors,
+/// api), each with its port and environment. The migration is not among
+/// them: local mode runs it itself before starting anything.
 pub fn desired(
-    spec: &LocalSpec,
+    pipeline: &LocalPipeline,
     ports: &Ports,
     bins: &Binaries,
-) -> Result<Vec<ProcessSpec>, PlanError> {
-    if i64::from(spec.processor_replicas) > i64::from(spec.partitions) {
-        return Err(PlanError::TooManyProcessors {
-            replicas: spec.processor_replicas,
-            partitions: spec.partitions,
-        });
-    }
+) -> Result<Vec<ProcessSpec>, Refusal> {
     let mut out = Vec::new();
-    for i in 0..spec.ingest_replicas {
-        let listen = SocketAddr::new(
-            ports.host,
-            port_for(Component::Ingest, ports.ingest, ports.stride, i)?,
-        );
-        let mut env = common_env(spec, listen);
-        if let Some(b) = spec.max_body_bytes {
-            env.insert("CHATPIPE_MAX_BODY_BYTES".to_owned(), b.to_string());
+    for planned in pipeline.topology.components() {
+        let component = planned.component();
+        if component == Component::Migrate {
+            continue;
         }
-        if let Some(b) = spec.max_content_bytes {
-            env.insert("CHATPIPE_MAX_CONTENT_BYTES".to_owned(), b.to_string());
+        let program = bins.get(component).ok_or(Refusal::NoBinary {
+            component: component.as_str(),
+        })?;
+        let (base, step) = ports.layout(component);
+        for ordinal in 0..planned.replicas {
+            let listen = SocketAddr::new(ports.host, port_for(component, base, step, ordinal)?);
+            let settings = planned
+                .settings
+                .clone()
+                .with_service(ServiceSettings {
+                    listen: Some(listen),
+                    postgres_url: Some(pipeline.postgres_url.clone()),
+                    ..ServiceSettings::default()
+                })
+                .for_replica(ordinal);
+            out.push(ProcessSpec {
+                name: format!("{component}-{ordinal}"),
+                role: Role::Service(component),
+                ordinal,
+                program: program.to_owned(),
+                args: Vec::new(),
+                env: settings.to_env().into_iter().collect(),
+                cwd: None,
+                listen: Some(listen),
+            });
         }
-        out.push(service(Component::Ingest, i, &bins.ingest, env, listen));
-    }
-    for i in 0..spec.processor_replicas {
-        let listen = SocketAddr::new(
-            ports.host,
-            port_for(Component::Processor, ports.processor, 1, i)?,
-        );
-        let mut env = common_env(spec, listen);
-        env.insert(
-            "CHATPIPE_GROUPING_GAP".to_owned(),
-            spec.grouping_gap.clone(),
-        );
-        env.insert(
-            "CHATPIPE_LATE_TOLERANCE".to_owned(),
-            spec.late_arrival_tolerance.clone(),
-        );
-        if let Some(w) = &spec.watermark_allowance {
-            env.insert("CHATPIPE_WATERMARK_ALLOWANCE".to_owned(), w.clone());
-        }
-        if let Some(s) = &spec.max_group_span {
-            env.insert("CHATPIPE_MAX_GROUP_SPAN".to_owned(), s.clone());
-        }
-        if let Some(n) = spec.max_group_messages {
-            env.insert("CHATPIPE_MAX_GROUP_MESSAGES".to_owned(), n.to_string());
-        }
-        if let Some(s) = &spec.max_clock_skew {
-            env.insert("CHATPIPE_MAX_CLOCK_SKEW".to_owned(), s.clone());
-        }
-        env.insert(
-            "CHATPIPE_PROCESSOR_REPLICAS".to_owned(),
-            spec.processor_replicas.to_string(),
-        );
-        env.insert("CHATPIPE_PROCESSOR_ORDINAL".to_owned(), i.to_string());
-        out.push(service(
-            Component::Processor,
-            i,
-            &bins.processor,
-            env,
-            listen,
-        ));
-    }
-    for i in 0..spec.api_replicas {
-        let listen = SocketAddr::new(
-            ports.host,
-            port_for(Component::Api, ports.api, ports.stride, i)?,
-        );
-        let env = common_env(spec, listen);
-        out.push(service(Component::Api, i, &bins.api, env, listen));
     }
     let mut seen: BTreeMap<u16, &str> = BTreeMap::new();
     for p in &out {
         if let Some(addr) = p.listen {
             if let Some(first) = seen.insert(addr.port(), &p.name) {
-                return Err(PlanError::PortClash {
+                return Err(Refusal::PortClash {
                     first: first.to_owned(),
                     second: p.name.clone(),
                     port: addr.port(),
@@ -315,25 +269,6 @@ pub fn desired(
         }
     }
     Ok(out)
-}
-
-fn service(
-    component: Component,
-    ordinal: u32,
-    program: &std::path::Path,
-    env: BTreeMap<String, String>,
-    listen: SocketAddr,
-) -> ProcessSpec {
-    ProcessSpec {
-        name: format!("{}-{ordinal}", component.as_str()),
-        component,
-        ordinal,
-        program: program.to_owned(),
-        args: Vec::new(),
-        env,
-        cwd: None,
-        listen: Some(listen),
-    }
 }
 
 /// What the supervisor must do, in order: stop `stop` (all of them, and
@@ -382,17 +317,18 @@ pub fn diff(desired: &[ProcessSpec], running: &[ProcessSpec]) -> Actions {
 /// partition count (immutable) and the broker address. Everything else
 /// (replicas, windows, topic name, Postgres URL, limits) is applied by
 /// restarting the affected processes.
-pub fn check_update(running: &LocalSpec, next: &LocalSpec) -> Result<(), PlanError> {
-    if running.partitions != next.partitions {
-        return Err(PlanError::PartitionsImmutable {
-            from: running.partitions,
-            to: next.partitions,
+pub fn check_update(running: &LocalPipeline, next: &LocalPipeline) -> Result<(), Refusal> {
+    let (from, to) = (&running.topology.kafka, &next.topology.kafka);
+    if from.partitions != to.partitions {
+        return Err(Refusal::PartitionsImmutable {
+            from: from.partitions,
+            to: to.partitions,
         });
     }
-    if running.bootstrap_servers != next.bootstrap_servers {
-        return Err(PlanError::BrokerChanged {
-            from: running.bootstrap_servers.clone(),
-            to: next.bootstrap_servers.clone(),
+    if from.bootstrap_servers != to.bootstrap_servers {
+        return Err(Refusal::BrokerChanged {
+            from: from.bootstrap_servers.clone(),
+            to: to.bootstrap_servers.clone(),
         });
     }
     Ok(())
@@ -412,49 +348,54 @@ pub const HEALTHY_RUN: Duration = Duration::from_secs(60);
 #[cfg(test)]
 mod tests {
     use super::*;
+    use chatpipe_plan::crd::ChatPipelineSpec;
+    use chatpipe_plan::validate::validate;
 
-    fn spec() -> LocalSpec {
-        LocalSpec {
-            bootstrap_servers: "127.0.0.1:9092".into(),
-            topic: "chatpipe.events".into(),
-            partitions: 8,
-            postgres_url: "postgres://postgres@127.0.0.1:5432/chatpipe".into(),
-            grouping_gap: "5s".into(),
-            late_arrival_tolerance: "6s".into(),
-            watermark_allowance: None,
-            max_group_span: None,
-            max_group_messages: None,
-            max_clock_skew: None,
-            max_body_bytes: None,
-            max_content_bytes: None,
-            ingest_replicas: 1,
-            processor_replicas: 2,
-            api_replicas: 1,
+    const PG: &str = "postgres://postgres@127.0.0.1:5432/chatpipe";
+
+    fn spec() -> ChatPipelineSpec {
+        serde_yaml::from_str(
+            r#"
+image: chatpipe:dev
+kafka: { bootstrapServers: "127.0.0.1:9092", topic: chatpipe.events, partitions: 8 }
+postgres: { urlSecret: { name: chatpipe-postgres, key: url } }
+ingest: { replicas: 1 }
+processor: { replicas: 2 }
+api: { replicas: 1 }
+"#,
+        )
+        .unwrap()
+    }
+
+    fn pipeline(s: &ChatPipelineSpec) -> LocalPipeline {
+        LocalPipeline {
+            topology: chatpipe_plan::plan(&validate(s).unwrap()),
+            postgres_url: PG.to_owned(),
         }
     }
 
     fn bins() -> Binaries {
-        Binaries {
-            ingest: "/bin/chatpipe-ingest".into(),
-            processor: "/bin/chatpipe-processor".into(),
-            api: "/bin/chatpipe-api".into(),
-        }
+        Binaries::in_dir(Path::new("/bin"))
     }
 
     fn names(ps: &[ProcessSpec]) -> Vec<&str> {
         ps.iter().map(|p| p.name.as_str()).collect()
     }
 
-    fn plan(s: &LocalSpec) -> Vec<ProcessSpec> {
-        desired(s, &Ports::default(), &bins()).unwrap()
+    fn plan(s: &ChatPipelineSpec) -> Vec<ProcessSpec> {
+        desired(&pipeline(s), &Ports::default(), &bins()).unwrap()
+    }
+
+    fn is(p: &ProcessSpec, c: Component) -> bool {
+        p.role == Role::Service(c)
     }
 
     #[test]
     fn default_layout_uses_the_documented_ports() {
         let mut s = spec();
-        s.ingest_replicas = 2;
-        s.api_replicas = 2;
-        s.processor_replicas = 3;
+        s.ingest.replicas = 2;
+        s.api.replicas = 2;
+        s.processor.replicas = 3;
         let ps = plan(&s);
         let got: Vec<(&str, u16)> = ps
             .iter()
@@ -481,6 +422,9 @@ mod tests {
         );
     }
 
+    /// Every service gets its listener and the database; those that talk
+    /// to Kafka (ingest, processors) get the broker and the topic (the api
+    /// reads neither).
     #[test]
     fn every_service_gets_the_connection_settings() {
         for p in plan(&spec()) {
@@ -494,8 +438,15 @@ mod tests {
                 p.env["CHATPIPE_POSTGRES_URL"],
                 "postgres://postgres@127.0.0.1:5432/chatpipe"
             );
-            assert_eq!(p.env["CHATPIPE_KAFKA_BROKERS"], "127.0.0.1:9092");
-            assert_eq!(p.env["CHATPIPE_KAFKA_TOPIC"], "chatpipe.events");
+            let Role::Service(c) = p.role else {
+                panic!("{} is not a service", p.name);
+            };
+            if c.reads_kafka() {
+                assert_eq!(p.env["CHATPIPE_KAFKA_BROKERS"], "127.0.0.1:9092");
+                assert_eq!(p.env["CHATPIPE_KAFKA_TOPIC"], "chatpipe.events");
+            } else {
+                assert!(!p.env.contains_key("CHATPIPE_KAFKA_BROKERS"), "{}", p.name);
+            }
             assert!(p.args.is_empty());
             assert!(p.cwd.is_none());
         }
@@ -504,11 +455,11 @@ mod tests {
     #[test]
     fn processors_know_their_ordinal_replicas_and_windows() {
         let mut s = spec();
-        s.processor_replicas = 3;
-        s.watermark_allowance = Some("20ms".into());
+        s.processor.replicas = 3;
+        s.processing.watermark_allowance = Some("20ms".into());
         let procs: Vec<ProcessSpec> = plan(&s)
             .into_iter()
-            .filter(|p| p.component == Component::Processor)
+            .filter(|p| is(p, Component::Processor))
             .collect();
         assert_eq!(names(&procs), ["processor-0", "processor-1", "processor-2"]);
         for (i, p) in procs.iter().enumerate() {
@@ -525,11 +476,11 @@ mod tests {
     #[test]
     fn only_processors_get_window_settings_and_only_ingest_gets_limits() {
         let mut s = spec();
-        s.max_body_bytes = Some(65536);
-        s.max_content_bytes = Some(4096);
+        s.ingest.max_body_bytes = Some(65536);
+        s.ingest.max_content_bytes = Some(4096);
         for p in plan(&s) {
-            let is_proc = p.component == Component::Processor;
-            let is_ingest = p.component == Component::Ingest;
+            let is_proc = is(&p, Component::Processor);
+            let is_ingest = is(&p, Component::Ingest);
             assert_eq!(p.env.contains_key("CHATPIPE_GROUPING_GAP"), is_proc);
             assert_eq!(p.env.contains_key("CHATPIPE_PROCESSOR_ORDINAL"), is_proc);
             assert!(!p.env.contains_key("CHATPIPE_WATERMARK_ALLOWANCE"));
@@ -544,11 +495,11 @@ mod tests {
     #[test]
     fn group_limits_go_to_the_processors_only() {
         let mut s = spec();
-        s.max_group_span = Some("1m 30s".into());
-        s.max_group_messages = Some(250);
-        s.max_clock_skew = Some("0s".into());
+        s.processing.max_group_span = Some("1m30s".into());
+        s.processing.max_group_messages = Some(250);
+        s.processing.max_clock_skew = Some("0s".into());
         for p in plan(&s) {
-            let is_proc = p.component == Component::Processor;
+            let is_proc = is(&p, Component::Processor);
             assert_eq!(p.env.contains_key("CHATPIPE_MAX_GROUP_SPAN"), is_proc);
             assert_eq!(p.env.contains_key("CHATPIPE_MAX_GROUP_MESSAGES"), is_proc);
             assert_eq!(p.env.contains_key("CHATPIPE_MAX_CLOCK_SKEW"), is_proc);
@@ -574,7 +525,7 @@ mod tests {
     fn a_group_limit_change_restarts_processors_only() {
         let running = plan(&spec());
         let mut b = spec();
-        b.max_group_messages = Some(5);
+        b.processing.max_group_messages = Some(5);
         let acts = diff(&plan(&b), &running);
         assert_eq!(acts.stop, ["processor-0", "processor-1"]);
         assert_eq!(names(&acts.start), ["processor-0", "processor-1"]);
@@ -583,9 +534,9 @@ mod tests {
     #[test]
     fn zero_replicas_run_nothing() {
         let mut s = spec();
-        s.ingest_replicas = 0;
-        s.processor_replicas = 0;
-        s.api_replicas = 0;
+        s.ingest.replicas = 0;
+        s.processor.replicas = 0;
+        s.api.replicas = 0;
         assert!(plan(&s).is_empty());
     }
 
@@ -594,12 +545,12 @@ mod tests {
         // What the processors will compute from the env we give them.
         for m in 1..=8u32 {
             let mut s = spec();
-            s.processor_replicas = m;
+            s.processor.replicas = m as i32;
             let procs: Vec<ProcessSpec> = plan(&s)
                 .into_iter()
-                .filter(|p| p.component == Component::Processor)
+                .filter(|p| is(p, Component::Processor))
                 .collect();
-            let mut owners = vec![0; s.partitions as usize];
+            let mut owners = vec![0; s.kafka.partitions as usize];
             for p in &procs {
                 let n: u32 = p.env["CHATPIPE_PROCESSOR_REPLICAS"].parse().unwrap();
                 let i: u32 = p.env["CHATPIPE_PROCESSOR_ORDINAL"].parse().unwrap();
@@ -613,31 +564,29 @@ mod tests {
         }
     }
 
+    /// The rule lives in the validation (the one place for both
+    /// deployments): such a manifest never reaches a layout.
     #[test]
     fn more_processors_than_partitions_is_refused() {
         let mut s = spec();
-        s.processor_replicas = 9;
-        assert_eq!(
-            desired(&s, &Ports::default(), &bins()),
-            Err(PlanError::TooManyProcessors {
-                replicas: 9,
-                partitions: 8
-            })
-        );
+        s.processor.replicas = 9;
+        let problems = validate(&s).unwrap_err();
+        assert_eq!(problems.len(), 1);
+        assert_eq!(problems[0].field, "spec.processor.replicas");
     }
 
     #[test]
     fn ports_beyond_65535_are_refused() {
         let mut s = spec();
-        s.ingest_replicas = 2;
+        s.ingest.replicas = 2;
         let ports = Ports {
             ingest: 65500,
             ..Ports::default()
         };
-        let err = desired(&s, &ports, &bins()).unwrap_err();
+        let err = desired(&pipeline(&s), &ports, &bins()).unwrap_err();
         assert_eq!(
             err,
-            PlanError::PortOverflow {
+            Refusal::PortOverflow {
                 component: "ingest",
                 ordinal: 1,
                 port: 65600
@@ -648,16 +597,16 @@ mod tests {
     #[test]
     fn clashing_ports_are_refused() {
         let mut s = spec();
-        s.ingest_replicas = 2;
+        s.ingest.replicas = 2;
         // ingest-1 = 8080 + 1 = 8081 = api-0
         let ports = Ports {
             stride: 1,
             ..Ports::default()
         };
-        let err = desired(&s, &ports, &bins()).unwrap_err();
+        let err = desired(&pipeline(&s), &ports, &bins()).unwrap_err();
         assert_eq!(
             err,
-            PlanError::PortClash {
+            Refusal::PortClash {
                 first: "ingest-1".into(),
                 second: "api-0".into(),
                 port: 8081
@@ -669,8 +618,8 @@ mod tests {
             ..Ports::default()
         };
         assert!(matches!(
-            desired(&spec(), &ports, &bins()),
-            Err(PlanError::PortClash { port: 8080, .. })
+            desired(&pipeline(&spec()), &ports, &bins()),
+            Err(Refusal::PortClash { port: 8080, .. })
         ));
     }
 
@@ -693,9 +642,9 @@ mod tests {
     fn scaling_processors_restarts_all_processors_and_nothing_else() {
         for (from, to) in [(1, 3), (3, 2), (2, 1), (1, 8), (8, 1)] {
             let mut a = spec();
-            a.processor_replicas = from;
+            a.processor.replicas = from;
             let mut b = spec();
-            b.processor_replicas = to;
+            b.processor.replicas = to;
             let running = plan(&a);
             let want = plan(&b);
             let acts = diff(&want, &running);
@@ -721,7 +670,7 @@ mod tests {
     fn scaling_to_zero_processors_only_stops() {
         let running = plan(&spec());
         let mut b = spec();
-        b.processor_replicas = 0;
+        b.processor.replicas = 0;
         let acts = diff(&plan(&b), &running);
         assert_eq!(acts.stop, ["processor-0", "processor-1"]);
         assert!(acts.start.is_empty());
@@ -731,7 +680,7 @@ mod tests {
     fn scaling_ingest_touches_only_the_added_or_removed_replicas() {
         let running = plan(&spec());
         let mut up = spec();
-        up.ingest_replicas = 3;
+        up.ingest.replicas = 3;
         let acts = diff(&plan(&up), &running);
         assert!(acts.stop.is_empty());
         assert_eq!(names(&acts.start), ["ingest-1", "ingest-2"]);
@@ -746,33 +695,38 @@ mod tests {
     fn window_change_restarts_processors_only() {
         let running = plan(&spec());
         let mut b = spec();
-        b.grouping_gap = "2s".into();
+        b.processing.grouping_gap = "2s".into();
         let acts = diff(&plan(&b), &running);
         assert_eq!(acts.stop, ["processor-0", "processor-1"]);
         assert_eq!(names(&acts.start), ["processor-0", "processor-1"]);
     }
 
+    /// Every service reads the database; the topic only those that talk
+    /// to Kafka (the api is left running, as the operator leaves its pods).
     #[test]
-    fn postgres_or_topic_change_restarts_everything() {
+    fn postgres_or_topic_change_restarts_their_readers() {
         let running = plan(&spec());
-        let mut b = spec();
+        let mut b = pipeline(&spec());
         b.postgres_url = "postgres://postgres@127.0.0.1:5432/other".into();
-        let acts = diff(&plan(&b), &running);
+        let acts = diff(&desired(&b, &Ports::default(), &bins()).unwrap(), &running);
         assert_eq!(acts.stop.len(), running.len());
         assert_eq!(acts.start.len(), running.len());
         let mut c = spec();
-        c.topic = "other".into();
+        c.kafka.topic = "other".into();
         let acts = diff(&plan(&c), &running);
-        assert_eq!(acts.stop.len(), running.len());
+        assert_eq!(acts.stop, ["ingest-0", "processor-0", "processor-1"]);
+        assert_eq!(
+            names(&acts.start),
+            ["ingest-0", "processor-0", "processor-1"]
+        );
     }
 
     #[test]
     fn a_changed_binary_path_restarts_that_component() {
         let running = plan(&spec());
-        let mut other = bins();
-        other.api = "/opt/chatpipe-api".into();
+        let other = bins().with(Component::Api, "/opt/chatpipe-api".into());
         let acts = diff(
-            &desired(&spec(), &Ports::default(), &other).unwrap(),
+            &desired(&pipeline(&spec()), &Ports::default(), &other).unwrap(),
             &running,
         );
         assert_eq!(acts.stop, ["api-0"]);
@@ -792,21 +746,21 @@ mod tests {
 
     #[test]
     fn partitions_and_broker_are_immutable_while_running() {
-        let a = spec();
+        let a = pipeline(&spec());
         let mut b = spec();
-        b.processor_replicas = 3;
-        b.topic = "x".into();
-        assert_eq!(check_update(&a, &b), Ok(()));
+        b.processor.replicas = 3;
+        b.kafka.topic = "x".into();
+        assert_eq!(check_update(&a, &pipeline(&b)), Ok(()));
         let mut c = spec();
-        c.partitions = 16;
-        let err = check_update(&a, &c).unwrap_err();
-        assert_eq!(err, PlanError::PartitionsImmutable { from: 8, to: 16 });
+        c.kafka.partitions = 16;
+        let err = check_update(&a, &pipeline(&c)).unwrap_err();
+        assert_eq!(err, Refusal::PartitionsImmutable { from: 8, to: 16 });
         assert!(err.to_string().contains("immutable"), "{err}");
         let mut d = spec();
-        d.bootstrap_servers = "127.0.0.1:9093".into();
+        d.kafka.bootstrap_servers = "127.0.0.1:9093".into();
         assert!(matches!(
-            check_update(&a, &d),
-            Err(PlanError::BrokerChanged { .. })
+            check_update(&a, &pipeline(&d)),
+            Err(Refusal::BrokerChanged { .. })
         ));
     }
 

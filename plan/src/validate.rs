@@ -5,8 +5,9 @@
 //! The API server already enforces the CEL rules of the CRD; this repeats
 //! them (objects may come from a file in local mode, or from an API server
 //! that skipped the rules) and adds what CEL cannot express (Kafka topic
-//! names, bootstrap server syntax, …). Both the controller and the local mode
-//! build from a [`ValidatedPipeline`] only.
+//! names, bootstrap server syntax, …). The plan ([`crate::topology::plan`])
+//! is built from a [`ValidatedPipeline`] only, and every rule lives here
+//! once — "processors ≤ partitions" among them — for both deployments.
 
 use std::fmt;
 use std::time::Duration;

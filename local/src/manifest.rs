@@ -2,21 +2,22 @@
 //! files holding exactly one `ChatPipeline` and the `Secret`s it references.
 //!
 //! [`load`] reads and parses the files; [`resolve`] (pure) validates the
-//! pipeline with the controller's [`crate::validate::validate`] and resolves
-//! `spec.postgres.urlSecret` against a `Secret` document of the same files
-//! (`stringData`, or base64 `data`), giving the plain [`LocalSpec`] the
-//! planner works from. Namespaces are ignored: everything runs on this
-//! machine.
+//! pipeline with the one validation both deployments use
+//! ([`chatpipe_plan::validate::validate`]), plans it
+//! ([`chatpipe_plan::plan`]) and resolves `spec.postgres.urlSecret` against
+//! a `Secret` document of the same files (`stringData`, or base64 `data`),
+//! giving the [`LocalPipeline`] local mode runs. Namespaces are ignored:
+//! everything runs on this machine.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use chatpipe_plan::crd::ChatPipeline;
+use chatpipe_plan::validate::{validate, ValidationProblem};
 use k8s_openapi::api::core::v1::Secret;
 use serde::Deserialize;
 
-use crate::crd::ChatPipeline;
-use crate::local::plan::LocalSpec;
-use crate::validate::{validate, ValidationProblem};
+use crate::processes::LocalPipeline;
 
 /// A parsed manifest: the pipeline and the Secrets found beside it.
 #[derive(Debug, Clone)]
@@ -222,9 +223,9 @@ fn secret_keys(secret: &Secret) -> String {
     }
 }
 
-/// Validates the pipeline and resolves its Secret into a [`LocalSpec`].
-/// Pure.
-pub fn resolve(manifest: &Manifest) -> Result<LocalSpec, ManifestError> {
+/// Validates and plans the pipeline and resolves its Secret into a
+/// [`LocalPipeline`]. Pure.
+pub fn resolve(manifest: &Manifest) -> Result<LocalPipeline, ManifestError> {
     let name = pipeline_name(&manifest.pipeline);
     let v = validate(&manifest.pipeline.spec).map_err(|problems| ManifestError::Invalid {
         name: name.clone(),
@@ -246,33 +247,37 @@ pub fn resolve(manifest: &Manifest) -> Result<LocalSpec, ManifestError> {
             key: r.key.clone(),
             present: secret_keys(secret),
         })?;
-    let fmt = |d: std::time::Duration| chatpipe_core::config::format_duration(d);
-    let replicas = |n: i32| u32::try_from(n).unwrap_or(0);
-    Ok(LocalSpec {
-        bootstrap_servers: v.kafka.bootstrap_servers.clone(),
-        topic: v.kafka.topic.clone(),
-        partitions: v.kafka.partitions,
+    Ok(LocalPipeline {
+        topology: chatpipe_plan::plan(&v),
         postgres_url,
-        grouping_gap: fmt(v.grouping_gap),
-        late_arrival_tolerance: fmt(v.late_arrival_tolerance),
-        watermark_allowance: v.watermark_allowance.map(fmt),
-        max_group_span: v.max_group_span.map(fmt),
-        max_group_messages: v.max_group_messages,
-        max_clock_skew: v.max_clock_skew.map(fmt),
-        max_body_bytes: v.ingest.max_body_bytes.and_then(|b| i64::try_from(b).ok()),
-        max_content_bytes: v
-            .ingest
-            .max_content_bytes
-            .and_then(|b| i64::try_from(b).ok()),
-        ingest_replicas: replicas(v.ingest.component.replicas),
-        processor_replicas: replicas(v.processor.replicas),
-        api_replicas: replicas(v.api.replicas),
     })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use chatpipe_plan::{Component, Settings};
+    use chatpipe_settings::ingest::IngestSettings;
+    use chatpipe_settings::processor::ProcessorSettings;
+    use std::time::Duration;
+
+    fn processor(p: &LocalPipeline) -> &ProcessorSettings {
+        match &p.topology.get(Component::Processor).settings {
+            Settings::Processor(s) => s,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn ingest(p: &LocalPipeline) -> &IngestSettings {
+        match &p.topology.get(Component::Ingest).settings {
+            Settings::Ingest(s) => s,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn replicas(p: &LocalPipeline, c: Component) -> u32 {
+        p.topology.get(c).replicas
+    }
 
     const PIPELINE: &str = r#"
 apiVersion: chatpipe.dev/v1alpha1
@@ -321,21 +326,18 @@ stringData:
             s.postgres_url,
             "postgres://postgres@127.0.0.1:5432/chatpipe"
         );
-        assert_eq!(s.bootstrap_servers, "127.0.0.1:9092");
-        assert_eq!(s.partitions, 8);
-        assert_eq!(s.topic, "chatpipe.events");
-        assert_eq!(s.processor_replicas, 2);
-        assert_eq!(s.ingest_replicas, 1);
-        assert_eq!(s.api_replicas, 1);
-        assert_eq!(s.max_body_bytes, Some(65536));
-        assert_eq!(s.max_content_bytes, None);
-        // Go durations become what the services' humantime parser reads.
-        assert_eq!(
-            chatpipe_core::config::parse_duration(&s.grouping_gap).unwrap(),
-            std::time::Duration::from_secs(90)
-        );
-        assert_eq!(s.late_arrival_tolerance, "6s");
-        assert_eq!(s.watermark_allowance, None);
+        assert_eq!(s.topology.kafka.bootstrap_servers, "127.0.0.1:9092");
+        assert_eq!(s.topology.kafka.partitions, 8);
+        assert_eq!(s.topology.kafka.topic, "chatpipe.events");
+        assert_eq!(replicas(&s, Component::Processor), 2);
+        assert_eq!(replicas(&s, Component::Ingest), 1);
+        assert_eq!(replicas(&s, Component::Api), 1);
+        assert_eq!(ingest(&s).max_body_bytes, Some(65536));
+        assert_eq!(ingest(&s).max_content_bytes, None);
+        // Go durations become typed settings.
+        assert_eq!(processor(&s).grouping_gap, Some(Duration::from_secs(90)));
+        assert_eq!(processor(&s).late_tolerance, Some(Duration::from_secs(6)));
+        assert_eq!(processor(&s).watermark_allowance, None);
     }
 
     #[test]
@@ -345,16 +347,15 @@ stringData:
             "lateArrivalTolerance: 6s\n    maxGroupSpan: 1m30s\n    maxGroupMessages: 250\n    maxClockSkew: 0s",
         );
         let s = resolve(&parse(&format!("{with}---{SECRET_STRING}")).unwrap()).unwrap();
-        let parse = |v: &Option<String>| {
-            chatpipe_core::config::parse_duration(v.as_deref().unwrap()).unwrap()
-        };
-        assert_eq!(parse(&s.max_group_span), std::time::Duration::from_secs(90));
-        assert_eq!(s.max_group_messages, Some(250));
-        assert_eq!(parse(&s.max_clock_skew), std::time::Duration::ZERO);
+        let p = processor(&s);
+        assert_eq!(p.max_group_span, Some(Duration::from_secs(90)));
+        assert_eq!(p.max_group_messages, Some(250));
+        assert_eq!(p.max_clock_skew, Some(Duration::ZERO));
         let without = resolve(&parse_text(&format!("{PIPELINE}---{SECRET_STRING}"))).unwrap();
-        assert_eq!(without.max_group_span, None);
-        assert_eq!(without.max_group_messages, None);
-        assert_eq!(without.max_clock_skew, None);
+        let p = processor(&without);
+        assert_eq!(p.max_group_span, None);
+        assert_eq!(p.max_group_messages, None);
+        assert_eq!(p.max_clock_skew, None);
     }
 
     /// Local mode takes the one duration grammar of the CRD: `1m 30s`

@@ -1,0 +1,387 @@
+//! The plan: a [`ValidatedPipeline`] becomes a [`Topology`] — the
+//! components that run, each with its replica count and its binary's
+//! settings, typed ([`Settings`]). Pure: no I/O.
+//!
+//! Everything here holds wherever the pipeline runs. What a deployment
+//! decides itself is where a component runs: its listener, how it gets the
+//! database URL (a Secret reference, or the URL), its logs, and a
+//! processor's ordinal (the pod name, or an explicit setting). Both
+//! deployments add those with [`Settings::with_service`] and
+//! [`Settings::for_replica`] and write the result with
+//! [`Settings::to_env`].
+
+use std::fmt;
+
+use chatpipe_settings::api::ApiSettings;
+use chatpipe_settings::common::{KafkaSettings, LogSettings, ServiceSettings};
+use chatpipe_settings::ingest::IngestSettings;
+use chatpipe_settings::migrate::MigrateSettings;
+use chatpipe_settings::processor::ProcessorSettings;
+
+use crate::crd::SecretKeyRef;
+use crate::validate::{ValidatedKafka, ValidatedPipeline};
+
+/// A part of a pipeline. One enum for both deployments: each builds its
+/// objects or processes per component.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Component {
+    /// The schema migration, run before the services use the database.
+    Migrate,
+    /// The webhook receiver, `chatpipe-ingest`.
+    Ingest,
+    /// The stateful processors, `chatpipe-processor`.
+    Processor,
+    /// The query API, `chatpipe-api`.
+    Api,
+}
+
+impl Component {
+    /// Every component, in start order.
+    pub const ALL: [Component; 4] = [
+        Component::Migrate,
+        Component::Ingest,
+        Component::Processor,
+        Component::Api,
+    ];
+
+    /// The long-running services (everything but the migration), in
+    /// start order.
+    pub const SERVICES: [Component; 3] = [Component::Ingest, Component::Processor, Component::Api];
+
+    /// The component as used in names, labels and log prefixes.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Component::Migrate => "migrate",
+            Component::Ingest => "ingest",
+            Component::Processor => "processor",
+            Component::Api => "api",
+        }
+    }
+
+    /// The executable that runs it (the migration: its `migrate` command).
+    pub fn binary(self) -> &'static str {
+        match self {
+            Component::Migrate => "chatpipe-admin",
+            Component::Ingest => "chatpipe-ingest",
+            Component::Processor => "chatpipe-processor",
+            Component::Api => "chatpipe-api",
+        }
+    }
+
+    /// Whether it talks to Kafka (and so reads the brokers, the topic and
+    /// any Kafka credentials).
+    pub fn reads_kafka(self) -> bool {
+        matches!(self, Component::Ingest | Component::Processor)
+    }
+}
+
+impl fmt::Display for Component {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A component's settings, typed by the binary that reads them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Settings {
+    /// `chatpipe-admin migrate`.
+    Migrate(MigrateSettings),
+    /// `chatpipe-ingest`.
+    Ingest(IngestSettings),
+    /// `chatpipe-processor`.
+    Processor(ProcessorSettings),
+    /// `chatpipe-api`.
+    Api(ApiSettings),
+}
+
+impl Settings {
+    /// No settings for `component`: every binary default applies.
+    pub fn none(component: Component) -> Self {
+        match component {
+            Component::Migrate => Settings::Migrate(MigrateSettings::default()),
+            Component::Ingest => Settings::Ingest(IngestSettings::default()),
+            Component::Processor => Settings::Processor(ProcessorSettings::default()),
+            Component::Api => Settings::Api(ApiSettings::default()),
+        }
+    }
+
+    /// The component these settings are for.
+    pub fn component(&self) -> Component {
+        match self {
+            Settings::Migrate(_) => Component::Migrate,
+            Settings::Ingest(_) => Component::Ingest,
+            Settings::Processor(_) => Component::Processor,
+            Settings::Api(_) => Component::Api,
+        }
+    }
+
+    /// The environment that gives the binary these settings; unset
+    /// settings are left out, so the binary's defaults apply.
+    pub fn to_env(&self) -> Vec<(String, String)> {
+        match self {
+            Settings::Migrate(s) => s.to_env(),
+            Settings::Ingest(s) => s.to_env(),
+            Settings::Processor(s) => s.to_env(),
+            Settings::Api(s) => s.to_env(),
+        }
+    }
+
+    /// These settings, run where `service` says: its listener, database
+    /// URL and logs replace the current ones (the migration has no
+    /// listener and takes the rest).
+    pub fn with_service(mut self, service: ServiceSettings) -> Self {
+        match &mut self {
+            Settings::Migrate(s) => {
+                s.postgres_url = service.postgres_url;
+                s.log = service.log;
+            }
+            Settings::Ingest(s) => s.service = service,
+            Settings::Processor(s) => s.service = service,
+            Settings::Api(s) => s.service = service,
+        }
+        self
+    }
+
+    /// These settings with the logs replaced by `log`.
+    pub fn with_log(mut self, log: LogSettings) -> Self {
+        match &mut self {
+            Settings::Migrate(s) => s.log = log,
+            Settings::Ingest(s) => s.service.log = log,
+            Settings::Processor(s) => s.service.log = log,
+            Settings::Api(s) => s.service.log = log,
+        }
+        self
+    }
+
+    /// The settings of replica `ordinal`: a processor is told its ordinal
+    /// (on Kubernetes it reads it from its pod name instead); the others
+    /// are alike.
+    pub fn for_replica(mut self, ordinal: u32) -> Self {
+        if let Settings::Processor(s) = &mut self {
+            s.ordinal = Some(ordinal);
+        }
+        self
+    }
+}
+
+/// One component of the plan.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Planned {
+    /// How many copies run (the migration: one run).
+    pub replicas: u32,
+    /// What each copy is told.
+    pub settings: Settings,
+}
+
+impl Planned {
+    /// Which component.
+    pub fn component(&self) -> Component {
+        self.settings.component()
+    }
+}
+
+/// What runs for one pipeline, wherever it runs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Topology {
+    /// The topic (created by the deployment) and how to reach the broker.
+    pub kafka: ValidatedKafka,
+    /// Where the database URL is kept.
+    pub postgres_url_secret: SecretKeyRef,
+    components: Vec<Planned>,
+}
+
+impl Topology {
+    /// Every component, in start order ([`Component::ALL`]).
+    pub fn components(&self) -> &[Planned] {
+        &self.components
+    }
+
+    /// The plan of `component`.
+    pub fn get(&self, component: Component) -> &Planned {
+        self.components
+            .iter()
+            .find(|p| p.component() == component)
+            .unwrap_or_else(|| unreachable!("plan() plans every component; {component} missing"))
+    }
+}
+
+fn replicas(n: i32) -> u32 {
+    u32::try_from(n).unwrap_or(0)
+}
+
+/// The plan of `p`: every component with its replicas and settings.
+pub fn plan(p: &ValidatedPipeline) -> Topology {
+    let kafka = KafkaSettings::new(&p.kafka.bootstrap_servers, &p.kafka.topic);
+    let usize_of = |n: u64| usize::try_from(n).ok();
+    let ingest = IngestSettings {
+        kafka: kafka.clone(),
+        max_body_bytes: p.ingest.max_body_bytes.and_then(usize_of),
+        max_content_bytes: p.ingest.max_content_bytes.and_then(usize_of),
+        ..IngestSettings::default()
+    };
+    let processors = replicas(p.processor.replicas);
+    let processor = ProcessorSettings {
+        kafka,
+        grouping_gap: Some(p.grouping_gap),
+        late_tolerance: Some(p.late_arrival_tolerance),
+        watermark_allowance: p.watermark_allowance,
+        max_group_span: p.max_group_span,
+        max_group_messages: p.max_group_messages.and_then(|n| usize::try_from(n).ok()),
+        max_clock_skew: p.max_clock_skew,
+        replicas: Some(processors),
+        ..ProcessorSettings::default()
+    };
+    Topology {
+        kafka: p.kafka.clone(),
+        postgres_url_secret: p.postgres_url_secret.clone(),
+        components: vec![
+            Planned {
+                replicas: 1,
+                settings: Settings::none(Component::Migrate),
+            },
+            Planned {
+                replicas: replicas(p.ingest.component.replicas),
+                settings: Settings::Ingest(ingest),
+            },
+            Planned {
+                replicas: processors,
+                settings: Settings::Processor(processor),
+            },
+            Planned {
+                replicas: replicas(p.api.replicas),
+                settings: Settings::none(Component::Api),
+            },
+        ],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::crd::ChatPipelineSpec;
+    use crate::validate::validate;
+
+    fn spec(processing: &str, ingest: &str) -> ChatPipelineSpec {
+        serde_yaml::from_str(&format!(
+            r#"
+image: chatpipe:dev
+kafka: {{ bootstrapServers: "k:9092", partitions: 4 }}
+postgres: {{ urlSecret: {{ name: pg, key: url }} }}
+processing: {{ {processing} }}
+ingest: {{ replicas: 2{ingest} }}
+processor: {{ replicas: 3 }}
+api: {{ replicas: 1 }}
+"#
+        ))
+        .unwrap()
+    }
+
+    fn topology(processing: &str, ingest: &str) -> Topology {
+        plan(&validate(&spec(processing, ingest)).unwrap())
+    }
+
+    fn env(t: &Topology, c: Component) -> Vec<(String, String)> {
+        t.get(c).settings.to_env()
+    }
+
+    #[test]
+    fn every_component_is_planned_in_start_order() {
+        let t = topology("", "");
+        let got: Vec<(Component, u32)> = t
+            .components()
+            .iter()
+            .map(|p| (p.component(), p.replicas))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (Component::Migrate, 1),
+                (Component::Ingest, 2),
+                (Component::Processor, 3),
+                (Component::Api, 1)
+            ]
+        );
+        assert_eq!(t.kafka.partitions, 4);
+        assert_eq!(t.postgres_url_secret.name, "pg");
+    }
+
+    #[test]
+    fn the_spec_reaches_the_settings_of_its_readers_only() {
+        let t = topology(
+            "groupingGap: 1m30s, maxGroupMessages: 7, maxClockSkew: 0s",
+            ", maxBodyBytes: 65536",
+        );
+        let Settings::Processor(p) = &t.get(Component::Processor).settings else {
+            panic!("processor settings expected");
+        };
+        assert_eq!(p.grouping_gap, Some(Duration::from_secs(90)));
+        assert_eq!(
+            p.late_tolerance,
+            Some(Duration::from_secs(6)),
+            "the default L"
+        );
+        assert_eq!(p.max_group_messages, Some(7));
+        assert_eq!(p.max_clock_skew, Some(Duration::ZERO));
+        assert_eq!((p.max_group_span, p.watermark_allowance), (None, None));
+        assert_eq!(p.replicas, Some(3));
+        assert_eq!(p.ordinal, None, "per replica, set by the deployment");
+        let Settings::Ingest(i) = &t.get(Component::Ingest).settings else {
+            panic!("ingest settings expected");
+        };
+        assert_eq!(i.max_body_bytes, Some(65536));
+        assert_eq!(i.max_content_bytes, None);
+        assert_eq!(i.kafka, KafkaSettings::new("k:9092", "chatpipe.events"));
+        assert!(
+            env(&t, Component::Api).is_empty(),
+            "nothing but where it runs"
+        );
+        assert!(env(&t, Component::Migrate).is_empty());
+    }
+
+    #[test]
+    fn deployments_add_where_it_runs() {
+        let t = topology("", "");
+        let service = ServiceSettings {
+            listen: Some("127.0.0.1:8090".parse().unwrap()),
+            postgres_url: Some("postgres://x".into()),
+            log: LogSettings::json_info(),
+        };
+        let s = t
+            .get(Component::Processor)
+            .settings
+            .clone()
+            .with_service(service.clone())
+            .for_replica(2);
+        let Settings::Processor(p) = &s else {
+            panic!("processor settings expected");
+        };
+        assert_eq!(p.service, service);
+        assert_eq!(p.ordinal, Some(2));
+        assert_eq!(
+            p.grouping_gap,
+            Some(Duration::from_secs(5)),
+            "the plan's stay"
+        );
+        let m = t
+            .get(Component::Migrate)
+            .settings
+            .clone()
+            .with_service(service)
+            .for_replica(0);
+        assert_eq!(
+            m,
+            Settings::Migrate(MigrateSettings {
+                postgres_url: Some("postgres://x".into()),
+                log: LogSettings::json_info(),
+            })
+        );
+        let a = t
+            .get(Component::Api)
+            .settings
+            .clone()
+            .with_log(LogSettings::json_info());
+        assert_eq!(a.to_env().len(), 2);
+    }
+}
