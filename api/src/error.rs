@@ -2,6 +2,10 @@
 //! cause maps to a 4xx with a body `{"error": "...", "field": "..."}`
 //! (`field` only when one query parameter is at fault); only a failing
 //! database yields a 5xx, and its details are logged, not returned.
+//!
+//! An answered error leaves an [`ErrorReport`] in the response's
+//! extensions; the request middleware ([`crate::metrics::track`]) turns it
+//! into its event of [`crate::events`], which logs it and counts it.
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -30,21 +34,74 @@ pub enum ApiError {
     BadRequest {
         /// What is wrong with it.
         message: String,
-        /// The parameter's name.
-        field: Option<String>,
+        /// The parameter's name (`None`: the query string as a whole).
+        field: Option<&'static str>,
     },
-    /// The database could not be reached or failed.
-    #[error("database unavailable: {0}")]
-    Unavailable(String),
+    /// The database could not be reached or failed, or returned a value
+    /// the api does not know.
+    #[error("database unavailable: {1}")]
+    Unavailable(DbFailure, String),
+}
+
+/// What kind of database failure an [`ApiError::Unavailable`] is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DbFailure {
+    /// No pooled connection (Postgres unreachable, pool exhausted).
+    Connection,
+    /// A statement failed (including its statement timeout).
+    Query,
+    /// A stored value the api does not know (e.g. an unknown status).
+    UnexpectedValue,
+}
+
+impl DbFailure {
+    /// Every kind.
+    pub const ALL: [DbFailure; 3] = [
+        DbFailure::Connection,
+        DbFailure::Query,
+        DbFailure::UnexpectedValue,
+    ];
+
+    /// The `kind` label of `chatpipe_api_database_errors_total`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DbFailure::Connection => "connection",
+            DbFailure::Query => "query",
+            DbFailure::UnexpectedValue => "unexpected_value",
+        }
+    }
+}
+
+/// What an answered error leaves in the response's extensions for the
+/// request middleware to report (log and count) as an event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ErrorReport {
+    /// Answered `503`: the database failed.
+    Database {
+        /// How.
+        failure: DbFailure,
+        /// The details (logged, never returned).
+        detail: String,
+    },
+    /// Answered `400`: a query parameter is invalid.
+    InvalidParameter {
+        /// The parameter (`query`: the query string as a whole).
+        field: &'static str,
+    },
 }
 
 impl ApiError {
     /// A 400 naming the parameter `field`.
-    pub fn bad(field: &str, message: impl Into<String>) -> Self {
+    pub fn bad(field: &'static str, message: impl Into<String>) -> Self {
         ApiError::BadRequest {
             message: message.into(),
-            field: Some(field.to_owned()),
+            field: Some(field),
         }
+    }
+
+    /// A 503 for a stored value the api does not know.
+    pub fn unexpected(detail: String) -> Self {
+        ApiError::Unavailable(DbFailure::UnexpectedValue, detail)
     }
 
     /// The HTTP status this error is answered with.
@@ -52,7 +109,7 @@ impl ApiError {
         match self {
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::BadRequest { .. } => StatusCode::BAD_REQUEST,
-            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Unavailable(..) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -65,9 +122,9 @@ impl ApiError {
             },
             ApiError::BadRequest { message, field } => ErrorBody {
                 error: message.clone(),
-                field: field.clone(),
+                field: field.map(str::to_owned),
             },
-            ApiError::Unavailable(_) => ErrorBody {
+            ApiError::Unavailable(..) => ErrorBody {
                 error: "the database is unavailable, retry later".to_owned(),
                 field: None,
             },
@@ -77,28 +134,37 @@ impl ApiError {
 
 impl From<tokio_postgres::Error> for ApiError {
     fn from(e: tokio_postgres::Error) -> Self {
-        ApiError::Unavailable(e.to_string())
+        ApiError::Unavailable(DbFailure::Query, e.to_string())
     }
 }
 
 impl From<deadpool_postgres::PoolError> for ApiError {
     fn from(e: deadpool_postgres::PoolError) -> Self {
-        ApiError::Unavailable(e.to_string())
+        ApiError::Unavailable(DbFailure::Connection, e.to_string())
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status();
-        if let ApiError::Unavailable(detail) = &self {
-            tracing::warn!(error = %detail, "database error");
-        }
         let mut response = (status, Json(self.body())).into_response();
         if status == StatusCode::SERVICE_UNAVAILABLE {
             response.headers_mut().insert(
                 axum::http::header::RETRY_AFTER,
                 axum::http::HeaderValue::from_static("1"),
             );
+        }
+        let report = match self {
+            ApiError::NotFound(_) => None,
+            ApiError::BadRequest { field, .. } => Some(ErrorReport::InvalidParameter {
+                field: field.unwrap_or("query"),
+            }),
+            ApiError::Unavailable(failure, detail) => {
+                Some(ErrorReport::Database { failure, detail })
+            }
+        };
+        if let Some(report) = report {
+            response.extensions_mut().insert(report);
         }
         response
     }

@@ -15,6 +15,7 @@
 
 pub mod config;
 pub mod error;
+pub mod events;
 pub mod metrics;
 pub mod model;
 pub mod openapi;

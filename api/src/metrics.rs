@@ -1,5 +1,13 @@
-//! Request metrics of the api: requests by route, method and status, and a
-//! latency histogram by route, registered in the registry `/metrics` serves.
+//! Prometheus metrics of the api (names `chatpipe_api_*`), registered in the
+//! registry `/metrics` serves: requests by route, method and status, a
+//! latency histogram by route, database errors by kind and invalid query
+//! parameters by field.
+//!
+//! They are updated only through the events of [`crate::events`], each of
+//! which logs and counts in one call. The [`track`] middleware emits them:
+//! [`crate::events::RequestAnswered`] for every request, and the event of
+//! the [`ErrorReport`] an answered [`crate::error::ApiError`] left in the
+//! response.
 
 use std::time::Instant;
 
@@ -8,13 +16,29 @@ use axum::middleware::Next;
 use axum::response::Response;
 use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
 
-/// The api's request metrics.
+use crate::error::ErrorReport;
+use crate::events::{InternalEvent, RequestAnswered};
+
+/// The api's metrics.
 #[derive(Clone)]
 pub struct Metrics {
     /// Registry holding them (served at `/metrics`).
     pub registry: Registry,
-    requests: IntCounterVec,
-    latency: HistogramVec,
+    /// `chatpipe_api_requests_total{route,method,status}`: HTTP requests
+    /// answered.
+    pub requests: IntCounterVec,
+    /// `chatpipe_api_request_duration_seconds{route}`: time to answer.
+    pub latency: HistogramVec,
+    /// `chatpipe_api_database_errors_total{kind}`: requests answered `503`
+    /// because of the database: `connection` (no pooled connection),
+    /// `query` (a statement failed or timed out), `unexpected_value` (a
+    /// stored value the api does not know).
+    pub database_errors: IntCounterVec,
+    /// `chatpipe_api_invalid_parameters_total{field}`: requests answered
+    /// `400` for an invalid query parameter: `cursor` (not a cursor of this
+    /// listing), `limit`, `status`, `conversation_id`, `reason`, or `query`
+    /// (a malformed query string).
+    pub invalid_parameters: IntCounterVec,
 }
 
 impl Metrics {
@@ -38,35 +62,52 @@ impl Metrics {
             ]),
             &["route"],
         )?;
+        let database_errors = IntCounterVec::new(
+            Opts::new(
+                "chatpipe_api_database_errors_total",
+                "Requests answered 503 because of the database, by kind (connection, query, unexpected_value).",
+            ),
+            &["kind"],
+        )?;
+        let invalid_parameters = IntCounterVec::new(
+            Opts::new(
+                "chatpipe_api_invalid_parameters_total",
+                "Requests answered 400 for an invalid query parameter, by parameter.",
+            ),
+            &["field"],
+        )?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(latency.clone()))?;
+        registry.register(Box::new(database_errors.clone()))?;
+        registry.register(Box::new(invalid_parameters.clone()))?;
         Ok(Metrics {
             registry,
             requests,
             latency,
+            database_errors,
+            invalid_parameters,
         })
     }
 }
 
 /// Middleware recording each request; the route label is the matched route
 /// pattern (`/conversations/{id}/`), or `unmatched`, so ids never become
-/// label values.
+/// label values. It reports the [`ErrorReport`] an error answer carries.
 pub async fn track(State(metrics): State<Metrics>, req: Request, next: Next) -> Response {
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|p| p.as_str().to_owned())
-        .unwrap_or_else(|| "unmatched".to_owned());
-    let method = req.method().as_str().to_owned();
+    let route = req.extensions().get::<MatchedPath>().cloned();
+    let method = req.method().clone();
     let start = Instant::now();
-    let response = next.run(req).await;
-    metrics
-        .latency
-        .with_label_values(&[route.as_str()])
-        .observe(start.elapsed().as_secs_f64());
-    metrics
-        .requests
-        .with_label_values(&[route.as_str(), method.as_str(), response.status().as_str()])
-        .inc();
+    let mut response = next.run(req).await;
+    let seconds = start.elapsed().as_secs_f64();
+    if let Some(report) = response.extensions_mut().remove::<ErrorReport>() {
+        report.emit(&metrics);
+    }
+    RequestAnswered {
+        route: route.as_ref().map_or("unmatched", MatchedPath::as_str),
+        method: method.as_str(),
+        status: response.status(),
+        seconds,
+    }
+    .emit(&metrics);
     response
 }

@@ -60,7 +60,7 @@ fn ts(t: DateTime<Utc>) -> String {
 fn status_of(row: &Row, col: &str) -> Result<ConversationStatus, ApiError> {
     let s: String = row.try_get(col)?;
     ConversationStatus::parse(&s)
-        .ok_or_else(|| ApiError::Unavailable(format!("unexpected status {s:?}")))
+        .ok_or_else(|| ApiError::unexpected(format!("unexpected status {s:?}")))
 }
 
 fn message_of(row: &Row) -> Result<Message, ApiError> {
@@ -68,7 +68,7 @@ fn message_of(row: &Row) -> Result<Message, ApiError> {
     Ok(Message {
         id: row.try_get("m_id")?,
         direction: Direction::parse(&dir)
-            .ok_or_else(|| ApiError::Unavailable(format!("unexpected direction {dir:?}")))?,
+            .ok_or_else(|| ApiError::unexpected(format!("unexpected direction {dir:?}")))?,
         content: row.try_get("content")?,
         timestamp: ts(row.try_get("timestamp")?),
     })

@@ -33,6 +33,11 @@ use deadpool_postgres::Pool;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+use crate::events::{
+    InflightFloorRemoveFailed, InflightFloorRemoved, InflightFloorWriteFailed,
+    InflightFloorWritesRecovered, InflightFloorWritten, InflightPublisherFailed,
+    InflightPublisherStarted, InternalEvent,
+};
 use crate::metrics::Metrics;
 
 /// Records in flight for less than this are not published.
@@ -181,6 +186,7 @@ pub struct Publisher {
 pub struct PublisherHandle {
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<()>,
+    metrics: Metrics,
 }
 
 impl PublisherHandle {
@@ -191,7 +197,7 @@ impl PublisherHandle {
             let _ = stop.send(());
         }
         if let Err(e) = (&mut self.task).await {
-            tracing::warn!(error = %e, "in-flight floor publisher ended abnormally");
+            InflightPublisherFailed { error: &e }.emit(&self.metrics);
         }
     }
 }
@@ -222,6 +228,7 @@ impl Publisher {
         let (stop_tx, stop_rx) = oneshot::channel();
         PublisherHandle {
             stop: Some(stop_tx),
+            metrics: self.metrics.clone(),
             task: tokio::spawn(self.run(stop_rx)),
         }
     }
@@ -232,7 +239,11 @@ impl Publisher {
         let refresh = refresh_every(self.interval);
         let mut state = PublishState::default();
         let mut failing = 0u64;
-        tracing::info!(replica = %self.replica, interval = ?self.interval, "publishing the in-flight floor to ingest_inflight");
+        InflightPublisherStarted {
+            replica: &self.replica,
+            interval: self.interval,
+        }
+        .emit(&self.metrics);
         loop {
             tokio::select! {
                 _ = &mut stop => break,
@@ -249,41 +260,45 @@ impl Publisher {
             match self.execute(UPSERT_SQL, &[&self.replica, &oldest]).await {
                 Ok(()) => {
                     if failing > 0 {
-                        tracing::info!(replica = %self.replica, failures = failing, "in-flight floor writes work again");
+                        InflightFloorWritesRecovered {
+                            replica: &self.replica,
+                            failures: failing,
+                        }
+                        .emit(&self.metrics);
                         failing = 0;
                     }
-                    if state.written != Some(oldest) {
-                        tracing::debug!(replica = %self.replica, oldest_inflight_ms = ?oldest, "in-flight floor changed");
+                    InflightFloorWritten {
+                        replica: &self.replica,
+                        oldest_inflight_ms: oldest,
+                        changed: state.written != Some(oldest),
                     }
-                    self.metrics.inflight_floor_writes.inc();
+                    .emit(&self.metrics);
                     state.wrote(oldest, now);
                 }
                 Err(e) => {
                     failing += 1;
-                    self.metrics
-                        .inflight_floor_failures
-                        .with_label_values(&["upsert"])
-                        .inc();
-                    // The first failure of a streak, then one in 100.
-                    if failing % 100 == 1 {
-                        tracing::warn!(replica = %self.replica, error = %e, failures = failing, "could not write the in-flight floor");
+                    // Logged for the first failure of a streak, then one in
+                    // 100.
+                    InflightFloorWriteFailed {
+                        replica: &self.replica,
+                        error: &e,
+                        failures: failing,
                     }
+                    .emit(&self.metrics);
                     state.failed();
                 }
             }
         }
         match self.execute(DELETE_SQL, &[&self.replica]).await {
-            Ok(()) => {
-                self.metrics.inflight_floor_writes.inc();
-                tracing::info!(replica = %self.replica, "removed this replica's in-flight floor row");
+            Ok(()) => InflightFloorRemoved {
+                replica: &self.replica,
             }
-            Err(e) => {
-                self.metrics
-                    .inflight_floor_failures
-                    .with_label_values(&["delete"])
-                    .inc();
-                tracing::warn!(replica = %self.replica, error = %e, "could not remove the in-flight floor row");
+            .emit(&self.metrics),
+            Err(e) => InflightFloorRemoveFailed {
+                replica: &self.replica,
+                error: &e,
             }
+            .emit(&self.metrics),
         }
     }
 

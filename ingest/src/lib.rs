@@ -26,6 +26,7 @@
 //!   graceful shutdown, in-process [`spawn`].
 
 pub mod config;
+pub mod events;
 pub mod inflight;
 pub mod lifecycle;
 pub mod metrics;

@@ -126,12 +126,27 @@ pub fn pool(url: &str, max_size: usize, options: &str) -> anyhow::Result<Pool> {
 /// transaction was rolled back.
 #[derive(Debug, thiserror::Error)]
 pub enum LifecycleError<E> {
-    /// Postgres failed or did not answer within the timeout.
+    /// Postgres failed.
     #[error("postgres: {0}")]
     Database(String),
+    /// Postgres did not answer within the timeout.
+    #[error("postgres: {0}")]
+    Timeout(String),
     /// The `produce` step failed.
     #[error("{0}")]
     Produce(E),
+}
+
+impl<E> LifecycleError<E> {
+    /// For a Postgres failure, whether it was a timeout; `None` for a
+    /// failed produce step.
+    pub fn timed_out(&self) -> Option<bool> {
+        match self {
+            LifecycleError::Database(_) => Some(false),
+            LifecycleError::Timeout(_) => Some(true),
+            LifecycleError::Produce(_) => None,
+        }
+    }
 }
 
 const INSERT_SQL: &str = "INSERT INTO conversations (id, status, created_at, updated_at) \
@@ -175,7 +190,7 @@ async fn bounded<T, E: std::fmt::Display, P>(
     match tokio::time::timeout(timeout, fut).await {
         Ok(Ok(v)) => Ok(v),
         Ok(Err(e)) => Err(LifecycleError::Database(format!("{what}: {e}"))),
-        Err(_) => Err(LifecycleError::Database(format!(
+        Err(_) => Err(LifecycleError::Timeout(format!(
             "{what}: no answer within {timeout:?}"
         ))),
     }

@@ -1,5 +1,11 @@
-//! Prometheus metrics of the ingest service, registered in one
-//! [`prometheus::Registry`] served by `/metrics`.
+//! Prometheus metrics of the ingest service (names `chatpipe_ingest_*`),
+//! registered in one [`prometheus::Registry`] served by `/metrics`.
+//!
+//! Counters and histograms are updated only through the events of
+//! [`crate::events`], each of which logs and counts in one call (the table
+//! there maps every event to its level and metrics), so every warning and
+//! error has its metric. Gauges that describe state (`in_flight_requests`,
+//! `inflight_records`) are set directly by their owners.
 
 use prometheus::{
     exponential_buckets, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
@@ -68,6 +74,39 @@ pub struct Metrics {
     /// `chatpipe_ingest_inflight_floor_failures_total{op}`: failed writes of
     /// the `ingest_inflight` row (`upsert`, `delete`).
     pub inflight_floor_failures: IntCounterVec,
+    /// `chatpipe_ingest_invalid_events_total{field}`: bodies answered `400`
+    /// because they did not validate (or could not be read, or were too
+    /// large), by the field at fault (`body`, `type`, `timestamp`, `data`,
+    /// `data.id`, `data.content`, `data.conversation_id`, else `other`).
+    pub invalid_events: IntCounterVec,
+    /// `chatpipe_ingest_refused_events_total{event_type,reason}`: valid
+    /// events refused `400` by the lifecycle rules: `conversation_exists`
+    /// (NEW_CONVERSATION), `conversation_unknown` and `conversation_closed`
+    /// (CLOSE_CONVERSATION; NEW_MESSAGE to a CLOSED conversation). Message
+    /// id conflicts are `message_id_conflicts_total`.
+    pub refused_events: IntCounterVec,
+    /// `chatpipe_ingest_lifecycle_failures_total{kind}`: NEW_CONVERSATION /
+    /// CLOSE_CONVERSATION decisions answered `503` because Postgres failed
+    /// (`database`) or did not answer within `--db-timeout` (`timeout`).
+    pub lifecycle_failures: IntCounterVec,
+    /// `chatpipe_ingest_status_lookup_failures_total{kind}`: batched
+    /// NEW_MESSAGE lookups that failed (`database`) or timed out
+    /// (`timeout`); every request of the batch is answered `503`.
+    pub lookup_failures: IntCounterVec,
+    /// `chatpipe_ingest_decision_task_failures_total`: webhook decision
+    /// tasks that ended abnormally (panicked; answered `503`).
+    pub decision_task_failures: IntCounter,
+    /// `chatpipe_ingest_producer_create_failures_total`: failed attempts to
+    /// create a replacement Kafka producer (the failed one stays in use).
+    pub producer_create_failures: IntCounter,
+    /// `chatpipe_ingest_inflight_publisher_failures_total`: in-flight floor
+    /// publisher tasks that ended abnormally.
+    pub inflight_publisher_failures: IntCounter,
+    /// `chatpipe_ingest_shutdown_incomplete_total{stage}`: graceful
+    /// shutdown stages cut short by the shutdown timeout: `requests`
+    /// (in-flight HTTP requests), `webhook_work` (decisions of clients that
+    /// went away), `producer_flush`.
+    pub shutdown_incomplete: IntCounterVec,
 }
 
 impl Metrics {
@@ -174,6 +213,53 @@ impl Metrics {
             ),
             &["op"],
         )?;
+        let invalid_events = IntCounterVec::new(
+            Opts::new(
+                "chatpipe_ingest_invalid_events_total",
+                "Webhook bodies answered 400 because they did not validate, by field.",
+            ),
+            &["field"],
+        )?;
+        let refused_events = IntCounterVec::new(
+            Opts::new(
+                "chatpipe_ingest_refused_events_total",
+                "Valid events refused 400 by the conversation lifecycle rules, by event type and reason.",
+            ),
+            &["event_type", "reason"],
+        )?;
+        let lifecycle_failures = IntCounterVec::new(
+            Opts::new(
+                "chatpipe_ingest_lifecycle_failures_total",
+                "Lifecycle decisions answered 503 because Postgres failed or timed out, by kind.",
+            ),
+            &["kind"],
+        )?;
+        let lookup_failures = IntCounterVec::new(
+            Opts::new(
+                "chatpipe_ingest_status_lookup_failures_total",
+                "Batched NEW_MESSAGE status lookups that failed or timed out, by kind.",
+            ),
+            &["kind"],
+        )?;
+        let decision_task_failures = IntCounter::new(
+            "chatpipe_ingest_decision_task_failures_total",
+            "Webhook decision tasks that ended abnormally (answered 503).",
+        )?;
+        let producer_create_failures = IntCounter::new(
+            "chatpipe_ingest_producer_create_failures_total",
+            "Failed attempts to create a replacement Kafka producer.",
+        )?;
+        let inflight_publisher_failures = IntCounter::new(
+            "chatpipe_ingest_inflight_publisher_failures_total",
+            "In-flight floor publisher tasks that ended abnormally.",
+        )?;
+        let shutdown_incomplete = IntCounterVec::new(
+            Opts::new(
+                "chatpipe_ingest_shutdown_incomplete_total",
+                "Graceful shutdown stages cut short by the shutdown timeout, by stage.",
+            ),
+            &["stage"],
+        )?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(request_duration.clone()))?;
         registry.register(Box::new(produce_duration.clone()))?;
@@ -191,6 +277,14 @@ impl Metrics {
         registry.register(Box::new(inflight_records.clone()))?;
         registry.register(Box::new(inflight_floor_writes.clone()))?;
         registry.register(Box::new(inflight_floor_failures.clone()))?;
+        registry.register(Box::new(invalid_events.clone()))?;
+        registry.register(Box::new(refused_events.clone()))?;
+        registry.register(Box::new(lifecycle_failures.clone()))?;
+        registry.register(Box::new(lookup_failures.clone()))?;
+        registry.register(Box::new(decision_task_failures.clone()))?;
+        registry.register(Box::new(producer_create_failures.clone()))?;
+        registry.register(Box::new(inflight_publisher_failures.clone()))?;
+        registry.register(Box::new(shutdown_incomplete.clone()))?;
         Ok(Metrics {
             registry,
             requests,
@@ -210,6 +304,14 @@ impl Metrics {
             inflight_records,
             inflight_floor_writes,
             inflight_floor_failures,
+            invalid_events,
+            refused_events,
+            lifecycle_failures,
+            lookup_failures,
+            decision_task_failures,
+            producer_create_failures,
+            inflight_publisher_failures,
+            shutdown_incomplete,
         })
     }
 }

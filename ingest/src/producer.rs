@@ -36,6 +36,9 @@ use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer, PurgeConfig};
 
+use crate::events::{
+    InternalEvent, ProduceFailed, ProducerCreateFailed, ProducerReplaced, RecordAcknowledged,
+};
 use crate::inflight::InflightRegistry;
 use crate::metrics::Metrics;
 
@@ -178,15 +181,14 @@ impl EventProducer {
             },
         };
         match &result {
-            Ok(_) => self
-                .metrics
-                .produce_duration
-                .observe(started.elapsed().as_secs_f64()),
+            Ok(stored) => RecordAcknowledged {
+                partition: stored.partition,
+                offset: stored.offset,
+                seconds: started.elapsed().as_secs_f64(),
+            }
+            .emit(&self.metrics),
             Err(e) => {
-                self.metrics
-                    .produce_failures
-                    .with_label_values(&[e.reason()])
-                    .inc();
+                ProduceFailed { error: e }.emit(&self.metrics);
                 if matches!(e, ProduceError::Timeout(_)) {
                     self.replace(&producer, "a record was not acknowledged in time");
                 } else if let Some((code, reason)) = producer.client().fatal_error() {
@@ -211,13 +213,12 @@ impl EventProducer {
             match self.config.create::<FutureProducer>() {
                 Ok(fresh) => std::mem::replace(&mut *slot, Arc::new(fresh)),
                 Err(e) => {
-                    tracing::error!(error = %e, "could not create a new Kafka producer");
+                    ProducerCreateFailed { error: &e }.emit(&self.metrics);
                     return;
                 }
             }
         };
-        tracing::warn!(reason = why, "replaced the Kafka producer");
-        self.metrics.producer_recreated.inc();
+        ProducerReplaced { reason: why }.emit(&self.metrics);
         retire(old);
     }
 

@@ -29,6 +29,7 @@ use tokio::sync::{oneshot, Semaphore};
 use tokio::task::JoinHandle;
 
 use crate::config::IngestArgs;
+use crate::events::{self, InternalEvent};
 use crate::inflight::Publisher;
 use crate::lifecycle::{self, Lifecycle};
 use crate::metrics::Metrics;
@@ -174,8 +175,7 @@ impl Ingest {
                     Err(e) => {
                         // Per-connection failures and descriptor exhaustion:
                         // keep serving, but do not spin.
-                        tracing::warn!(error = %e, "accepting a connection failed");
-                        state.metrics.connection_errors.with_label_values(&["accept"]).inc();
+                        events::ConnectionAcceptFailed { error: &e }.emit(&state.metrics);
                         tokio::time::sleep(Duration::from_millis(50)).await;
                         continue;
                     }
@@ -188,13 +188,11 @@ impl Ingest {
             let metrics = state.metrics.clone();
             tokio::spawn(async move {
                 if let Err(e) = conn.await {
-                    let kind = if e.is_timeout() {
-                        "header_timeout"
-                    } else {
-                        "other"
-                    };
-                    metrics.connection_errors.with_label_values(&[kind]).inc();
-                    tracing::debug!(error = %e, kind, "HTTP connection ended with an error");
+                    events::ConnectionFailed {
+                        header_timeout: e.is_timeout(),
+                        error: &e,
+                    }
+                    .emit(&metrics);
                 }
             });
         }
@@ -204,7 +202,11 @@ impl Ingest {
             .await
             .is_err()
         {
-            tracing::warn!(?grace, "in-flight requests did not finish in time");
+            events::ShutdownWaitExpired {
+                stage: events::ShutdownStage::Requests,
+                grace,
+            }
+            .emit(&state.metrics);
         }
         // Webhook work of clients that went away runs on its own tasks and
         // holds admission permits until it is done.
@@ -213,11 +215,15 @@ impl Ingest {
             .await
             .is_err()
         {
-            tracing::warn!(?grace, "webhook work did not finish in time");
+            events::ShutdownWaitExpired {
+                stage: events::ShutdownStage::WebhookWork,
+                grace,
+            }
+            .emit(&state.metrics);
         }
         tracing::info!("HTTP server stopped; flushing the producer");
         if let Err(e) = state.producer.flush(grace).await {
-            tracing::warn!(error = %e, "producer flush incomplete");
+            events::ProducerFlushIncomplete { error: &e }.emit(&state.metrics);
         }
         publisher.stop().await;
         Ok(())

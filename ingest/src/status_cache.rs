@@ -29,6 +29,7 @@ use deadpool_postgres::Pool;
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
+use crate::events::{ClosedCacheHit, InternalEvent, LookupBatchDone, LookupFailed};
 use crate::metrics::Metrics;
 
 pub use chatpipe_core::model::{ConversationStatus, Direction};
@@ -271,7 +272,10 @@ impl StatusLookup {
             Err(poisoned) => poisoned.into_inner().contains(id),
         };
         if hit {
-            self.metrics.closed_cache_hits.inc();
+            ClosedCacheHit {
+                conversation_id: *id,
+            }
+            .emit(&self.metrics);
         }
         hit
     }
@@ -337,15 +341,16 @@ impl Worker {
             }
             let requests = std::mem::take(&mut batch);
             let (conversations, messages) = distinct_ids(&requests);
-            self.metrics
-                .lookup_batch_size
-                .observe(conversations.len() as f64);
             let started = Instant::now();
             let result =
                 tokio::time::timeout(self.timeout, self.query(&conversations, &messages)).await;
-            self.metrics
-                .lookup_duration
-                .observe(started.elapsed().as_secs_f64());
+            LookupBatchDone {
+                conversations: conversations.len(),
+                requests: requests.len(),
+                seconds: started.elapsed().as_secs_f64(),
+            }
+            .emit(&self.metrics);
+            let timed_out = result.is_err();
             let found = match result {
                 Ok(Ok(found)) => Ok(found),
                 Ok(Err(e)) => Err(LookupError::Database(e)),
@@ -366,7 +371,11 @@ impl Worker {
                     }
                 }
                 Err(e) => {
-                    tracing::warn!(error = %e, "NEW_MESSAGE lookup failed");
+                    LookupFailed {
+                        error: &e,
+                        timed_out,
+                    }
+                    .emit(&self.metrics);
                     for (_, _, reply) in requests {
                         let _ = reply.send(Err(e.clone()));
                     }

@@ -42,6 +42,10 @@ use serde_json::json;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use uuid::Uuid;
 
+use crate::events::{
+    BodyReadTimedOut, DecisionTaskFailed, EventInvalid, EventRefused, InternalEvent,
+    LifecycleFailed, MessageIdTaken, RefusalReason, ReplayAnswered, RequestShed, WebhookAnswered,
+};
 use crate::lifecycle::{Decision, Lifecycle, LifecycleError, Rejection};
 use crate::metrics::Metrics;
 use crate::producer::{EventProducer, Stored};
@@ -266,11 +270,10 @@ pub async fn webhook(State(state): State<Arc<AppState>>, body: Body) -> Response
     let (event_type, reply) = match Arc::clone(&state.admission).try_acquire_owned() {
         Ok(permit) => handle(&state, body, permit).await,
         Err(_) => {
-            state.metrics.shed_requests.inc();
-            tracing::debug!(
-                limit = state.max_concurrent_requests,
-                "concurrency limit reached: answered 503"
-            );
+            RequestShed {
+                limit: state.max_concurrent_requests,
+            }
+            .emit(&state.metrics);
             (
                 None,
                 Reply::Overloaded {
@@ -285,24 +288,65 @@ pub async fn webhook(State(state): State<Arc<AppState>>, body: Body) -> Response
         None if reply.body_unread() => "UNREAD",
         None => "INVALID",
     };
-    state
-        .metrics
-        .requests
-        .with_label_values(&[type_label, response.status().as_str()])
-        .inc();
-    state
-        .metrics
-        .request_duration
-        .with_label_values(&[type_label])
-        .observe(started.elapsed().as_secs_f64());
-    if let Reply::Unavailable(reason) = &reply {
-        tracing::warn!(event_type = type_label, %reason, "answered 503");
+    WebhookAnswered {
+        event_type: type_label,
+        status: response.status(),
+        seconds: started.elapsed().as_secs_f64(),
+        unavailable: match &reply {
+            Reply::Unavailable(reason) => Some(reason.as_str()),
+            _ => None,
+        },
     }
+    .emit(&state.metrics);
     response
 }
 
-fn unavailable<E: std::fmt::Display>(e: LifecycleError<E>) -> Reply {
+/// The `503` of a lifecycle step that failed; a Postgres failure is
+/// reported here (a produce failure was reported by the producer).
+fn unavailable<E: std::fmt::Display>(
+    state: &AppState,
+    event: &Event,
+    e: LifecycleError<E>,
+) -> Reply {
+    if let Some(timed_out) = e.timed_out() {
+        LifecycleFailed {
+            event_type: event.event_type().as_str(),
+            timed_out,
+            error: &e,
+        }
+        .emit(&state.metrics);
+    }
     Reply::Unavailable(e.to_string())
+}
+
+/// A `400` at validation.
+fn invalid(state: &AppState, e: ValidationError) -> Reply {
+    EventInvalid {
+        field: &e.field,
+        error: &e.error,
+    }
+    .emit(&state.metrics);
+    Reply::Invalid(e)
+}
+
+/// A `400` by the lifecycle rules.
+fn refused(state: &AppState, event: &Event, reason: RefusalReason, e: ValidationError) -> Reply {
+    EventRefused {
+        event_type: event.event_type().as_str(),
+        conversation_id: event.conversation_id(),
+        reason,
+    }
+    .emit(&state.metrics);
+    Reply::Invalid(e)
+}
+
+/// The [`RefusalReason`] of a lifecycle [`Rejection`].
+pub fn refusal_reason(rejection: Rejection) -> RefusalReason {
+    match rejection {
+        Rejection::AlreadyExists(_) => RefusalReason::ConversationExists,
+        Rejection::Unknown => RefusalReason::ConversationUnknown,
+        Rejection::AlreadyClosed => RefusalReason::ConversationClosed,
+    }
 }
 
 /// Reads the whole body within the body timeout and the size limit.
@@ -319,14 +363,10 @@ async fn read_body(state: &AppState, body: Body) -> Result<bytes::Bytes, Reply> 
             } else {
                 format!("body could not be read: {e}")
             };
-            Err(Reply::Invalid(ValidationError::new("body", message)))
+            Err(invalid(state, ValidationError::new("body", message)))
         }
         Err(_) => {
-            state.metrics.body_read_timeouts.inc();
-            tracing::info!(
-                ?timeout,
-                "request body did not arrive in time: answered 408"
-            );
+            BodyReadTimedOut { timeout }.emit(&state.metrics);
             Err(Reply::BodyTimeout(timeout))
         }
     }
@@ -343,7 +383,7 @@ async fn handle(
     };
     let event = match parse_event(&bytes, &state.limits) {
         Ok(e) => e,
-        Err(e) => return (None, Reply::Invalid(e)),
+        Err(e) => return (None, invalid(state, e)),
     };
     let event_type = event.event_type();
     // Decide and produce on a task of their own (see the module docs); the
@@ -355,7 +395,10 @@ async fn handle(
     });
     let reply = match work.await {
         Ok(reply) => reply,
-        Err(e) => Reply::Unavailable(format!("the request's task failed: {e}")),
+        Err(e) => {
+            DecisionTaskFailed { error: &e }.emit(&state.metrics);
+            Reply::Unavailable(format!("the request's task failed: {e}"))
+        }
     };
     (Some(event_type), reply)
 }
@@ -372,22 +415,31 @@ async fn decide(state: &AppState, event: &Event) -> Reply {
             ..
         } => {
             if state.lookup.known_closed(conversation_id) {
-                return Reply::Invalid(closed_conversation_error(*conversation_id));
+                return refused(
+                    state,
+                    event,
+                    RefusalReason::ConversationClosed,
+                    closed_conversation_error(*conversation_id),
+                );
             }
             let check = match state.lookup.check(*conversation_id, *id).await {
                 Ok(check) => check,
                 Err(e) => return Reply::Unavailable(e.to_string()),
             };
             if let Err(refusal) = message_verdict(*conversation_id, &check) {
-                if let Some(reason) = refusal.conflict_reason() {
-                    state
-                        .metrics
-                        .message_id_conflicts
-                        .with_label_values(&[reason])
-                        .inc();
-                    tracing::info!(message_id = %id, conversation_id = %conversation_id, reason, "NEW_MESSAGE id is taken: answered 400");
-                }
-                return Reply::Invalid(refusal_error(refusal, *id, *conversation_id));
+                let error = refusal_error(refusal, *id, *conversation_id);
+                return match refusal.conflict_reason() {
+                    Some(reason) => {
+                        MessageIdTaken {
+                            message_id: *id,
+                            conversation_id: *conversation_id,
+                            reason,
+                        }
+                        .emit(&state.metrics);
+                        Reply::Invalid(error)
+                    }
+                    None => refused(state, event, RefusalReason::ConversationClosed, error),
+                };
             }
             match produce().await {
                 Ok(stored) => Reply::Accepted {
@@ -405,8 +457,10 @@ async fn decide(state: &AppState, event: &Event) -> Reply {
                     stored,
                 },
                 Ok(Decision::Replay) => replayed(state, event),
-                Ok(Decision::Rejected(r)) => Reply::Invalid(rejection_error(event, r)),
-                Err(e) => unavailable(e),
+                Ok(Decision::Rejected(r)) => {
+                    refused(state, event, refusal_reason(r), rejection_error(event, r))
+                }
+                Err(e) => unavailable(state, event, e),
             }
         }
         Event::CloseConversation { id, timestamp } => {
@@ -426,9 +480,9 @@ async fn decide(state: &AppState, event: &Event) -> Reply {
                     if r == Rejection::AlreadyClosed {
                         state.lookup.remember_closed(*id);
                     }
-                    Reply::Invalid(rejection_error(event, r))
+                    refused(state, event, refusal_reason(r), rejection_error(event, r))
                 }
-                Err(e) => unavailable(e),
+                Err(e) => unavailable(state, event, e),
             }
         }
     }
@@ -447,16 +501,11 @@ fn refusal_error(
 
 fn replayed(state: &AppState, event: &Event) -> Reply {
     let event_type = event.event_type();
-    state
-        .metrics
-        .idempotent_replays
-        .with_label_values(&[event_type.as_str()])
-        .inc();
-    tracing::info!(
-        event_type = event_type.as_str(),
-        conversation_id = %event.conversation_id(),
-        "identical redelivery of a committed event: answered as a replay, nothing produced"
-    );
+    ReplayAnswered {
+        event_type: event_type.as_str(),
+        conversation_id: event.conversation_id(),
+    }
+    .emit(&state.metrics);
     Reply::Replayed {
         event_type,
         conversation_id: event.conversation_id(),

@@ -1,0 +1,226 @@
+//! What the api says about itself: one type per observable fact.
+//!
+//! Each event both logs (level, message and structured fields fixed here)
+//! and updates its metrics in one [`InternalEvent::emit`] call, so logs and
+//! metrics never disagree. They are emitted by the request middleware
+//! ([`crate::metrics::track`]): [`RequestAnswered`] for every request, and
+//! for an error answer the event of the [`ErrorReport`] the
+//! [`crate::error::ApiError`] left in the response's extensions. Every
+//! warning counts something.
+//!
+//! | event | level | metric (`chatpipe_api_…`) |
+//! |---|---|---|
+//! | [`RequestAnswered`] | trace | `requests_total{route,method,status}`, `request_duration_seconds{route}` |
+//! | [`DatabaseFailed`] | warn | `database_errors_total{kind}` (`connection`, `query`) |
+//! | [`UnexpectedStoredValue`] | warn | `database_errors_total{kind="unexpected_value"}` |
+//! | [`InvalidParameter`] | debug | `invalid_parameters_total{field}` (`cursor`, `limit`, `status`, `conversation_id`, `reason`, `query`) |
+
+use axum::http::StatusCode;
+
+use crate::error::{DbFailure, ErrorReport};
+use crate::metrics::Metrics;
+
+/// A fact the api reports: logs it and updates its metrics.
+pub trait InternalEvent {
+    /// Logs the event and updates its metrics.
+    fn emit(self, metrics: &Metrics);
+}
+
+/// An HTTP request was answered.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestAnswered<'a> {
+    /// The matched route pattern, or `unmatched`.
+    pub route: &'a str,
+    /// Its method.
+    pub method: &'a str,
+    /// The answer's status.
+    pub status: StatusCode,
+    /// Time to answer (s).
+    pub seconds: f64,
+}
+
+impl InternalEvent for RequestAnswered<'_> {
+    fn emit(self, m: &Metrics) {
+        let status = self.status.as_str();
+        tracing::trace!(
+            route = self.route,
+            method = self.method,
+            status,
+            seconds = self.seconds,
+            "request answered"
+        );
+        m.latency
+            .with_label_values(&[self.route])
+            .observe(self.seconds);
+        m.requests
+            .with_label_values(&[self.route, self.method, status])
+            .inc();
+    }
+}
+
+/// A request was answered `503`: no pooled connection, or a statement
+/// failed (including its statement timeout).
+#[derive(Debug, Clone, Copy)]
+pub struct DatabaseFailed<'a> {
+    /// [`DbFailure::Connection`] or [`DbFailure::Query`].
+    pub kind: DbFailure,
+    /// What went wrong.
+    pub error: &'a str,
+}
+
+impl InternalEvent for DatabaseFailed<'_> {
+    fn emit(self, m: &Metrics) {
+        tracing::warn!(error = %self.error, "database error");
+        m.database_errors
+            .with_label_values(&[self.kind.as_str()])
+            .inc();
+    }
+}
+
+/// A request was answered `503` because a stored value is not one the api
+/// knows (e.g. a conversation status other than OPEN and CLOSED).
+#[derive(Debug, Clone, Copy)]
+pub struct UnexpectedStoredValue<'a> {
+    /// Which value.
+    pub error: &'a str,
+}
+
+impl InternalEvent for UnexpectedStoredValue<'_> {
+    fn emit(self, m: &Metrics) {
+        tracing::warn!(error = %self.error, "database error");
+        m.database_errors
+            .with_label_values(&[DbFailure::UnexpectedValue.as_str()])
+            .inc();
+    }
+}
+
+/// A request was answered `400` for an invalid query parameter (a bad
+/// cursor is `field = "cursor"`).
+#[derive(Debug, Clone, Copy)]
+pub struct InvalidParameter {
+    /// The parameter, or `query` for a malformed query string.
+    pub field: &'static str,
+}
+
+impl InternalEvent for InvalidParameter {
+    fn emit(self, m: &Metrics) {
+        tracing::debug!(field = self.field, "invalid query parameter: answered 400");
+        m.invalid_parameters.with_label_values(&[self.field]).inc();
+    }
+}
+
+impl InternalEvent for ErrorReport {
+    /// Emits the event of the report.
+    fn emit(self, m: &Metrics) {
+        match self {
+            ErrorReport::Database {
+                failure: DbFailure::UnexpectedValue,
+                detail,
+            } => UnexpectedStoredValue { error: &detail }.emit(m),
+            ErrorReport::Database { failure, detail } => DatabaseFailed {
+                kind: failure,
+                error: &detail,
+            }
+            .emit(m),
+            ErrorReport::InvalidParameter { field } => InvalidParameter { field }.emit(m),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::response::IntoResponse;
+
+    use super::*;
+    use crate::error::ApiError;
+
+    fn fresh() -> Metrics {
+        Metrics::new().expect("metrics register")
+    }
+
+    #[test]
+    fn request_answered_counts() {
+        let m = fresh();
+        RequestAnswered {
+            route: "/conversations/{id}/",
+            method: "GET",
+            status: StatusCode::NOT_FOUND,
+            seconds: 0.004,
+        }
+        .emit(&m);
+        assert_eq!(
+            m.requests
+                .with_label_values(&["/conversations/{id}/", "GET", "404"])
+                .get(),
+            1
+        );
+        assert_eq!(
+            m.latency
+                .with_label_values(&["/conversations/{id}/"])
+                .get_sample_count(),
+            1
+        );
+    }
+
+    #[test]
+    fn error_events_count() {
+        let m = fresh();
+        let kind = |k: DbFailure| m.database_errors.with_label_values(&[k.as_str()]).get();
+        DatabaseFailed {
+            kind: DbFailure::Connection,
+            error: "timed out waiting for a connection",
+        }
+        .emit(&m);
+        DatabaseFailed {
+            kind: DbFailure::Query,
+            error: "canceling statement due to statement timeout",
+        }
+        .emit(&m);
+        UnexpectedStoredValue {
+            error: "unexpected status \"PAUSED\"",
+        }
+        .emit(&m);
+        for k in DbFailure::ALL {
+            assert_eq!(kind(k), 1, "{k:?}");
+        }
+        InvalidParameter { field: "cursor" }.emit(&m);
+        assert_eq!(m.invalid_parameters.with_label_values(&["cursor"]).get(), 1);
+    }
+
+    #[test]
+    fn error_answers_carry_their_report() {
+        let m = fresh();
+        let report = |e: ApiError| e.into_response().extensions_mut().remove::<ErrorReport>();
+        assert_eq!(report(ApiError::NotFound("x".into())), None);
+        let bad = report(ApiError::bad("limit", "too big")).expect("a report");
+        assert_eq!(bad, ErrorReport::InvalidParameter { field: "limit" });
+        bad.emit(&m);
+        let query = report(ApiError::BadRequest {
+            message: "invalid query string".into(),
+            field: None,
+        });
+        query.expect("a report").emit(&m);
+        assert_eq!(m.invalid_parameters.with_label_values(&["limit"]).get(), 1);
+        assert_eq!(m.invalid_parameters.with_label_values(&["query"]).get(), 1);
+        for failure in DbFailure::ALL {
+            report(ApiError::Unavailable(failure, "down".into()))
+                .expect("a report")
+                .emit(&m);
+            assert_eq!(
+                m.database_errors
+                    .with_label_values(&[failure.as_str()])
+                    .get(),
+                1
+            );
+        }
+        assert_eq!(
+            report(ApiError::unexpected(
+                "unexpected direction \"SIDEWAYS\"".into()
+            )),
+            Some(ErrorReport::Database {
+                failure: DbFailure::UnexpectedValue,
+                detail: "unexpected direction \"SIDEWAYS\"".into(),
+            })
+        );
+    }
+}
