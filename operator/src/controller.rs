@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use chatpipe_core::config::{parse_duration, LogArgs};
+use chatpipe_settings::common::{KAFKA_ADMIN_TIMEOUT_ENV, LISTEN_ENV};
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::batch::v1::Job;
@@ -85,10 +86,10 @@ fn log_result(result: &RunResult) {
 #[derive(Debug, Clone, clap::Args)]
 pub struct ControllerArgs {
     /// Address of the ops endpoints (/healthz, /readyz, /metrics).
-    #[arg(long, env = "CHATPIPE_LISTEN", default_value = "0.0.0.0:8080")]
+    #[arg(long, env = LISTEN_ENV, default_value = "0.0.0.0:8080")]
     pub listen: SocketAddr,
     /// Timeout of each Kafka admin operation (topic check/creation).
-    #[arg(long, env = "CHATPIPE_KAFKA_ADMIN_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    #[arg(long, env = KAFKA_ADMIN_TIMEOUT_ENV, default_value = "10s", value_parser = parse_duration)]
     pub kafka_admin_timeout: Duration,
     /// Name of this controller instance in Events (the pod name in a cluster).
     #[arg(long, env = "POD_NAME", default_value = "chatpipe-operator")]

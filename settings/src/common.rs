@@ -13,6 +13,9 @@ pub const LISTEN_ENV: &str = "CHATPIPE_LISTEN";
 /// The variable of the migrate-at-start switch (`--migrate`) of ingest and
 /// the processor.
 pub const MIGRATE_ENV: &str = "CHATPIPE_MIGRATE";
+/// The variable of the Kafka admin timeout (`--kafka-admin-timeout` of the
+/// operator's controller, `--timeout` of `chatpipe-admin ensure-topic`).
+pub const KAFKA_ADMIN_TIMEOUT_ENV: &str = "CHATPIPE_KAFKA_ADMIN_TIMEOUT";
 
 /// Postgres connection settings.
 #[derive(Debug, Clone, clap::Args)]

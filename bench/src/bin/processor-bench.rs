@@ -33,7 +33,7 @@ struct Args {
     #[arg(long, default_value = "catchup")]
     mode: String,
     /// Kafka bootstrap servers.
-    #[arg(long, env = "CHATPIPE_KAFKA_BROKERS", default_value = "127.0.0.1:9092")]
+    #[arg(long, default_value = "127.0.0.1:9092")]
     brokers: String,
     /// Postgres server URL (a database `chatpipe_bench_<n>` is created).
     #[arg(long, default_value = "postgres://postgres@127.0.0.1:5432")]

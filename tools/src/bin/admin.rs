@@ -7,6 +7,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use chatpipe_core::config::{parse_duration, KafkaArgs, LogArgs, PostgresArgs};
 use chatpipe_core::kafka::TopicState;
+use chatpipe_settings::common::KAFKA_ADMIN_TIMEOUT_ENV;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -37,7 +38,7 @@ enum Command {
         #[arg(long, env = "CHATPIPE_KAFKA_REPLICATION", default_value_t = 1)]
         replication: i32,
         /// How long to wait for the broker.
-        #[arg(long, env = "CHATPIPE_KAFKA_ADMIN_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+        #[arg(long, env = KAFKA_ADMIN_TIMEOUT_ENV, default_value = "30s", value_parser = parse_duration)]
         timeout: Duration,
     },
 }
