@@ -9,9 +9,17 @@
 //! - the conversation viewer at `/` (static assets compiled in, polling);
 //! - `/healthz`, `/readyz`, `/metrics`.
 //!
-//! Modules: [`config`] (flags), [`store`] (SQL), [`pagination`] (pure
-//! cursor/limit code), [`routes`] (handlers), [`model`] (JSON shapes),
-//! [`openapi`], [`viewer`], [`metrics`], [`error`].
+//! # Layout
+//! - [`config`]: flags (defined in `chatpipe-settings`).
+//! - [`routes`]: the handlers, one file per resource.
+//! - [`store`]: the SQL (read-only pool).
+//! - [`pagination`]: pure cursor and limit code.
+//! - [`model`]: the JSON shapes (also the OpenAPI schemas).
+//! - [`openapi`]: the OpenAPI document and `/docs`.
+//! - [`viewer`]: the conversation viewer's static assets.
+//! - [`error`]: errors as HTTP answers.
+//! - [`events`]: one type per observable fact, which logs and counts.
+//! - [`metrics`]: Prometheus metrics.
 
 pub mod config;
 pub mod error;
