@@ -4,7 +4,7 @@
 //! database yields a 5xx, and its details are logged, not returned.
 //!
 //! An answered error leaves an [`ErrorReport`] in the response's
-//! extensions; the request middleware ([`crate::metrics::track`]) turns it
+//! extensions; the request middleware ([`crate::events::track`]) turns it
 //! into its event of [`crate::events`], which logs it and counts it.
 
 use axum::http::StatusCode;

@@ -3,7 +3,7 @@
 //! Each event both logs (level, message and structured fields fixed here)
 //! and updates its metrics in one [`InternalEvent::emit`] call, so logs and
 //! metrics never disagree. They are emitted by the request middleware
-//! ([`crate::metrics::track`]): [`RequestAnswered`] for every request, and
+//! ([`crate::events::track`]): [`RequestAnswered`] for every request, and
 //! for an error answer the event of the [`ErrorReport`] the
 //! [`crate::error::ApiError`] left in the response's extensions. Every
 //! warning counts something.
@@ -16,6 +16,12 @@
 //! | [`InvalidParameter`] | debug | `invalid_parameters_total{field}` (`cursor`, `limit`, `status`, `conversation_id`, `reason`, `query`) |
 
 use axum::http::StatusCode;
+
+use std::time::Instant;
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::middleware::Next;
+use axum::response::Response;
 
 use crate::error::{DbFailure, ErrorReport};
 use crate::metrics::Metrics;
@@ -125,6 +131,28 @@ impl InternalEvent for ErrorReport {
             ErrorReport::InvalidParameter { field } => InvalidParameter { field }.emit(m),
         }
     }
+}
+
+/// Middleware recording each request; the route label is the matched route
+/// pattern (`/conversations/{id}/`), or `unmatched`, so ids never become
+/// label values. It reports the [`ErrorReport`] an error answer carries.
+pub async fn track(State(metrics): State<Metrics>, req: Request, next: Next) -> Response {
+    let route = req.extensions().get::<MatchedPath>().cloned();
+    let method = req.method().clone();
+    let start = Instant::now();
+    let mut response = next.run(req).await;
+    let seconds = start.elapsed().as_secs_f64();
+    if let Some(report) = response.extensions_mut().remove::<ErrorReport>() {
+        report.emit(&metrics);
+    }
+    RequestAnswered {
+        route: route.as_ref().map_or("unmatched", MatchedPath::as_str),
+        method: method.as_str(),
+        status: response.status(),
+        seconds,
+    }
+    .emit(&metrics);
+    response
 }
 
 #[cfg(test)]

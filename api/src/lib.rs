@@ -77,10 +77,7 @@ pub fn app(state: AppState, metrics: Metrics) -> Router {
                 Json(ApiError::NotFound("no such route".to_owned()).body()),
             )
         })
-        .layer(axum::middleware::from_fn_with_state(
-            metrics,
-            metrics::track,
-        ))
+        .layer(axum::middleware::from_fn_with_state(metrics, events::track))
 }
 
 /// Runs the api until SIGINT/SIGTERM.

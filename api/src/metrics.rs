@@ -3,21 +3,12 @@
 //! latency histogram by route, database errors by kind and invalid query
 //! parameters by field.
 //!
-//! They are updated only through the events of [`crate::events`], each of
-//! which logs and counts in one call. The [`track`] middleware emits them:
-//! [`crate::events::RequestAnswered`] for every request, and the event of
-//! the [`ErrorReport`] an answered [`crate::error::ApiError`] left in the
+//! They are updated only through the events of `events.rs`, each of which
+//! logs and counts in one call; its `track` middleware emits them for every
+//! request and for the error report an answered error leaves in the
 //! response.
 
-use std::time::Instant;
-
-use axum::extract::{MatchedPath, Request, State};
-use axum::middleware::Next;
-use axum::response::Response;
 use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
-
-use crate::error::ErrorReport;
-use crate::events::{InternalEvent, RequestAnswered};
 
 /// The api's metrics.
 #[derive(Clone)]
@@ -88,26 +79,4 @@ impl Metrics {
             invalid_parameters,
         })
     }
-}
-
-/// Middleware recording each request; the route label is the matched route
-/// pattern (`/conversations/{id}/`), or `unmatched`, so ids never become
-/// label values. It reports the [`ErrorReport`] an error answer carries.
-pub async fn track(State(metrics): State<Metrics>, req: Request, next: Next) -> Response {
-    let route = req.extensions().get::<MatchedPath>().cloned();
-    let method = req.method().clone();
-    let start = Instant::now();
-    let mut response = next.run(req).await;
-    let seconds = start.elapsed().as_secs_f64();
-    if let Some(report) = response.extensions_mut().remove::<ErrorReport>() {
-        report.emit(&metrics);
-    }
-    RequestAnswered {
-        route: route.as_ref().map_or("unmatched", MatchedPath::as_str),
-        method: method.as_str(),
-        status: response.status(),
-        seconds,
-    }
-    .emit(&metrics);
-    response
 }

@@ -53,7 +53,6 @@ use axum::http::StatusCode;
 use uuid::Uuid;
 
 use crate::metrics::Metrics;
-use crate::producer::ProduceError;
 
 /// A fact ingest reports: logs it and updates its metrics.
 pub trait InternalEvent {
@@ -357,15 +356,17 @@ impl InternalEvent for RecordAcknowledged {
 
 /// The broker did not acknowledge a record (its request is answered
 /// `503`).
-#[derive(Debug, Clone, Copy)]
+#[derive(Clone, Copy)]
 pub struct ProduceFailed<'a> {
-    /// Why.
-    pub error: &'a ProduceError,
+    /// Why, as a label value (`timeout`, `queue_full`, `kafka`, …).
+    pub reason: &'static str,
+    /// The error.
+    pub error: &'a dyn std::fmt::Display,
 }
 
 impl InternalEvent for ProduceFailed<'_> {
     fn emit(self, m: &Metrics) {
-        let reason = self.error.reason();
+        let reason = self.reason;
         tracing::debug!(reason, error = %self.error, "produce failed");
         m.produce_failures.with_label_values(&[reason]).inc();
     }
@@ -668,6 +669,7 @@ impl InternalEvent for ProducerFlushIncomplete<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::producer::ProduceError;
 
     fn fresh() -> Metrics {
         Metrics::new().expect("metrics register")
@@ -800,7 +802,11 @@ mod tests {
             ProduceError::QueueFull,
             ProduceError::Canceled,
         ] {
-            ProduceFailed { error: &error }.emit(&m);
+            ProduceFailed {
+                reason: error.reason(),
+                error: &error,
+            }
+            .emit(&m);
             assert_eq!(
                 m.produce_failures
                     .with_label_values(&[error.reason()])

@@ -188,7 +188,11 @@ impl EventProducer {
             }
             .emit(&self.metrics),
             Err(e) => {
-                ProduceFailed { error: e }.emit(&self.metrics);
+                ProduceFailed {
+                    reason: e.reason(),
+                    error: e,
+                }
+                .emit(&self.metrics);
                 if matches!(e, ProduceError::Timeout(_)) {
                     self.replace(&producer, "a record was not acknowledged in time");
                 } else if let Some((code, reason)) = producer.client().fatal_error() {

@@ -1,7 +1,7 @@
 //! Kubernetes Events (`events.k8s.io/v1`) about ChatPipelines.
 //!
 //! Like kube's `Recorder`, with one difference: every write carries the
-//! operator's field manager ([`crate::reconcile::FIELD_MANAGER`]), which
+//! operator's field manager ([`crate::FIELD_MANAGER`]), which
 //! kube's `Recorder` leaves unset (the API server then records the write
 //! under a name guessed from the user agent). A repeat of the same event
 //! (same type, reason, note and object) within [`SERIES_WINDOW`] is counted
@@ -17,8 +17,8 @@ use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
 
-use crate::reconcile::FIELD_MANAGER;
 use crate::status::{Notice, Severity};
+use crate::FIELD_MANAGER;
 
 /// How long an Event is remembered for counting repeats in its series.
 pub const SERIES_WINDOW: SignedDuration = SignedDuration::from_mins(6);

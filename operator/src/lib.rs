@@ -34,3 +34,6 @@ pub mod status;
 pub mod topic;
 
 pub use chatpipe_plan::{crd, validate};
+
+/// Field manager of every write (server-side applies, patches, creates).
+pub const FIELD_MANAGER: &str = "chatpipe-operator";

@@ -52,8 +52,7 @@ use crate::status::{self, MigrationState, Notice, Observed, Outcome, Severity};
 use crate::topic::{TopicAdmin, TopicRequest};
 use crate::validate::{self, ValidatedPipeline};
 
-/// Field manager of every write (server-side applies, patches, creates).
-pub const FIELD_MANAGER: &str = "chatpipe-operator";
+pub use crate::FIELD_MANAGER;
 /// Finalizer put on every ChatPipeline.
 pub const FINALIZER: &str = "chatpipe.dev/cleanup";
 /// Requeue interval when everything is ready (drift check).

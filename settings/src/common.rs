@@ -5,7 +5,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use crate::env::EnvWriter;
+use crate::env::{EnvValue, EnvWriter};
 
 /// The variable of every service's HTTP listener (`--listen`): declared by
 /// each service's own flag (their defaults differ), meaning the same.
@@ -68,9 +68,15 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s).map_err(|e| format!("invalid duration {s:?}: {e}"))
 }
 
-/// Formats a duration the way [`parse_duration`] reads it.
-pub fn format_duration(d: Duration) -> String {
-    humantime::format_duration(d).to_string()
+pub use crate::env::format_duration;
+
+impl EnvValue for LogFormat {
+    /// The value name clap accepts (`text`, `json`).
+    fn env_value(&self) -> String {
+        clap::ValueEnum::to_possible_value(self)
+            .map(|v| v.get_name().to_owned())
+            .unwrap_or_default()
+    }
 }
 
 /// The environment variable argument `id` of the group `A` reads (see

@@ -11,8 +11,6 @@ use std::time::Duration;
 
 use clap::CommandFactory;
 
-use crate::common::{format_duration, LogFormat};
-
 /// A value written in the form the binary's parser reads back.
 pub trait EnvValue {
     /// The text of the environment variable.
@@ -31,19 +29,15 @@ macro_rules! display_env_value {
 
 display_env_value!(String, u32, u64, usize, i64, bool, SocketAddr);
 
+/// Formats a duration the way `parse_duration` reads it (`5s`, `1m 30s`).
+pub fn format_duration(d: Duration) -> String {
+    humantime::format_duration(d).to_string()
+}
+
 impl EnvValue for Duration {
     /// [`format_duration`]: what `parse_duration` reads (`5s`, `1m 30s`).
     fn env_value(&self) -> String {
         format_duration(*self)
-    }
-}
-
-impl EnvValue for LogFormat {
-    /// The value name clap accepts (`text`, `json`).
-    fn env_value(&self) -> String {
-        clap::ValueEnum::to_possible_value(self)
-            .map(|v| v.get_name().to_owned())
-            .unwrap_or_default()
     }
 }
 
@@ -100,7 +94,7 @@ impl EnvWriter {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::common::LogArgs;
+    use crate::common::{LogArgs, LogFormat};
 
     #[derive(Debug, clap::Parser)]
     struct Bin {
