@@ -14,7 +14,7 @@ use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::batch::v1::Job;
 use kube::api::{Api, ListParams};
-use kube::runtime::controller::{self, Action};
+use kube::runtime::controller::Action;
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{watcher, Controller};
 use kube::Client;
@@ -22,7 +22,11 @@ use prometheus::Registry;
 
 use crate::build::labels::MANAGED_BY;
 use crate::crd::ChatPipeline;
-use crate::events::EventRecorder;
+use crate::events::{
+    ControllerError, ControllerStarted, ControllerStopped, InternalEvent, OpsListening,
+    OpsServerStopped, Reconciled, StreamError,
+};
+use crate::k8s_events::EventRecorder;
 use crate::metrics::Metrics;
 use crate::reconcile::{error_policy, reconcile, Context, FIELD_MANAGER};
 use crate::topic::KafkaTopicAdmin;
@@ -54,31 +58,26 @@ pub async fn client() -> anyhow::Result<Client> {
 }
 
 /// Outcome of one reconcile as the controller's stream reports it.
-pub type RunResult = Result<
-    (ObjectRef<ChatPipeline>, Action),
-    controller::Error<crate::error::Error, watcher::Error>,
->;
+pub type RunResult = Result<(ObjectRef<ChatPipeline>, Action), StreamError>;
 
-/// The level at which the controller logs `result`. Only what is not
-/// reported elsewhere and needs a look is a warning:
-/// - a reconcile error was already logged (and counted) by [`error_policy`];
-/// - "not found in local store" is what a deleted pipeline's owned objects
-///   cause while they are garbage-collected (their events still name the
-///   owner, which is gone): expected, so debug.
+/// The level at which the controller logs `result`: debug for a success,
+/// [`ControllerError::level`] for an error (a warning only for what is not
+/// reported elsewhere and needs a look).
 pub fn log_level(result: &RunResult) -> tracing::Level {
     match result {
         Ok(_) => tracing::Level::DEBUG,
-        Err(controller::Error::ObjectNotFound(_)) => tracing::Level::DEBUG,
-        Err(controller::Error::ReconcilerFailed(..)) => tracing::Level::DEBUG,
-        Err(_) => tracing::Level::WARN,
+        Err(error) => ControllerError { error }.level(),
     }
 }
 
-fn log_result(result: &RunResult) {
-    match (log_level(result), result) {
-        (_, Ok((obj, action))) => tracing::debug!(pipeline = %obj, ?action, "reconciled"),
-        (tracing::Level::WARN, Err(e)) => tracing::warn!(error = %e, "controller error"),
-        (_, Err(e)) => tracing::debug!(error = %e, "controller error"),
+fn report_result(result: &RunResult, metrics: &Metrics) {
+    match result {
+        Ok((obj, action)) => Reconciled {
+            pipeline: obj,
+            action,
+        }
+        .emit(metrics),
+        Err(error) => ControllerError { error }.emit(metrics),
     }
 }
 
@@ -121,10 +120,14 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("binding {}", args.listen))?;
-    tracing::info!(listen = %args.listen, "ops endpoints listening");
+    OpsListening {
+        listen: args.listen,
+    }
+    .emit(&metrics);
+    let ops_metrics = metrics.clone();
     tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app).await {
-            tracing::error!(error = %e, "ops server stopped");
+            OpsServerStopped { error: &e }.emit(&ops_metrics);
         }
     });
 
@@ -146,23 +149,28 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
     ));
     let owned =
         watcher::Config::default().labels(&format!("app.kubernetes.io/managed-by={MANAGED_BY}"));
+    let metrics = ctx.metrics.clone();
     ready.store(true, Ordering::Relaxed);
-    tracing::info!("controller started");
+    ControllerStarted.emit(&metrics);
     Controller::new(pipelines, watcher::Config::default().any_semantic())
         .owns(Api::<Deployment>::all(client.clone()), owned.clone())
         .owns(Api::<StatefulSet>::all(client.clone()), owned.clone())
         .owns(Api::<Job>::all(client.clone()), owned)
         .shutdown_on_signal()
         .run(reconcile, error_policy, ctx)
-        .for_each(|res| async move { log_result(&res) })
+        .for_each(|res| {
+            report_result(&res, &metrics);
+            async {}
+        })
         .await;
-    tracing::info!("controller stopped");
+    ControllerStopped.emit(&metrics);
     Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use kube::runtime::controller;
 
     fn not_found() -> Box<ObjectRef<kube::api::DynamicObject>> {
         Box::new(

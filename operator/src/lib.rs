@@ -17,16 +17,19 @@
 //!   kind) from the plan; each component's ConfigMap is its planned
 //!   settings' `to_env()`.
 //! - [`status`] — pure status/condition computation and the Events of a transition.
-//! - [`events`] — publishing Kubernetes Events with the operator's field manager.
+//! - [`k8s_events`] — publishing Kubernetes Events with the operator's field manager.
 //! - [`reconcile`] — one reconcile run: validate, apply, status, finalizer.
 //! - [`controller`] — the controller process (watches, ops endpoints).
 //! - [`topic`] — ensuring the Kafka topic, behind a trait tests can fake.
-//! - [`metrics`], [`error`] — reconcile metrics and the error type.
+//! - [`events`] — what the operator says about itself: one type per
+//!   observable fact, which logs and updates its metric in one call.
+//! - [`metrics`], [`error`] — the operator's metrics and the error type.
 //! - `src/main.rs` — the binary: the controller (default) and `crdgen`.
 pub mod build;
 pub mod controller;
 pub mod error;
 pub mod events;
+pub mod k8s_events;
 pub mod metrics;
 pub mod rbac;
 pub mod reconcile;

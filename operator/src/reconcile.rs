@@ -24,7 +24,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Debug;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use chatpipe_core::kafka::TopicState;
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
@@ -46,7 +46,12 @@ use crate::build::labels::{self, object_name, Component};
 use crate::build::{self, BuildInput};
 use crate::crd::{ChatPipeline, ChatPipelineStatus, MigrationStatus, TopicStatus};
 use crate::error::{Error, KubeContext, Result};
-use crate::events::EventRecorder;
+use crate::events::{
+    EventPublishFailed, FailureStatusWriteFailed, FailureUnreportable, InternalEvent, InvalidSpec,
+    MigrationJobCreated, MigrationSucceeded, MigrationWaiting, PipelineDeleting, ReconcileFailed,
+    ReconcileFinished, ReconcileStarted, TopicCreated,
+};
+use crate::k8s_events::EventRecorder;
 use crate::metrics::Metrics;
 use crate::status::{self, MigrationState, Notice, Observed, Outcome, Severity};
 use crate::topic::{TopicAdmin, TopicRequest};
@@ -67,7 +72,7 @@ pub struct Context {
     pub client: Client,
     /// Publishes Kubernetes Events.
     pub recorder: EventRecorder,
-    /// Reconcile metrics.
+    /// The operator's metrics (updated through [`crate::events`]).
     pub metrics: Metrics,
     /// Creates/checks Kafka topics.
     pub topics: Arc<dyn TopicAdmin>,
@@ -121,28 +126,39 @@ pub fn backoff(failures: u32) -> Duration {
 /// failure is reported on the object (status and a Warning Event) before
 /// it is returned.
 pub async fn reconcile(cp: Arc<ChatPipeline>, ctx: Arc<Context>) -> Result<Action> {
-    let _timer = ctx.metrics.start();
+    let pipeline = key(&cp);
+    ReconcileStarted {
+        pipeline: &pipeline,
+    }
+    .emit(&ctx.metrics);
+    let started = Instant::now();
     let result = run(&cp, &ctx).await;
     match &result {
-        Ok(_) => ctx.reset_failures(&key(&cp)),
+        Ok(_) => ctx.reset_failures(&pipeline),
         Err(e) => report_failure(&ctx, &cp, e).await,
     }
+    ReconcileFinished {
+        pipeline: &pipeline,
+        duration: started.elapsed(),
+        failure: result.as_ref().err().map(Error::metric_label),
+    }
+    .emit(&ctx.metrics);
     result
 }
 
-/// What the controller does after a failed run: count it, log it, requeue
-/// with exponential backoff.
+/// What the controller does after a failed run: count and log it
+/// ([`ReconcileFailed`]), requeue with exponential backoff.
 pub fn error_policy(cp: Arc<ChatPipeline>, error: &Error, ctx: Arc<Context>) -> Action {
-    ctx.metrics.failure(error);
-    let n = ctx.record_failure(key(&cp));
+    let pipeline = key(&cp);
+    let n = ctx.record_failure(pipeline.clone());
     let delay = backoff(n);
-    tracing::warn!(
-        pipeline = %key(&cp),
-        error = %error,
-        failures = n,
-        retry_in = ?delay,
-        "reconcile failed"
-    );
+    ReconcileFailed {
+        pipeline: &pipeline,
+        error,
+        failures: n,
+        retry_in: delay,
+    }
+    .emit(&ctx.metrics);
     Action::requeue(delay)
 }
 
@@ -258,7 +274,11 @@ async fn report_failure(ctx: &Context, cp: &ChatPipeline, error: &Error) {
     let reason = error.reason();
     let message = error.to_string();
     if cp.namespace().is_none() {
-        tracing::warn!(pipeline = %cp.name_any(), error = %message, "cannot report on an object without a namespace");
+        FailureUnreportable {
+            pipeline: &cp.name_any(),
+            error: &message,
+        }
+        .emit(&ctx.metrics);
         return;
     }
     let mut notices = Vec::new();
@@ -278,9 +298,11 @@ async fn report_failure(ctx: &Context, cp: &ChatPipeline, error: &Error) {
         let prev = cp.status.as_ref();
         match write_status_if_changed(ctx, cp, &next).await {
             Ok(()) => notices = status::transitions(prev, &next),
-            Err(e) => {
-                tracing::warn!(pipeline = %key(cp), error = %e, "cannot write the failure to the status")
+            Err(e) => FailureStatusWriteFailed {
+                pipeline: &key(cp),
+                error: &e,
             }
+            .emit(&ctx.metrics),
         }
     }
     if !notices
@@ -310,8 +332,11 @@ async fn apply(cp: &ChatPipeline, ctx: &Context) -> Result<Action> {
             let mut problems = v.err().unwrap_or_default();
             problems.extend(n.err());
             let message = validate::describe(&problems);
-            tracing::warn!(pipeline = %key(cp), %message, "invalid spec");
-            ctx.metrics.invalid_specs.inc();
+            InvalidSpec {
+                pipeline: &key(cp),
+                message: &message,
+            }
+            .emit(&ctx.metrics);
             let next = status_for(cp, &Outcome::InvalidSpec(message), None);
             finish_status(ctx, cp, &next, Vec::new()).await?;
             // A spec change triggers the next run; retrying would not help.
@@ -340,14 +365,22 @@ async fn apply(cp: &ChatPipeline, ctx: &Context) -> Result<Action> {
     };
     let mut notices = Vec::new();
     match ctx.topics.ensure(&req).await {
-        Ok(TopicState::Created) => notices.push(Notice {
-            severity: Severity::Normal,
-            reason: "TopicCreated".into(),
-            note: format!(
-                "created topic {} with {} partitions",
-                req.topic, req.partitions
-            ),
-        }),
+        Ok(TopicState::Created) => {
+            TopicCreated {
+                pipeline: &key(cp),
+                topic: &req.topic,
+                partitions: req.partitions,
+            }
+            .emit(&ctx.metrics);
+            notices.push(Notice {
+                severity: Severity::Normal,
+                reason: "TopicCreated".into(),
+                note: format!(
+                    "created topic {} with {} partitions",
+                    req.topic, req.partitions
+                ),
+            });
+        }
         Ok(TopicState::Exists) => {}
         Ok(TopicState::Mismatch { actual }) => {
             return Err(Error::TopicMismatch {
@@ -508,11 +541,21 @@ async fn migrate(
         MigrationStep::Done => MigrationState::Succeeded,
         MigrationStep::Existing(j) => status::from_job(&j),
         MigrationStep::Wait { running } => {
-            tracing::info!(pipeline = %key(cp), %running, waiting = %desired, "a migration Job is still running; waiting before the next one");
+            MigrationWaiting {
+                pipeline: &key(cp),
+                running: &running,
+                waiting: &desired,
+            }
+            .emit(&ctx.metrics);
             MigrationState::Waiting(running)
         }
         MigrationStep::Create => {
             let created = apply_object(&ctx.client, ns, job).await?;
+            MigrationJobCreated {
+                pipeline: &key(cp),
+                job: &desired,
+            }
+            .emit(&ctx.metrics);
             notices.push(Notice {
                 severity: Severity::Normal,
                 reason: "MigrationStarted".into(),
@@ -532,6 +575,12 @@ async fn migrate(
             image: pipeline.image.clone(),
         };
         if previous.as_ref().map(|m| &m.job) != Some(&done.job) {
+            MigrationSucceeded {
+                pipeline: &key(cp),
+                job: &done.job,
+                schema_version: &done.schema_version,
+            }
+            .emit(&ctx.metrics);
             notices.push(Notice {
                 severity: Severity::Normal,
                 reason: "MigrationSucceeded".into(),
@@ -551,6 +600,7 @@ async fn migrate(
 /// Deletion: the owned objects are garbage-collected through their owner
 /// references; the topic and the database hold data and are kept.
 async fn cleanup(cp: &ChatPipeline, ctx: &Context) -> Result<Action> {
+    PipelineDeleting { pipeline: &key(cp) }.emit(&ctx.metrics);
     publish(
         ctx,
         cp,
@@ -616,7 +666,12 @@ async fn publish(ctx: &Context, cp: &ChatPipeline, notices: &[Notice]) {
     let reference = cp.object_ref(&());
     for n in notices {
         if let Err(e) = ctx.recorder.publish(n, &reference).await {
-            tracing::warn!(pipeline = %key(cp), reason = %n.reason, error = %e, "cannot publish event");
+            EventPublishFailed {
+                pipeline: &key(cp),
+                reason: &n.reason,
+                error: &e,
+            }
+            .emit(&ctx.metrics);
         }
     }
 }

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use chatpipe_core::kafka::TopicState;
 use chatpipe_operator::crd::ChatPipeline;
-use chatpipe_operator::events::EventRecorder;
+use chatpipe_operator::k8s_events::EventRecorder;
 use chatpipe_operator::metrics::Metrics;
 use chatpipe_operator::rbac;
 use chatpipe_operator::reconcile::{error_policy, reconcile, Context, FIELD_MANAGER, FINALIZER};
@@ -873,8 +873,13 @@ async fn first_create_ensures_topic_and_applies_every_object() {
     }));
     steps.push(event_step("Normal", "TopicCreated"));
     steps.push(event_step("Normal", "MigrationStarted"));
+    let metrics = h.ctx.metrics.clone();
     let (result, seen, topics) = run(h, cp, steps).await;
     assert_eq!(result.unwrap(), Action::requeue(Duration::from_secs(30)));
+    assert_eq!(metrics.topics_created.get(), 1);
+    assert_eq!(metrics.migration_jobs_created.get(), 1);
+    assert_eq!(metrics.reconciliations.get(), 1);
+    assert_eq!(metrics.duration.get_sample_count(), 1);
     assert_eq!(
         topics.calls.lock().unwrap().as_slice(),
         [TopicRequest {
@@ -1308,8 +1313,11 @@ async fn a_new_migration_waits_for_the_running_one() {
         );
         assert_eq!(condition(s, "Degraded")["status"], "False");
     }));
+    let metrics = h.ctx.metrics.clone();
     let (result, seen, _) = run(h, cp, steps).await;
     assert_eq!(result.unwrap(), Action::requeue(Duration::from_secs(30)));
+    assert_eq!(metrics.migration_waits.get(), 1);
+    assert_eq!(metrics.migration_jobs_created.get(), 0);
     assert!(
         !seen
             .iter()
@@ -1463,8 +1471,10 @@ async fn invalid_spec_degrades_without_touching_running_objects() {
         }),
         event_step("Warning", "InvalidSpec"),
     ];
+    let metrics = h.ctx.metrics.clone();
     let (result, seen, topics) = run(h, cp, steps).await;
     assert_eq!(result.unwrap(), Action::await_change());
+    assert_eq!(metrics.invalid_specs.get(), 1);
     assert!(
         topics.calls.lock().unwrap().is_empty(),
         "the topic is not touched"
@@ -1583,8 +1593,10 @@ async fn deletion_runs_cleanup_then_removes_the_finalizer() {
         )
         .with_query("fieldManager", FIELD_MANAGER),
     ];
+    let metrics = h.ctx.metrics.clone();
     let (result, seen, topics) = run(h, cp, steps).await;
     assert_eq!(result.unwrap(), Action::await_change());
+    assert_eq!(metrics.deletions.get(), 1);
     assert!(topics.calls.lock().unwrap().is_empty(), "the topic is kept");
     assert!(
         !seen.iter().any(|s| s.method == Method::DELETE),
