@@ -45,6 +45,9 @@
 //! | [`ConnectionFailed`] | debug | `connection_errors_total{kind}` (`header_timeout`, `other`) |
 //! | [`ShutdownWaitExpired`] | warn | `shutdown_incomplete_total{stage}` (`requests`, `webhook_work`) |
 //! | [`ProducerFlushIncomplete`] | warn | `shutdown_incomplete_total{stage="producer_flush"}` |
+//! | [`WebhookAuthConfigured`] | warn without secrets ("webhooks are not authenticated"), else info | `webhook_auth_secrets` (gauge, set once) |
+//! | [`WebhookAuthFailed`] | debug | `webhook_auth_failures_total{reason}` |
+//! | [`WebhookAuthenticated`] | trace | `webhook_auth_successes_total{secret}` |
 
 use std::fmt::Display;
 use std::time::Duration;
@@ -53,6 +56,7 @@ use axum::http::StatusCode;
 use uuid::Uuid;
 
 use crate::metrics::Metrics;
+use crate::signature::{AuthFailure, Verifier};
 
 /// A fact ingest reports: logs it and updates its metrics.
 pub trait InternalEvent {
@@ -63,8 +67,8 @@ pub trait InternalEvent {
 /// A webhook request was answered.
 #[derive(Debug, Clone, Copy)]
 pub struct WebhookAnswered<'a> {
-    /// Its event type, `INVALID` (the body did not validate) or `UNREAD`
-    /// (`503` load shedding, `408`).
+    /// Its event type, `INVALID` (the body did not validate), `UNREAD`
+    /// (`503` load shedding, `408`) or `UNAUTHENTICATED` (`401`).
     pub event_type: &'a str,
     /// The answer's status.
     pub status: StatusCode,
@@ -666,10 +670,124 @@ impl InternalEvent for ProducerFlushIncomplete<'_> {
     }
 }
 
+/// At start: whether webhooks are authenticated (Standard Webhooks
+/// signatures) and with how many secrets. Never shows a secret.
+#[derive(Debug, Clone, Copy)]
+pub struct WebhookAuthConfigured<'a> {
+    /// The verifier, `None` when no secret is configured.
+    pub verifier: Option<&'a Verifier>,
+    /// The variable that holds the secrets.
+    pub env: &'a str,
+}
+
+impl InternalEvent for WebhookAuthConfigured<'_> {
+    fn emit(self, m: &Metrics) {
+        match self.verifier {
+            None => {
+                m.webhook_auth_secrets.set(0);
+                tracing::warn!(
+                    "webhooks are not authenticated: {} is not set, so POST /webhook/ \
+                     accepts unsigned requests from anyone who can reach it",
+                    self.env
+                );
+            }
+            Some(v) => {
+                m.webhook_auth_secrets
+                    .set(i64::try_from(v.secrets()).unwrap_or(i64::MAX));
+                // Every reason is exported from the start (at 0).
+                for reason in AuthFailure::REASONS {
+                    m.webhook_auth_failures.with_label_values(&[reason]);
+                }
+                tracing::info!(
+                    secrets = v.secrets(),
+                    tolerance = ?v.tolerance(),
+                    "webhooks are authenticated: Standard Webhooks signatures are required"
+                );
+            }
+        }
+    }
+}
+
+/// A webhook request's signature did not verify (answered `401`; nothing
+/// written).
+#[derive(Debug, Clone, Copy)]
+pub struct WebhookAuthFailed {
+    /// Why.
+    pub failure: AuthFailure,
+}
+
+impl InternalEvent for WebhookAuthFailed {
+    fn emit(self, m: &Metrics) {
+        let reason = self.failure.reason();
+        tracing::debug!(
+            reason,
+            field = self.failure.field(),
+            "webhook signature did not verify: answered 401"
+        );
+        m.webhook_auth_failures.with_label_values(&[reason]).inc();
+    }
+}
+
+/// The `secret` label of [`WebhookAuthenticated`]: the 1-based position,
+/// `9+` beyond 8 (label values stay bounded).
+pub fn secret_label(position: usize) -> &'static str {
+    const LABELS: [&str; 8] = ["1", "2", "3", "4", "5", "6", "7", "8"];
+    LABELS.get(position).copied().unwrap_or("9+")
+}
+
+/// A webhook request's signature verified.
+#[derive(Debug, Clone, Copy)]
+pub struct WebhookAuthenticated {
+    /// The position (0-based) of the configured secret that matched.
+    pub secret: usize,
+}
+
+impl InternalEvent for WebhookAuthenticated {
+    fn emit(self, m: &Metrics) {
+        let secret = secret_label(self.secret);
+        tracing::trace!(secret, "webhook signature verified");
+        m.webhook_auth_successes.with_label_values(&[secret]).inc();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::producer::ProduceError;
+
+    #[test]
+    fn webhook_auth_events_count() {
+        let m = fresh();
+        WebhookAuthConfigured {
+            verifier: None,
+            env: "CHATPIPE_WEBHOOK_SECRETS",
+        }
+        .emit(&m);
+        assert_eq!(m.webhook_auth_secrets.get(), 0);
+        let v = Verifier::from_setting(
+            Some("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw whsec_AAAA"),
+            Duration::from_secs(300),
+        )
+        .unwrap()
+        .unwrap();
+        WebhookAuthConfigured {
+            verifier: Some(&v),
+            env: "CHATPIPE_WEBHOOK_SECRETS",
+        }
+        .emit(&m);
+        assert_eq!(m.webhook_auth_secrets.get(), 2);
+        let stale = |m: &Metrics| m.webhook_auth_failures.with_label_values(&["stale"]).get();
+        assert_eq!(stale(&m), 0);
+        WebhookAuthFailed {
+            failure: AuthFailure::Stale,
+        }
+        .emit(&m);
+        assert_eq!(stale(&m), 1);
+        WebhookAuthenticated { secret: 1 }.emit(&m);
+        assert_eq!(m.webhook_auth_successes.with_label_values(&["2"]).get(), 1);
+        assert_eq!(secret_label(0), "1");
+        assert_eq!(secret_label(20), "9+");
+    }
 
     fn fresh() -> Metrics {
         Metrics::new().expect("metrics register")

@@ -21,6 +21,7 @@
 //!   stamp, timeout, recovery from fatal errors).
 //! - [`inflight`]: the registry of records waiting for the broker and the
 //!   task that publishes this replica's oldest one to `ingest_inflight`.
+//! - [`signature`]: Standard Webhooks signature verification (`401`).
 //! - [`metrics`]: Prometheus metrics.
 //! - [`server`]: wiring, the HTTP/1.1 server (header read timeout),
 //!   graceful shutdown, in-process [`spawn`].
@@ -32,6 +33,7 @@ pub mod lifecycle;
 pub mod metrics;
 pub mod producer;
 pub mod server;
+pub mod signature;
 pub mod status_cache;
 pub mod webhook;
 

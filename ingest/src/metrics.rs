@@ -5,7 +5,9 @@
 //! [`crate::events`], each of which logs and counts in one call (the table
 //! there maps every event to its level and metrics), so every warning and
 //! error has its metric. Gauges that describe state (`in_flight_requests`,
-//! `inflight_records`) are set directly by their owners.
+//! `inflight_records`) are set directly by their owners;
+//! `webhook_auth_secrets` is set once at start by
+//! [`crate::events::WebhookAuthConfigured`].
 
 use prometheus::{
     exponential_buckets, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
@@ -19,7 +21,8 @@ pub struct Metrics {
     pub registry: Registry,
     /// `chatpipe_ingest_requests_total{event_type,status}`: answered webhook
     /// requests. `event_type` is `INVALID` when the body did not validate,
-    /// `UNREAD` when it was not read (`503` load shedding, `408`).
+    /// `UNREAD` when it was not read (`503` load shedding, `408`),
+    /// `UNAUTHENTICATED` when its signature did not verify (`401`).
     pub requests: IntCounterVec,
     /// `chatpipe_ingest_request_duration_seconds{event_type}`: time from
     /// arrival to answer.
@@ -107,6 +110,20 @@ pub struct Metrics {
     /// (in-flight HTTP requests), `webhook_work` (decisions of clients that
     /// went away), `producer_flush`.
     pub shutdown_incomplete: IntCounterVec,
+    /// `chatpipe_ingest_webhook_auth_failures_total{reason}`: webhook
+    /// requests answered `401` because their Standard Webhooks signature did
+    /// not verify: `missing_header`, `malformed_header`, `bad_timestamp`,
+    /// `stale`, `future`, `bad_signature` (each reason is present from the
+    /// start when secrets are configured).
+    pub webhook_auth_failures: IntCounterVec,
+    /// `chatpipe_ingest_webhook_auth_successes_total{secret}`: webhook
+    /// requests whose signature verified, by the position (`1`, `2`, …) of
+    /// the configured secret that matched (shows when an old secret is no
+    /// longer used during a rotation).
+    pub webhook_auth_successes: IntCounterVec,
+    /// `chatpipe_ingest_webhook_auth_secrets`: configured webhook signing
+    /// secrets; `0` when webhooks are not authenticated.
+    pub webhook_auth_secrets: IntGauge,
 }
 
 impl Metrics {
@@ -260,6 +277,27 @@ impl Metrics {
             ),
             &["stage"],
         )?;
+        let webhook_auth_failures = IntCounterVec::new(
+            Opts::new(
+                "chatpipe_ingest_webhook_auth_failures_total",
+                "Webhook requests answered 401 because their signature did not verify, by reason.",
+            ),
+            &["reason"],
+        )?;
+        let webhook_auth_successes = IntCounterVec::new(
+            Opts::new(
+                "chatpipe_ingest_webhook_auth_successes_total",
+                "Webhook requests whose signature verified, by the position of the matching secret.",
+            ),
+            &["secret"],
+        )?;
+        let webhook_auth_secrets = IntGauge::new(
+            "chatpipe_ingest_webhook_auth_secrets",
+            "Configured webhook signing secrets (0: webhooks are not authenticated).",
+        )?;
+        registry.register(Box::new(webhook_auth_failures.clone()))?;
+        registry.register(Box::new(webhook_auth_successes.clone()))?;
+        registry.register(Box::new(webhook_auth_secrets.clone()))?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(request_duration.clone()))?;
         registry.register(Box::new(produce_duration.clone()))?;
@@ -312,6 +350,9 @@ impl Metrics {
             producer_create_failures,
             inflight_publisher_failures,
             shutdown_incomplete,
+            webhook_auth_failures,
+            webhook_auth_successes,
+            webhook_auth_secrets,
         })
     }
 }
@@ -345,5 +386,6 @@ mod tests {
             .collect();
         assert!(names.contains(&"chatpipe_ingest_idempotent_replays_total".to_owned()));
         assert!(names.contains(&"chatpipe_ingest_shed_requests_total".to_owned()));
+        assert!(names.contains(&"chatpipe_ingest_webhook_auth_secrets".to_owned()));
     }
 }

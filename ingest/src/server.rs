@@ -34,6 +34,7 @@ use crate::inflight::Publisher;
 use crate::lifecycle::{self, Lifecycle};
 use crate::metrics::Metrics;
 use crate::producer::EventProducer;
+use crate::signature::Verifier;
 use crate::status_cache::StatusLookup;
 use crate::webhook::{webhook, AppState};
 
@@ -61,6 +62,18 @@ impl Ingest {
             chatpipe_core::db::migrate(url).await?;
         }
         let metrics = Metrics::new().context("registering metrics")?;
+        // The error names a secret by position only, never by value.
+        let verifier = Verifier::from_setting(
+            args.webhook_secrets.as_ref().map(|s| s.expose()),
+            args.webhook_tolerance,
+        )
+        .map_err(anyhow::Error::msg)
+        .context("--webhook-secrets")?;
+        events::WebhookAuthConfigured {
+            verifier: verifier.as_ref(),
+            env: &chatpipe_settings::ingest::webhook_secrets_env(),
+        }
+        .emit(&metrics);
         // Every session of ingest ends a transaction left idle too long
         // (see `lifecycle`, "Lock coupling").
         let options = args.session_options();
@@ -110,6 +123,7 @@ impl Ingest {
             body_read_timeout: args.body_read_timeout,
             admission: Arc::new(Semaphore::new(args.max_concurrent_requests)),
             max_concurrent_requests: args.max_concurrent_requests,
+            verifier,
         };
         Ok(Ingest {
             state: Arc::new(state),

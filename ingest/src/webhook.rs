@@ -8,6 +8,16 @@
 //! | CLOSE_CONVERSATION | 200 | 200 + `Idempotent-Replay: true` | unknown, or CLOSED with another `closed_at` |
 //!
 //! Every request:
+//! - `401` + `{"error":…,"field":<header>}` when webhook secrets are
+//!   configured and the request's Standard Webhooks signature does not
+//!   verify (see [`crate::signature`]): a missing or malformed `webhook-id`,
+//!   `webhook-timestamp` or `webhook-signature` (`field` names it), a
+//!   timestamp beyond the tolerance either way (`webhook-timestamp`), or no
+//!   signature matching the body under a configured secret
+//!   (`webhook-signature`). It is checked over the body's raw bytes right
+//!   after they are read, before JSON parsing and before any lookup,
+//!   decision, replay or produce; nothing is written. Without secrets this
+//!   step does not exist (unsigned requests are accepted);
 //! - `503` + `Retry-After` + JSON error at once when
 //!   `--max-concurrent-requests` webhook requests are being served (load
 //!   shedding; the body is not read);
@@ -34,8 +44,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
-use axum::extract::State;
-use axum::http::{header, HeaderName, HeaderValue, StatusCode};
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use chatpipe_core::event::{parse_event, Event, EventType, Limits, ValidationError};
 use serde_json::json;
@@ -45,10 +55,12 @@ use uuid::Uuid;
 use crate::events::{
     BodyReadTimedOut, DecisionTaskFailed, EventInvalid, EventRefused, InternalEvent,
     LifecycleFailed, MessageIdTaken, RefusalReason, ReplayAnswered, RequestShed, WebhookAnswered,
+    WebhookAuthFailed, WebhookAuthenticated,
 };
 use crate::lifecycle::{Decision, Lifecycle, LifecycleError, Rejection};
 use crate::metrics::Metrics;
 use crate::producer::{EventProducer, Stored};
+use crate::signature::{AuthFailure, Verifier};
 use crate::status_cache::{message_verdict, MessageRefusal, StatusLookup};
 
 /// The header that marks the answer to an identical redelivery.
@@ -74,6 +86,9 @@ pub struct AppState {
     pub admission: Arc<Semaphore>,
     /// The number of permits of `admission`.
     pub max_concurrent_requests: usize,
+    /// Standard Webhooks signature verification; `None`: webhooks are not
+    /// authenticated.
+    pub verifier: Option<Verifier>,
 }
 
 /// The outcome of one webhook request.
@@ -113,6 +128,13 @@ pub enum Reply {
     },
     /// Invalid body or refused by the lifecycle rules → `400`.
     Invalid(ValidationError),
+    /// The signature did not verify → `401`.
+    Unauthorized {
+        /// Why.
+        failure: AuthFailure,
+        /// The timestamp tolerance (named in the message).
+        tolerance: Duration,
+    },
     /// The body did not arrive in time → `408`.
     BodyTimeout(Duration),
     /// The concurrency limit was reached → `503` + `Retry-After`.
@@ -207,6 +229,10 @@ pub fn reply_parts(reply: &Reply) -> (StatusCode, serde_json::Value) {
             StatusCode::BAD_REQUEST,
             json!({"error": e.error, "field": e.field}),
         ),
+        Reply::Unauthorized { failure, tolerance } => (
+            StatusCode::UNAUTHORIZED,
+            json!({"error": failure.message(*tolerance), "field": failure.field()}),
+        ),
         Reply::BodyTimeout(after) => (
             StatusCode::REQUEST_TIMEOUT,
             json!({"error": format!("the request body did not arrive within {after:?}"),
@@ -264,11 +290,12 @@ impl Drop for InFlight<'_> {
 }
 
 /// The `POST /webhook/` handler.
-pub async fn webhook(State(state): State<Arc<AppState>>, body: Body) -> Response {
+pub async fn webhook(State(state): State<Arc<AppState>>, request: Request) -> Response {
     let started = Instant::now();
     let _in_flight = InFlight::enter(&state.metrics);
+    let (parts, body) = request.into_parts();
     let (event_type, reply) = match Arc::clone(&state.admission).try_acquire_owned() {
-        Ok(permit) => handle(&state, body, permit).await,
+        Ok(permit) => handle(&state, &parts.headers, body, permit).await,
         Err(_) => {
             RequestShed {
                 limit: state.max_concurrent_requests,
@@ -286,6 +313,7 @@ pub async fn webhook(State(state): State<Arc<AppState>>, body: Body) -> Response
     let type_label = match event_type {
         Some(t) => t.as_str(),
         None if reply.body_unread() => "UNREAD",
+        None if matches!(reply, Reply::Unauthorized { .. }) => "UNAUTHENTICATED",
         None => "INVALID",
     };
     WebhookAnswered {
@@ -372,8 +400,33 @@ async fn read_body(state: &AppState, body: Body) -> Result<bytes::Bytes, Reply> 
     }
 }
 
+/// Verifies the request's signature over the raw body, when secrets are
+/// configured.
+fn authenticate(state: &AppState, headers: &HeaderMap, body: &[u8]) -> Result<(), Reply> {
+    let Some(verifier) = &state.verifier else {
+        return Ok(());
+    };
+    match verifier.verify(headers, body) {
+        Ok(verified) => {
+            WebhookAuthenticated {
+                secret: verified.secret,
+            }
+            .emit(&state.metrics);
+            Ok(())
+        }
+        Err(failure) => {
+            WebhookAuthFailed { failure }.emit(&state.metrics);
+            Err(Reply::Unauthorized {
+                failure,
+                tolerance: verifier.tolerance(),
+            })
+        }
+    }
+}
+
 async fn handle(
     state: &Arc<AppState>,
+    headers: &HeaderMap,
     body: Body,
     permit: OwnedSemaphorePermit,
 ) -> (Option<EventType>, Reply) {
@@ -381,6 +434,11 @@ async fn handle(
         Ok(b) => b,
         Err(reply) => return (None, reply),
     };
+    // Authenticity first: nothing below (parsing, lookups, decisions,
+    // replays, produce) runs for a request that is not signed.
+    if let Err(reply) = authenticate(state, headers, &bytes) {
+        return (None, reply);
+    }
     let event = match parse_event(&bytes, &state.limits) {
         Ok(e) => e,
         Err(e) => return (None, invalid(state, e)),
@@ -571,6 +629,33 @@ mod tests {
         let (code, body) = reply_parts(&Reply::Invalid(closed_conversation_error(id)));
         assert_eq!(code, StatusCode::BAD_REQUEST);
         assert_eq!(body["field"], "data.conversation_id");
+    }
+
+    #[test]
+    fn unauthorized_is_401_naming_the_header() {
+        use crate::signature::{AuthFailure, WEBHOOK_ID, WEBHOOK_SIGNATURE, WEBHOOK_TIMESTAMP};
+        let tolerance = Duration::from_secs(300);
+        for (failure, field) in [
+            (AuthFailure::MissingHeader(WEBHOOK_ID), WEBHOOK_ID),
+            (
+                AuthFailure::MalformedHeader(WEBHOOK_SIGNATURE),
+                WEBHOOK_SIGNATURE,
+            ),
+            (AuthFailure::BadTimestamp, WEBHOOK_TIMESTAMP),
+            (AuthFailure::Stale, WEBHOOK_TIMESTAMP),
+            (AuthFailure::Future, WEBHOOK_TIMESTAMP),
+            (AuthFailure::BadSignature, WEBHOOK_SIGNATURE),
+        ] {
+            let reply = Reply::Unauthorized { failure, tolerance };
+            let (code, body) = reply_parts(&reply);
+            assert_eq!(code, StatusCode::UNAUTHORIZED);
+            assert_eq!(body["field"], field);
+            assert!(body["error"].as_str().is_some_and(|e| !e.is_empty()));
+            assert_eq!(body.as_object().unwrap().len(), 2, "{body}");
+            let r = into_response(&reply, 1);
+            assert!(r.headers().get(header::RETRY_AFTER).is_none());
+            assert!(!reply.body_unread());
+        }
     }
 
     #[test]

@@ -17,6 +17,33 @@ pub const MIGRATE_ENV: &str = "CHATPIPE_MIGRATE";
 /// operator's controller, `--timeout` of `chatpipe-admin ensure-topic`).
 pub const KAFKA_ADMIN_TIMEOUT_ENV: &str = "CHATPIPE_KAFKA_ADMIN_TIMEOUT";
 
+/// A secret setting's value: usable as a string, printed as `<redacted>`
+/// by `Debug` (settings structs derive `Debug`; a secret must not reach a
+/// log line through them).
+#[derive(Clone, PartialEq, Eq)]
+pub struct Redacted(pub String);
+
+impl Redacted {
+    /// The value.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Redacted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+impl std::str::FromStr for Redacted {
+    type Err = std::convert::Infallible;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Self(s.to_owned()))
+    }
+}
+
 /// Postgres connection settings.
 #[derive(Debug, Clone, clap::Args)]
 pub struct PostgresArgs {
@@ -191,6 +218,23 @@ impl KafkaSettings {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn secrets_are_not_printed() {
+        let args = <crate::ingest::IngestArgs as clap::Parser>::try_parse_from([
+            "chatpipe-ingest",
+            "--webhook-secrets",
+            "whsec_c2VjcmV0LXZhbHVl",
+        ])
+        .expect("parses");
+        let shown = format!("{args:?}");
+        assert!(!shown.contains("whsec_c2VjcmV0LXZhbHVl"), "{shown}");
+        assert!(shown.contains("<redacted>"));
+        assert_eq!(
+            args.webhook_secrets.as_ref().map(|s| s.expose()),
+            Some("whsec_c2VjcmV0LXZhbHVl")
+        );
+    }
+
     use super::*;
 
     #[test]

@@ -6,8 +6,8 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use crate::common::{
-    parse_duration, KafkaArgs, KafkaSettings, LogArgs, PostgresArgs, ServiceSettings, LISTEN_ENV,
-    MIGRATE_ENV,
+    parse_duration, KafkaArgs, KafkaSettings, LogArgs, PostgresArgs, Redacted, ServiceSettings,
+    LISTEN_ENV, MIGRATE_ENV,
 };
 use crate::env::EnvWriter;
 
@@ -15,6 +15,16 @@ use crate::env::EnvWriter;
 pub const DEFAULT_MAX_CONTENT_BYTES: usize = 16 * 1024;
 /// Default largest accepted request body, in bytes.
 pub const DEFAULT_MAX_BODY_BYTES: usize = 64 * 1024;
+
+/// The variable that holds the webhook signing secrets
+/// ([`IngestArgs::webhook_secrets`]): set from a Secret by the operator and
+/// by local mode, never written to a ConfigMap.
+pub fn webhook_secrets_env() -> String {
+    crate::env::env_name(
+        &<IngestArgs as clap::CommandFactory>::command(),
+        "webhook_secrets",
+    )
+}
 
 /// All settings of the ingest service.
 #[derive(Debug, Clone, clap::Parser)]
@@ -39,6 +49,21 @@ pub struct IngestArgs {
     /// Logging.
     #[command(flatten)]
     pub log: LogArgs,
+
+    /// Standard Webhooks secrets (`whsec_<base64>`; several, space
+    /// separated, while a secret is rotated). When set, every webhook must
+    /// carry a valid `webhook-id`, `webhook-timestamp` and
+    /// `webhook-signature` or is answered `401`; unset, webhooks are not
+    /// authenticated (the original challenge's contract) and ingest warns
+    /// at start. Deployments hand it over from a Secret
+    /// ([`webhook_secrets_env`]), never through a ConfigMap.
+    #[arg(long, env = "CHATPIPE_WEBHOOK_SECRETS", hide_env_values = true)]
+    pub webhook_secrets: Option<Redacted>,
+
+    /// Largest difference between a webhook's `webhook-timestamp` and this
+    /// clock, either way; older or newer requests are answered `401`.
+    #[arg(long, env = "CHATPIPE_WEBHOOK_TOLERANCE", default_value = "5m", value_parser = parse_duration)]
+    pub webhook_tolerance: Duration,
 
     /// Largest accepted request body in bytes; larger bodies get `400`
     /// with `"field":"body"`.
