@@ -4,15 +4,15 @@
 //! [`load`] reads and parses the files; [`resolve`] (pure) validates the
 //! pipeline with the one validation both deployments use
 //! ([`chatpipe_plan::validate::validate`]), plans it
-//! ([`chatpipe_plan::plan`]) and resolves `spec.postgres.urlSecret` against
-//! a `Secret` document of the same files (`stringData`, or base64 `data`),
-//! giving the [`LocalPipeline`] local mode runs. Namespaces are ignored:
+//! ([`chatpipe_plan::plan`]) and resolves `spec.postgres.urlSecret` (and
+//! `spec.ingest.auth.secretRef`, when set) against `Secret` documents of
+//! the same files (`stringData`, or base64 `data`), giving the [`LocalPipeline`] local mode runs. Namespaces are ignored:
 //! everything runs on this machine.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use chatpipe_plan::crd::ChatPipeline;
+use chatpipe_plan::crd::{ChatPipeline, SecretKeyRef};
 use chatpipe_plan::validate::{validate, ValidationProblem};
 use k8s_openapi::api::core::v1::Secret;
 use serde::Deserialize;
@@ -75,17 +75,24 @@ pub enum ManifestError {
         /// Every problem found.
         problems: Vec<ValidationProblem>,
     },
-    /// The referenced Secret is not in the files.
-    #[error("spec.postgres.urlSecret names Secret {name:?}, which is not in the manifest; add a document `kind: Secret` named {name:?} with stringData.{key}: postgres://…")]
+    /// A referenced Secret is not in the files.
+    #[error("{field} names Secret {name:?}, which is not in the manifest; add a document `kind: Secret` named {name:?} with stringData.{key}: {example}")]
     SecretMissing {
+        /// The spec field that references it (`spec.postgres.urlSecret`,
+        /// `spec.ingest.auth.secretRef`).
+        field: &'static str,
         /// Secret name.
         name: String,
         /// Key wanted.
         key: String,
+        /// What the value looks like.
+        example: &'static str,
     },
-    /// The Secret lacks the key, or its value is not UTF-8.
-    #[error("Secret {name:?} has no usable key {key:?} (keys present: {present})")]
+    /// The Secret lacks the key, or its value is empty or not UTF-8.
+    #[error("Secret {name:?} ({field}) has no usable key {key:?} (keys present: {present})")]
     SecretKeyMissing {
+        /// The spec field that references it.
+        field: &'static str,
         /// Secret name.
         name: String,
         /// Key wanted.
@@ -223,33 +230,59 @@ fn secret_keys(secret: &Secret) -> String {
     }
 }
 
-/// Validates and plans the pipeline and resolves its Secret into a
-/// [`LocalPipeline`]. Pure.
+/// The trimmed, non-empty value of the key `r` names, among the manifest's
+/// Secrets; `field` and `example` explain a missing one.
+fn resolve_key(
+    manifest: &Manifest,
+    r: &SecretKeyRef,
+    field: &'static str,
+    example: &'static str,
+) -> Result<String, ManifestError> {
+    let secret = manifest
+        .secrets
+        .get(&r.name)
+        .ok_or_else(|| ManifestError::SecretMissing {
+            field,
+            name: r.name.clone(),
+            key: r.key.clone(),
+            example,
+        })?;
+    secret_value(secret, &r.key)
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+        .ok_or_else(|| ManifestError::SecretKeyMissing {
+            field,
+            name: r.name.clone(),
+            key: r.key.clone(),
+            present: secret_keys(secret),
+        })
+}
+
+/// Validates and plans the pipeline and resolves its Secrets (the
+/// Postgres URL, and the webhook signing secrets when `spec.ingest.auth`
+/// is set) into a [`LocalPipeline`]. Pure.
 pub fn resolve(manifest: &Manifest) -> Result<LocalPipeline, ManifestError> {
     let name = pipeline_name(&manifest.pipeline);
     let v = validate(&manifest.pipeline.spec).map_err(|problems| ManifestError::Invalid {
         name: name.clone(),
         problems,
     })?;
-    let r = &v.postgres_url_secret;
-    let secret = manifest
-        .secrets
-        .get(&r.name)
-        .ok_or_else(|| ManifestError::SecretMissing {
-            name: r.name.clone(),
-            key: r.key.clone(),
-        })?;
-    let postgres_url = secret_value(secret, &r.key)
-        .map(|s| s.trim().to_owned())
-        .filter(|s| !s.is_empty())
-        .ok_or_else(|| ManifestError::SecretKeyMissing {
-            name: r.name.clone(),
-            key: r.key.clone(),
-            present: secret_keys(secret),
-        })?;
+    let topology = chatpipe_plan::plan(&v);
+    let postgres_url = resolve_key(
+        manifest,
+        &topology.postgres_url_secret,
+        "spec.postgres.urlSecret",
+        "postgres://…",
+    )?;
+    let webhook_secrets = topology
+        .ingest_auth_secret
+        .as_ref()
+        .map(|r| resolve_key(manifest, r, "spec.ingest.auth.secretRef", "whsec_…"))
+        .transpose()?;
     Ok(LocalPipeline {
-        topology: chatpipe_plan::plan(&v),
+        topology,
         postgres_url,
+        webhook_secrets,
     })
 }
 
@@ -434,6 +467,92 @@ stringData: { url: "postgres://s@h/db" }
             e.contains("no usable key \"url\"") && e.contains("dsn"),
             "{e}"
         );
+    }
+
+    const WEBHOOK_SECRET: &str = r#"
+apiVersion: v1
+kind: Secret
+metadata: { name: chatpipe-webhooks }
+stringData:
+  secrets: "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw whsec_b2xkc2VjcmV0 "
+"#;
+
+    fn with_auth() -> String {
+        PIPELINE.replace(
+            "ingest: { replicas: 1, maxBodyBytes: 65536 }",
+            "ingest:\n    replicas: 1\n    auth: { secretRef: { name: chatpipe-webhooks, key: secrets } }",
+        )
+    }
+
+    #[test]
+    fn webhook_secrets_resolve_from_their_secret() {
+        let m = parse(&format!(
+            "{}---{SECRET_STRING}---{WEBHOOK_SECRET}",
+            with_auth()
+        ))
+        .unwrap();
+        let s = resolve(&m).unwrap();
+        assert_eq!(
+            s.webhook_secrets.as_deref(),
+            Some("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw whsec_b2xkc2VjcmV0")
+        );
+        assert_eq!(
+            s.topology.ingest_auth_secret.as_ref().unwrap().name,
+            "chatpipe-webhooks"
+        );
+        // Without auth nothing is resolved (ingest accepts unsigned webhooks).
+        let s = resolve(&parse_text(&format!("{PIPELINE}---{SECRET_STRING}"))).unwrap();
+        assert_eq!(s.webhook_secrets, None);
+    }
+
+    #[test]
+    fn missing_webhook_secret_or_key_is_explained() {
+        let m = parse(&format!("{}---{SECRET_STRING}", with_auth())).unwrap();
+        let e = resolve(&m).unwrap_err().to_string();
+        assert!(
+            e.contains("spec.ingest.auth.secretRef")
+                && e.contains("chatpipe-webhooks")
+                && e.contains("stringData.secrets: whsec_"),
+            "{e}"
+        );
+        let other_key = WEBHOOK_SECRET.replace("secrets:", "keys:");
+        let m = parse(&format!("{}---{SECRET_STRING}---{other_key}", with_auth())).unwrap();
+        let e = resolve(&m).unwrap_err().to_string();
+        assert!(
+            e.contains("no usable key \"secrets\"")
+                && e.contains("spec.ingest.auth.secretRef")
+                && e.contains("keys"),
+            "{e}"
+        );
+        let empty = WEBHOOK_SECRET.replace(
+            "\"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw whsec_b2xkc2VjcmV0 \"",
+            "\" \"",
+        );
+        let m = parse(&format!("{}---{SECRET_STRING}---{empty}", with_auth())).unwrap();
+        assert!(matches!(
+            resolve(&m).unwrap_err(),
+            ManifestError::SecretKeyMissing {
+                field: "spec.ingest.auth.secretRef",
+                ..
+            }
+        ));
+    }
+
+    /// The CRD's rule holds in local mode too: an Ingress without auth is
+    /// refused unless unauthenticated webhooks are allowed.
+    #[test]
+    fn ingress_without_auth_is_refused() {
+        let with_ingress = PIPELINE.replace(
+            "ingest: { replicas: 1, maxBodyBytes: 65536 }",
+            "ingest:\n    replicas: 1\n    ingress: { host: hooks.example.com }",
+        );
+        let e = resolve(&parse_text(&format!("{with_ingress}---{SECRET_STRING}"))).unwrap_err();
+        assert!(e.to_string().contains("spec.ingest.auth"), "{e}");
+        let allowed = with_ingress.replace(
+            "ingress: { host: hooks.example.com }",
+            "ingress: { host: hooks.example.com }\n    allowUnauthenticated: true",
+        );
+        assert!(resolve(&parse_text(&format!("{allowed}---{SECRET_STRING}"))).is_ok());
     }
 
     #[test]

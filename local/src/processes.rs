@@ -6,7 +6,9 @@
 //! No I/O here: the supervisor applies the [`Actions`], the tests call these
 //! functions directly. Each process gets its component's planned settings
 //! plus where it runs (its listener, the database URL, a processor's
-//! ordinal), written by the same `to_env()` the operator's ConfigMaps use.
+//! ordinal), written by the same `to_env()` the operator's ConfigMaps use;
+//! ingest also gets the webhook signing secrets, when `spec.ingest.auth`
+//! names them, in [`webhook_secrets_env`].
 //!
 //! # Ports
 //! Every process listens on `host` (127.0.0.1 by default):
@@ -29,15 +31,20 @@ use std::time::Duration;
 
 use chatpipe_plan::{Component, Topology};
 use chatpipe_settings::common::ServiceSettings;
+use chatpipe_settings::ingest::webhook_secrets_env;
 
-/// A pipeline as local mode runs it: the plan, and the database URL its
-/// Secret holds.
+/// A pipeline as local mode runs it: the plan, and the values its Secrets
+/// hold.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LocalPipeline {
     /// What runs, with which settings.
     pub topology: Topology,
     /// The Postgres URL (resolved from the manifest's Secret).
     pub postgres_url: String,
+    /// Ingest's webhook signing secrets (`whsec_…`, space separated),
+    /// resolved from the Secret `spec.ingest.auth.secretRef` names; `None`
+    /// without `auth` (ingest then accepts unsigned webhooks and warns).
+    pub webhook_secrets: Option<String>,
 }
 
 /// What a process local mode runs is for.
@@ -244,13 +251,21 @@ pub fn desired(
                     ..ServiceSettings::default()
                 })
                 .for_replica(ordinal);
+            let mut env: BTreeMap<String, String> = settings.to_env().into_iter().collect();
+            if let Some(secrets) = pipeline
+                .webhook_secrets
+                .as_ref()
+                .filter(|_| component == Component::Ingest)
+            {
+                env.insert(webhook_secrets_env(), secrets.clone());
+            }
             out.push(ProcessSpec {
                 name: format!("{component}-{ordinal}"),
                 role: Role::Service(component),
                 ordinal,
                 program: program.to_owned(),
                 args: Vec::new(),
-                env: settings.to_env().into_iter().collect(),
+                env,
                 cwd: None,
                 listen: Some(listen),
             });
@@ -371,7 +386,51 @@ api: { replicas: 1 }
         LocalPipeline {
             topology: chatpipe_plan::plan(&validate(s).unwrap()),
             postgres_url: PG.to_owned(),
+            webhook_secrets: None,
         }
+    }
+
+    fn with_webhook_secrets(s: &ChatPipelineSpec, secrets: &str) -> Vec<ProcessSpec> {
+        let p = LocalPipeline {
+            webhook_secrets: Some(secrets.to_owned()),
+            ..pipeline(s)
+        };
+        desired(&p, &Ports::default(), &bins()).unwrap()
+    }
+
+    /// Ingest (alone) gets the webhook signing secrets; without `auth`
+    /// nobody does.
+    #[test]
+    fn webhook_secrets_go_to_ingest_only() {
+        let mut s = spec();
+        s.ingest.replicas = 2;
+        let name = webhook_secrets_env();
+        assert_eq!(name, "CHATPIPE_WEBHOOK_SECRETS");
+        let ps = with_webhook_secrets(&s, "whsec_a whsec_b");
+        assert_eq!(ps.len(), 5);
+        for p in &ps {
+            if is(p, Component::Ingest) {
+                assert_eq!(p.env[&name], "whsec_a whsec_b", "{}", p.name);
+            } else {
+                assert!(!p.env.contains_key(&name), "{}", p.name);
+            }
+        }
+        assert!(plan(&s).iter().all(|p| !p.env.contains_key(&name)));
+    }
+
+    /// A rotation (a new value of the Secret) restarts ingest only; adding
+    /// or removing `auth` likewise.
+    #[test]
+    fn a_webhook_secret_change_restarts_ingest_only() {
+        let running = with_webhook_secrets(&spec(), "whsec_a");
+        let acts = diff(&with_webhook_secrets(&spec(), "whsec_b whsec_a"), &running);
+        assert_eq!(acts.stop, ["ingest-0"]);
+        assert_eq!(names(&acts.start), ["ingest-0"]);
+        let acts = diff(&plan(&spec()), &running);
+        assert_eq!(acts.stop, ["ingest-0"]);
+        assert_eq!(names(&acts.start), ["ingest-0"]);
+        let same = diff(&with_webhook_secrets(&spec(), "whsec_a"), &running);
+        assert!(same.is_empty(), "{same:?}");
     }
 
     fn bins() -> Binaries {

@@ -44,7 +44,7 @@ use crate::build::configmap::ReferencedSecrets;
 use crate::build::job::{schema_version, MigrationStep};
 use crate::build::labels::{self, object_name, Component};
 use crate::build::{self, BuildInput};
-use crate::crd::{ChatPipeline, ChatPipelineStatus, MigrationStatus, TopicStatus};
+use crate::crd::{ChatPipeline, ChatPipelineStatus, MigrationStatus, SecretKeyRef, TopicStatus};
 use crate::error::{Error, KubeContext, Result};
 use crate::events::{
     EventPublishFailed, FailureStatusWriteFailed, FailureUnreportable, InternalEvent, InvalidSpec,
@@ -741,40 +741,48 @@ async fn delete_stale_ingress(
     Ok(())
 }
 
-/// Reads the Secrets the pods reference: the Postgres URL key (only that
-/// key goes into the checksums) and the Kafka credentials Secret.
-async fn read_secrets(ctx: &Context, ns: &str, p: &ValidatedPipeline) -> Result<ReferencedSecrets> {
-    let api: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
-    let pg = &p.postgres_url_secret;
+/// Reads one key of a Secret (`field` names the spec field that references
+/// it, for the error), as a Secret holding only that key: what goes into
+/// the checksums.
+async fn read_secret_key(api: &Api<Secret>, r: &SecretKeyRef, field: &str) -> Result<Secret> {
     let secret = api
-        .get_opt(&pg.name)
+        .get_opt(&r.name)
         .await
-        .context(|| format!("reading Secret {} (postgres.urlSecret)", pg.name))?
-        .ok_or_else(|| {
-            Error::SecretMissing(format!("{} (postgres.urlSecret) not found", pg.name))
-        })?;
+        .context(|| format!("reading Secret {} ({field})", r.name))?
+        .ok_or_else(|| Error::SecretMissing(format!("{} ({field}) not found", r.name)))?;
     let value = secret
         .data
         .as_ref()
-        .and_then(|d| d.get(&pg.key).cloned())
+        .and_then(|d| d.get(&r.key).cloned())
         .or_else(|| {
             secret
                 .string_data
                 .as_ref()
-                .and_then(|d| d.get(&pg.key))
+                .and_then(|d| d.get(&r.key))
                 .map(|v| k8s_openapi::ByteString(v.as_bytes().to_vec()))
         })
-        .ok_or_else(|| Error::SecretMissing(format!("{} has no key {}", pg.name, pg.key)))?;
-    let mut out = ReferencedSecrets {
-        postgres: Secret {
-            metadata: kube::api::ObjectMeta {
-                name: Some(pg.name.clone()),
-                ..Default::default()
-            },
-            data: Some(BTreeMap::from([(pg.key.clone(), value)])),
-            ..Secret::default()
+        .ok_or_else(|| {
+            Error::SecretMissing(format!("{} ({field}) has no key {}", r.name, r.key))
+        })?;
+    Ok(Secret {
+        metadata: kube::api::ObjectMeta {
+            name: Some(r.name.clone()),
+            ..Default::default()
         },
+        data: Some(BTreeMap::from([(r.key.clone(), value)])),
+        ..Secret::default()
+    })
+}
+
+/// Reads the Secrets the pods reference: the Postgres URL key and the
+/// webhook signing secrets key (only those keys go into the checksums)
+/// and the Kafka credentials Secret.
+async fn read_secrets(ctx: &Context, ns: &str, p: &ValidatedPipeline) -> Result<ReferencedSecrets> {
+    let api: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
+    let mut out = ReferencedSecrets {
+        postgres: read_secret_key(&api, &p.postgres_url_secret, "postgres.urlSecret").await?,
         kafka: None,
+        webhook: None,
     };
     if let Some(c) = &p.kafka.credentials_secret {
         let s = api
@@ -793,6 +801,9 @@ async fn read_secrets(ctx: &Context, ns: &str, p: &ValidatedPipeline) -> Result<
             string_data: s.string_data,
             ..Secret::default()
         });
+    }
+    if let Some(r) = &p.ingest.auth {
+        out.webhook = Some(read_secret_key(&api, r, "ingest.auth.secretRef").await?);
     }
     Ok(out)
 }

@@ -199,6 +199,11 @@ fn invalid_samples_fail_with_their_rule() {
         None,
         "metadata.name must be at most 40 characters",
     );
+    check(
+        with(|v| v["spec"]["ingest"]["ingress"] = json!({ "host": "hooks.example.com" })),
+        None,
+        "ingest.ingress exposes the webhook endpoint",
+    );
     // Every rule of the CRD is exercised by a failing sample above.
     let mut all = BTreeSet::new();
     collect_messages(&schema(), &mut all);
@@ -376,6 +381,67 @@ fn max_group_messages_is_at_least_one() {
     }
     let text = with(|v| v["spec"]["processing"]["maxGroupMessages"] = json!("100"));
     assert!(!structurally_valid(&text), "a number, not a string");
+}
+
+/// An Ingress exposes the webhook endpoint: the API server and the
+/// operator both require `ingest.auth` with it, unless
+/// `ingest.allowUnauthenticated` is true.
+#[test]
+fn an_ingress_needs_webhook_auth() {
+    let ingress = json!({ "host": "hooks.example.com" });
+    let auth = json!({ "secretRef": { "name": "webhooks", "key": "secrets" } });
+    let cases = [
+        // (ingress, auth, allowUnauthenticated, accepted)
+        (None, None, None, true),
+        (None, Some(&auth), None, true),
+        (Some(&ingress), None, None, false),
+        (Some(&ingress), None, Some(false), false),
+        (Some(&ingress), Some(&auth), None, true),
+        (Some(&ingress), None, Some(true), true),
+        (Some(&ingress), Some(&auth), Some(true), true),
+    ];
+    for (i, (ing, au, allow, ok)) in cases.into_iter().enumerate() {
+        let object = with(|v| {
+            let spec = &mut v["spec"]["ingest"];
+            if let Some(x) = ing {
+                spec["ingress"] = x.clone();
+            }
+            if let Some(x) = au {
+                spec["auth"] = x.clone();
+            }
+            if let Some(x) = allow {
+                spec["allowUnauthenticated"] = json!(x);
+            }
+        });
+        assert!(structurally_valid(&object), "case {i}: {object}");
+        let msgs = broken(&object, None);
+        assert_eq!(msgs.is_empty(), ok, "CRD, case {i}: {msgs:?}");
+        if !ok {
+            assert!(
+                msgs.iter()
+                    .any(|m| m.contains("ingest.auth.secretRef")
+                        && m.contains("allowUnauthenticated")),
+                "{msgs:?}"
+            );
+        }
+        let cp: ChatPipeline = serde_json::from_value(object).unwrap();
+        let problems = chatpipe_operator::validate::validate(&cp.spec)
+            .err()
+            .unwrap_or_default();
+        assert_eq!(problems.is_empty(), ok, "operator, case {i}: {problems:?}");
+        if !ok {
+            assert_eq!(problems[0].field, "spec.ingest.auth");
+        }
+    }
+    // The schema of the new fields.
+    let ingest = &schema()["properties"]["spec"]["properties"]["ingest"];
+    assert_eq!(
+        ingest["properties"]["allowUnauthenticated"]["type"],
+        "boolean"
+    );
+    let secret_ref = &ingest["properties"]["auth"]["properties"]["secretRef"];
+    assert_eq!(secret_ref["required"], json!(["key", "name"]));
+    assert_eq!(ingest["x-kubernetes-validations"][0]["fieldPath"], ".auth");
 }
 
 #[test]

@@ -91,7 +91,8 @@ fn pipeline_json() -> Value {
             "postgres": { "urlSecret": { "name": "pg", "key": "url" } },
             "ingest": {
                 "replicas": 2,
-                "ingress": { "host": "hooks.example.com", "tlsSecret": "hooks-tls" }
+                "ingress": { "host": "hooks.example.com", "tlsSecret": "hooks-tls" },
+                "allowUnauthenticated": true
             },
             "processor": { "replicas": 3 },
             "api": { "replicas": 1 }
@@ -1169,6 +1170,97 @@ async fn checksums(cp: ChatPipeline, pg_url: &'static str) -> ([String; 3], Valu
         ],
         cm.body["data"].clone(),
     )
+}
+
+/// A reconcile of a pipeline with `spec.ingest.auth` whose webhook Secret
+/// holds `secrets`: the ingest Deployment seen, and the checksums
+/// (ingest, processor, api).
+async fn with_webhook_secret(secrets: &'static str) -> (Value, [String; 3]) {
+    let h = harness(Ok(TopicState::Exists));
+    let cp = pipeline(|v| {
+        let ingest = v["spec"]["ingest"].as_object_mut().unwrap();
+        ingest.remove("allowUnauthenticated");
+        ingest.insert(
+            "auth".into(),
+            json!({ "secretRef": { "name": "webhooks", "key": "secrets" } }),
+        );
+    });
+    let mut steps = apply_steps(Workloads {
+        ready: (0, 0, 0),
+        migrated: false,
+        processors: 3,
+        ingress: true,
+    });
+    steps.insert(
+        1,
+        step(
+            Method::GET,
+            "/api/v1/namespaces/chat/secrets/webhooks",
+            false,
+            ignore,
+            Reply::Json(json!({
+                "apiVersion": "v1", "kind": "Secret",
+                "metadata": { "name": "webhooks", "namespace": "chat" },
+                "data": {
+                    "secrets": k8s_openapi::ByteString(secrets.as_bytes().to_vec()),
+                    "other": k8s_openapi::ByteString(b"ignored".to_vec())
+                }
+            })),
+        ),
+    );
+    steps.push(status_step(ignore));
+    steps.push(event_step("Normal", "MigrationStarted"));
+    let (result, seen, _) = run(h, cp, steps).await;
+    result.unwrap();
+    for cm in seen.iter().filter(|s| s.path.contains("/configmaps/")) {
+        assert!(
+            !cm.body.to_string().contains("whsec_"),
+            "a secret in {}",
+            cm.path
+        );
+    }
+    let sum = |path: &str| {
+        let d = seen.iter().find(|s| s.path.ends_with(path)).unwrap();
+        pod_template(&d.body)["metadata"]["annotations"]["chatpipe.dev/config-checksum"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    let ingest = seen
+        .iter()
+        .find(|s| s.path.ends_with("/deployments/demo-ingest"))
+        .unwrap()
+        .body
+        .clone();
+    (
+        ingest,
+        [
+            sum("/deployments/demo-ingest"),
+            sum("/statefulsets/demo-processor"),
+            sum("/deployments/demo-api"),
+        ],
+    )
+}
+
+/// `spec.ingest.auth`: the controller reads the webhook Secret, ingest's
+/// pods get it by reference, and a rotation rolls ingest only.
+#[tokio::test]
+async fn webhook_auth_secret_is_referenced_and_rolls_ingest_only() {
+    let (deployment, [ingest, processor, api]) = with_webhook_secret("whsec_AAAA").await;
+    let wh = env_of(&deployment)
+        .into_iter()
+        .find(|(n, _)| *n == chatpipe_settings::ingest::webhook_secrets_env())
+        .expect("ingest gets the webhook secrets")
+        .1;
+    assert!(wh.get("value").is_none(), "never in plain text: {wh}");
+    assert_eq!(
+        wh["valueFrom"]["secretKeyRef"],
+        json!({"name": "webhooks", "key": "secrets", "optional": false})
+    );
+    let (_, [ingest2, processor2, api2]) = with_webhook_secret("whsec_BBBB whsec_AAAA").await;
+    assert_ne!(ingest, ingest2, "a rotation rolls ingest");
+    assert_eq!(processor, processor2, "the processors do not read it");
+    assert_eq!(api, api2, "the api does not read it");
 }
 
 /// Defect: a processor-only setting rolled ingest and api too. Each

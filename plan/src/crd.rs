@@ -244,7 +244,14 @@ fn default_late_tolerance() -> String {
 }
 
 /// The webhook receiver (a Deployment).
-#[derive(JsonSchema, Serialize, Deserialize, Debug, Clone, PartialEq)]
+///
+/// An Ingress exposes the webhook endpoint beyond the cluster: a pipeline
+/// with `ingress` must set `auth` (signed webhooks) unless
+/// `allowUnauthenticated` is true.
+#[derive(KubeSchema, Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[x_kube(validation = Rule::new(INGRESS_NEEDS_AUTH_RULE)
+    .message(INGRESS_NEEDS_AUTH_MESSAGE)
+    .field_path(".auth"))]
 #[serde(rename_all = "camelCase")]
 pub struct IngestSpec {
     /// Number of pods.
@@ -264,6 +271,38 @@ pub struct IngestSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1))]
     pub max_content_bytes: Option<i64>,
+    /// Webhook authentication (Standard Webhooks signatures). When set,
+    /// every webhook must be signed with one of the Secret's secrets or is
+    /// answered `401`; required with `ingress` unless
+    /// `allowUnauthenticated` is true.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth: Option<IngestAuthSpec>,
+    /// Accept unsigned webhooks even though an `ingress` exposes the
+    /// endpoint (default false). Without `auth`, ingest accepts unsigned
+    /// webhooks and warns at start.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub allow_unauthenticated: bool,
+}
+
+/// CEL rule of [`IngestSpec`]: an Ingress needs `auth` unless
+/// `allowUnauthenticated` is true ([`crate::validate::validate`] repeats it).
+pub const INGRESS_NEEDS_AUTH_RULE: &str = "!has(self.ingress) || has(self.auth) || (has(self.allowUnauthenticated) && self.allowUnauthenticated)";
+/// Message of [`INGRESS_NEEDS_AUTH_RULE`].
+pub const INGRESS_NEEDS_AUTH_MESSAGE: &str = "ingest.ingress exposes the webhook endpoint: set ingest.auth.secretRef (Standard Webhooks secrets) or ingest.allowUnauthenticated: true";
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+/// How ingest authenticates webhooks.
+#[derive(JsonSchema, Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct IngestAuthSpec {
+    /// Secret key holding the Standard Webhooks signing secrets
+    /// (`whsec_<base64>`; several, space separated, while one is rotated).
+    /// Handed to ingest as an environment variable from the Secret, never
+    /// through a ConfigMap; a change of the value rolls ingest only.
+    pub secret_ref: SecretKeyRef,
 }
 
 /// An Ingress for the webhook endpoint.

@@ -187,6 +187,13 @@ pub struct Topology {
     pub kafka: ValidatedKafka,
     /// Where the database URL is kept.
     pub postgres_url_secret: SecretKeyRef,
+    /// Where ingest's webhook signing secrets are kept (`spec.ingest.auth`),
+    /// when webhooks are authenticated. Only ingest reads them; each
+    /// deployment hands them over in [`webhook_secrets_env`] (the operator
+    /// as a Secret reference, local mode as the value), never in settings.
+    ///
+    /// [`webhook_secrets_env`]: chatpipe_settings::ingest::webhook_secrets_env
+    pub ingest_auth_secret: Option<SecretKeyRef>,
     components: Vec<Planned>,
 }
 
@@ -234,6 +241,7 @@ pub fn plan(p: &ValidatedPipeline) -> Topology {
     Topology {
         kafka: p.kafka.clone(),
         postgres_url_secret: p.postgres_url_secret.clone(),
+        ingest_auth_secret: p.ingest.auth.clone(),
         components: vec![
             Planned {
                 replicas: 1,
@@ -305,6 +313,26 @@ api: {{ replicas: 1 }}
         );
         assert_eq!(t.kafka.partitions, 4);
         assert_eq!(t.postgres_url_secret.name, "pg");
+        assert_eq!(t.ingest_auth_secret, None);
+    }
+
+    #[test]
+    fn the_auth_secret_is_carried_and_stays_out_of_the_settings() {
+        let t = topology("", ", auth: { secretRef: { name: wh, key: secrets } }");
+        assert_eq!(
+            t.ingest_auth_secret,
+            Some(SecretKeyRef {
+                name: "wh".into(),
+                key: "secrets".into()
+            })
+        );
+        let secrets_env = chatpipe_settings::ingest::webhook_secrets_env();
+        for c in Component::ALL {
+            assert!(
+                env(&t, c).iter().all(|(k, _)| *k != secrets_env),
+                "{c}: the secrets never go into settings (ConfigMaps)"
+            );
+        }
     }
 
     #[test]

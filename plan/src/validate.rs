@@ -15,7 +15,7 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::ResourceRequirements;
 
 pub use crate::crd::PULL_POLICIES;
-use crate::crd::{ChatPipelineSpec, IngressSpec, SecretKeyRef};
+use crate::crd::{ChatPipelineSpec, IngressSpec, SecretKeyRef, INGRESS_NEEDS_AUTH_MESSAGE};
 
 /// One thing wrong with a spec.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -107,6 +107,9 @@ pub struct ValidatedIngest {
     pub max_body_bytes: Option<u64>,
     /// Content size limit, when set.
     pub max_content_bytes: Option<u64>,
+    /// Secret key with the webhook signing secrets (`spec.ingest.auth`),
+    /// when set; ingest then refuses unsigned webhooks.
+    pub auth: Option<SecretKeyRef>,
 }
 
 /// Size of one component.
@@ -471,6 +474,28 @@ pub fn validate(spec: &ChatPipelineSpec) -> Result<ValidatedPipeline, Vec<Valida
             ));
         }
     }
+    // Webhook authentication (the CRD's rule on `spec.ingest`).
+    let auth = spec.ingest.auth.as_ref().map(|a| &a.secret_ref);
+    if spec.ingest.ingress.is_some() && auth.is_none() && !spec.ingest.allow_unauthenticated {
+        problems.push(ValidationProblem::new(
+            "spec.ingest.auth",
+            INGRESS_NEEDS_AUTH_MESSAGE,
+        ));
+    }
+    if let Some(r) = auth {
+        if r.name.trim().is_empty() {
+            problems.push(ValidationProblem::new(
+                "spec.ingest.auth.secretRef.name",
+                "must not be empty",
+            ));
+        }
+        if r.key.trim().is_empty() {
+            problems.push(ValidationProblem::new(
+                "spec.ingest.auth.secretRef.key",
+                "must not be empty",
+            ));
+        }
+    }
 
     let (Some(grouping_gap), Some(late_arrival_tolerance)) = (grouping_gap, late_arrival_tolerance)
     else {
@@ -512,6 +537,7 @@ pub fn validate(spec: &ChatPipelineSpec) -> Result<ValidatedPipeline, Vec<Valida
             ingress: spec.ingest.ingress.clone(),
             max_body_bytes,
             max_content_bytes,
+            auth: auth.cloned(),
         },
         processor: ValidatedComponent {
             replicas: spec.processor.replicas,
@@ -728,6 +754,91 @@ api: { replicas: 2 }
         ] {
             assert!(f.iter().any(|x| x == want), "{want} missing from {f:?}");
         }
+    }
+
+    fn ingress() -> IngressSpec {
+        IngressSpec {
+            host: "webhooks.example.com".into(),
+            class_name: None,
+            tls_secret: None,
+        }
+    }
+
+    fn auth(name: &str, key: &str) -> IngestAuthSpec {
+        IngestAuthSpec {
+            secret_ref: SecretKeyRef {
+                name: name.into(),
+                key: key.into(),
+            },
+        }
+    }
+
+    /// The CRD's rule, repeated: an Ingress needs `auth` unless
+    /// `allowUnauthenticated` is set.
+    #[test]
+    fn an_ingress_needs_auth_or_allow_unauthenticated() {
+        let mut s = spec();
+        assert_eq!(
+            validate(&s).unwrap().ingest.auth,
+            None,
+            "no ingress, no auth"
+        );
+        s.ingest.ingress = Some(ingress());
+        let problems = validate(&s).unwrap_err();
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert_eq!(problems[0].field, "spec.ingest.auth");
+        assert!(
+            problems[0].message.contains("allowUnauthenticated"),
+            "{}",
+            problems[0].message
+        );
+        s.ingest.allow_unauthenticated = true;
+        assert_eq!(validate(&s).unwrap().ingest.auth, None);
+        s.ingest.allow_unauthenticated = false;
+        s.ingest.auth = Some(auth("webhooks", "secrets"));
+        assert_eq!(
+            validate(&s).unwrap().ingest.auth,
+            Some(SecretKeyRef {
+                name: "webhooks".into(),
+                key: "secrets".into()
+            })
+        );
+    }
+
+    #[test]
+    fn auth_without_ingress_is_carried_and_checked() {
+        let mut s = spec();
+        s.ingest.auth = Some(auth("webhooks", "secrets"));
+        assert_eq!(validate(&s).unwrap().ingest.auth.unwrap().name, "webhooks");
+        s.ingest.auth = Some(auth(" ", ""));
+        assert_eq!(
+            fields(&s),
+            [
+                "spec.ingest.auth.secretRef.name",
+                "spec.ingest.auth.secretRef.key"
+            ]
+        );
+    }
+
+    #[test]
+    fn auth_fields_read_from_yaml() {
+        let s: ChatPipelineSpec = serde_yaml::from_str(
+            r#"
+image: i
+kafka: { bootstrapServers: "k:9092", partitions: 1 }
+postgres: { urlSecret: { name: pg, key: url } }
+ingest:
+  replicas: 1
+  ingress: { host: h.example.com }
+  auth: { secretRef: { name: wh, key: secrets } }
+processor: { replicas: 1 }
+api: { replicas: 1 }
+"#,
+        )
+        .unwrap();
+        assert_eq!(s.ingest.auth, Some(auth("wh", "secrets")));
+        assert!(!s.ingest.allow_unauthenticated, "default false");
+        assert!(validate(&s).is_ok());
     }
 
     #[test]

@@ -59,11 +59,15 @@ pub struct ReferencedSecrets {
     /// The Kafka credentials Secret (every key is handed to the pods), when
     /// the spec names one.
     pub kafka: Option<Secret>,
+    /// The webhook signing secrets (`spec.ingest.auth.secretRef`), reduced
+    /// to the one key ingest reads, when the spec sets `auth`.
+    pub webhook: Option<Secret>,
 }
 
 /// The checksums on the pod templates, one per component: a service's
 /// covers its settings, the Postgres URL and, when it reads Kafka, the
-/// Kafka credentials; the migration's covers the Postgres URL alone (which
+/// Kafka credentials; ingest's also the webhook signing secrets (a
+/// rotation rolls ingest only); the migration's covers the Postgres URL alone (which
 /// database the Job migrates).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Checksums(BTreeMap<Component, String>);
@@ -97,6 +101,9 @@ pub fn checksums(topology: &Topology, secrets: &ReferencedSecrets) -> Checksums 
         let mut read = vec![&secrets.postgres];
         if component.reads_kafka() {
             read.extend(secrets.kafka.as_ref());
+        }
+        if component == Component::Ingest {
+            read.extend(secrets.webhook.as_ref());
         }
         let settings = match component {
             Component::Migrate => BTreeMap::new(),
@@ -162,6 +169,7 @@ mod tests {
         ReferencedSecrets {
             postgres: secret("pg", "url", url),
             kafka: Some(secret("kafka-creds", "password", kafka_password)),
+            webhook: Some(secret("webhooks", "secrets", "whsec_AAAA")),
         }
     }
 
@@ -345,6 +353,40 @@ mod tests {
         assert_ne!(next.of(Component::Ingest), base.of(Component::Ingest));
         assert_eq!(next.of(Component::Processor), base.of(Component::Processor));
         assert_eq!(next.of(Component::Api), base.of(Component::Api));
+    }
+
+    /// Rotating the webhook signing secrets rolls ingest only, and the
+    /// secrets never reach a ConfigMap.
+    #[test]
+    fn webhook_secrets_roll_only_ingest() {
+        let s0 = secrets("postgres://a", "p1");
+        let base = sums(&spec(), &s0);
+        let rotated = ReferencedSecrets {
+            webhook: Some(secret("webhooks", "secrets", "whsec_BBBB whsec_AAAA")),
+            ..s0.clone()
+        };
+        let next = sums(&spec(), &rotated);
+        assert_ne!(next.of(Component::Ingest), base.of(Component::Ingest));
+        for c in [Component::Processor, Component::Api, Component::Migrate] {
+            assert_eq!(next.of(c), base.of(c), "{c} must not roll");
+        }
+        let without = sums(
+            &spec(),
+            &ReferencedSecrets {
+                webhook: None,
+                ..s0
+            },
+        );
+        assert_ne!(without.of(Component::Ingest), base.of(Component::Ingest));
+        let env = chatpipe_settings::ingest::webhook_secrets_env();
+        for c in WORKLOADS {
+            let d = with_input(&spec(), |i| config_map(i, c)).data.unwrap();
+            assert!(!d.contains_key(&env), "{c}: secrets stay in their Secret");
+            assert!(
+                !d.values().any(|v| v.contains("whsec_")),
+                "{c}: no secret value in a ConfigMap"
+            );
+        }
     }
 
     /// Secrets a component does not read stay out of its checksum.

@@ -114,6 +114,19 @@ mod tests {
         assert_eq!(ru.max_unavailable, Some(IntOrString::Int(0)));
     }
 
+    /// Without `spec.ingest.auth` ingest gets no webhook secrets (it then
+    /// accepts unsigned webhooks and warns at start).
+    #[test]
+    fn ingest_without_auth_gets_no_webhook_secrets() {
+        let mut s = spec();
+        s.ingest.auth = None;
+        s.ingest.ingress = None;
+        let d = with_input(&s, ingest);
+        let c = &d.spec.unwrap().template.spec.unwrap().containers[0];
+        let name = chatpipe_settings::ingest::webhook_secrets_env();
+        assert!(c.env.as_ref().unwrap().iter().all(|e| e.name != name));
+    }
+
     #[test]
     fn api_deployment() {
         let d = with_input(&spec(), api);

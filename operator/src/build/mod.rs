@@ -152,6 +152,7 @@ ingest:
   maxBodyBytes: 65536
   resources: { requests: { cpu: 100m, memory: 64Mi }, limits: { memory: 128Mi } }
   ingress: { host: hooks.example.com, className: nginx, tlsSecret: hooks-tls }
+  auth: { secretRef: { name: webhooks, key: secrets } }
 processor:
   replicas: 3
   resources: { requests: { cpu: 500m, memory: 256Mi } }

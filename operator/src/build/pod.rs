@@ -1,7 +1,8 @@
 //! The container and pod template shared by every workload: image, command,
 //! environment (the component's ConfigMap via `envFrom`, the Kafka
 //! credentials for the components that talk to Kafka, the Postgres URL from
-//! its Secret, the listen address), probes on `/healthz` and `/readyz`,
+//! its Secret, ingest's webhook signing secrets from theirs, the listen
+//! address), probes on `/healthz` and `/readyz`,
 //! resources, locked-down security contexts, and the component's checksum
 //! annotation.
 
@@ -9,6 +10,7 @@ use std::collections::BTreeMap;
 
 use chatpipe_plan::Settings;
 use chatpipe_settings::common::{postgres_url_env as postgres_url_name, ServiceSettings};
+use chatpipe_settings::ingest::webhook_secrets_env;
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMapEnvSource, Container, ContainerPort, EmptyDirVolumeSource,
     EnvFromSource, EnvVar, EnvVarSource, HTTPGetAction, PodSecurityContext, PodSpec,
@@ -61,6 +63,29 @@ pub fn postgres_url_env(input: &BuildInput<'_>) -> EnvVar {
             ..EnvVarSource::default()
         }),
     }
+}
+
+/// The webhook signing secrets variable ([`webhook_secrets_env`]) of
+/// ingest, read from the Secret `spec.ingest.auth.secretRef` names; `None`
+/// for the other components and when webhooks are not authenticated.
+pub fn webhook_secrets_env_var(input: &BuildInput<'_>, component: Component) -> Option<EnvVar> {
+    let s = input
+        .topology
+        .ingest_auth_secret
+        .as_ref()
+        .filter(|_| component == Component::Ingest)?;
+    Some(EnvVar {
+        name: webhook_secrets_env(),
+        value: None,
+        value_from: Some(EnvVarSource {
+            secret_key_ref: Some(SecretKeySelector {
+                name: s.name.clone(),
+                key: s.key.clone(),
+                optional: Some(false),
+            }),
+            ..EnvVarSource::default()
+        }),
+    })
 }
 
 /// `envFrom`: the component's ConfigMap, then the Kafka credentials Secret
@@ -168,6 +193,7 @@ pub fn service_container(
     });
     let mut env = settings_env(&listen);
     env.push(postgres_url_env(input));
+    env.extend(webhook_secrets_env_var(input, component));
     env.extend(settings_env(&pod_settings));
     Container {
         name: component.as_str().to_owned(),
@@ -318,6 +344,30 @@ pub(crate) mod checks {
             .as_ref()
             .unwrap();
         assert_eq!((sel.name.as_str(), sel.key.as_str()), ("pg", "url"));
+        // Ingest (alone) reads the webhook signing secrets from their Secret.
+        let wh = c
+            .env
+            .as_ref()
+            .unwrap()
+            .iter()
+            .find(|e| e.name == webhook_secrets_env());
+        if component == Component::Ingest {
+            let wh = wh.expect("ingest gets the webhook secrets");
+            assert!(wh.value.is_none(), "the secrets never appear in plain text");
+            let sel = wh
+                .value_from
+                .as_ref()
+                .unwrap()
+                .secret_key_ref
+                .as_ref()
+                .unwrap();
+            assert_eq!(
+                (sel.name.as_str(), sel.key.as_str(), sel.optional),
+                ("webhooks", "secrets", Some(false))
+            );
+        } else {
+            assert!(wh.is_none(), "{component:?} does not read webhook secrets");
+        }
         let from = c.env_from.as_ref().unwrap();
         assert_eq!(
             from[0].config_map_ref.as_ref().unwrap().name,
