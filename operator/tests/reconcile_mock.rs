@@ -473,6 +473,15 @@ fn pod_template(body: &Value) -> &Value {
     &body["spec"]["template"]
 }
 
+/// The config checksum on the pod template of the object written at `path`.
+fn checksum_of(seen: &[Seen], path: &str) -> String {
+    let d = seen.iter().find(|s| s.path.ends_with(path)).unwrap();
+    pod_template(&d.body)["metadata"]["annotations"]["chatpipe.dev/config-checksum"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
 fn env_of(body: &Value) -> Vec<(String, Value)> {
     pod_template(body)["spec"]["containers"][0]["env"]
         .as_array()
@@ -1151,13 +1160,7 @@ async fn checksums(cp: ChatPipeline, pg_url: &'static str) -> ([String; 3], Valu
     steps.push(event_step("Normal", "MigrationStarted"));
     let (result, seen, _) = run(h, cp, steps).await;
     result.unwrap();
-    let sum = |path: &str| {
-        let d = seen.iter().find(|s| s.path.ends_with(path)).unwrap();
-        pod_template(&d.body)["metadata"]["annotations"]["chatpipe.dev/config-checksum"]
-            .as_str()
-            .unwrap()
-            .to_owned()
-    };
+    let sum = |path: &str| checksum_of(&seen, path);
     let cm = seen
         .iter()
         .find(|s| s.path.ends_with("/configmaps/demo-processor-config"))
@@ -1219,13 +1222,7 @@ async fn with_webhook_secret(secrets: &'static str) -> (Value, [String; 3]) {
             cm.path
         );
     }
-    let sum = |path: &str| {
-        let d = seen.iter().find(|s| s.path.ends_with(path)).unwrap();
-        pod_template(&d.body)["metadata"]["annotations"]["chatpipe.dev/config-checksum"]
-            .as_str()
-            .unwrap()
-            .to_owned()
-    };
+    let sum = |path: &str| checksum_of(&seen, path);
     let ingest = seen
         .iter()
         .find(|s| s.path.ends_with("/deployments/demo-ingest"))

@@ -145,10 +145,7 @@ impl LocalMode {
         if self.child.try_wait().ok().flatten().is_some() {
             return;
         }
-        // SAFETY: kill(2) on our own child's pid.
-        unsafe {
-            libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM);
-        }
+        let _ = chatpipe_procs::signal(self.child.id(), chatpipe_procs::Signal::SIGTERM);
         let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline {
             if self.child.try_wait().ok().flatten().is_some() {

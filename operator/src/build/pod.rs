@@ -22,6 +22,7 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::labels::{self, Component};
 use super::{BuildInput, CHECKSUM_ANNOTATION};
+use crate::crd::SecretKeyRef;
 use crate::validate::ValidatedComponent;
 
 /// UID/GID the containers run as (the conventional non-root user).
@@ -50,9 +51,13 @@ pub fn settings_env(settings: &Settings) -> Vec<EnvVar> {
 /// The Postgres URL variable (`CHATPIPE_POSTGRES_URL`), read from the
 /// Secret the plan names.
 pub fn postgres_url_env(input: &BuildInput<'_>) -> EnvVar {
-    let s = &input.topology.postgres_url_secret;
+    secret_env_var(postgres_url_name(), &input.topology.postgres_url_secret)
+}
+
+/// The variable `name`, read from the Secret key `s` (which must exist).
+fn secret_env_var(name: String, s: &SecretKeyRef) -> EnvVar {
     EnvVar {
-        name: postgres_url_name(),
+        name,
         value: None,
         value_from: Some(EnvVarSource {
             secret_key_ref: Some(SecretKeySelector {
@@ -74,18 +79,7 @@ pub fn webhook_secrets_env_var(input: &BuildInput<'_>, component: Component) -> 
         .ingest_auth_secret
         .as_ref()
         .filter(|_| component == Component::Ingest)?;
-    Some(EnvVar {
-        name: webhook_secrets_env(),
-        value: None,
-        value_from: Some(EnvVarSource {
-            secret_key_ref: Some(SecretKeySelector {
-                name: s.name.clone(),
-                key: s.key.clone(),
-                optional: Some(false),
-            }),
-            ..EnvVarSource::default()
-        }),
-    })
+    Some(secret_env_var(webhook_secrets_env(), s))
 }
 
 /// `envFrom`: the component's ConfigMap, then the Kafka credentials Secret
