@@ -36,7 +36,7 @@ FROM debian:${DEBIAN_RELEASE}-slim AS runtime
 # ca-certificates for TLS endpoints (kube API via rustls uses its own roots,
 # but Postgres/Kafka TLS setups may not); zlib is already in the base image.
 RUN apt-get update \
- && apt-get install -y --no-install-recommends ca-certificates \
+ && apt-get install -y --no-install-recommends ca-certificates libssl3 \
  && rm -rf /var/lib/apt/lists/* \
  && groupadd --system --gid 65532 chatpipe \
  && useradd --system --uid 65532 --gid 65532 --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin chatpipe

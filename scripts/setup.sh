@@ -35,7 +35,10 @@ apt_install() {
 command -v cargo >/dev/null || die "cargo not found: install a Rust toolchain (rustup, Rust >= 1.85) first"
 
 # --- Build dependencies (librdkafka is built from source by rdkafka-sys) ------
-apt_install ca-certificates build-essential pkg-config perl python3 zlib1g-dev curl procps
+# libssl-dev: librdkafka's TLS and SASL/SCRAM (rdkafka's `ssl` feature);
+# stunnel4: the TLS endpoint of the Kafka TLS test (tests/tests/kafka_tls.rs).
+apt_install ca-certificates build-essential pkg-config perl python3 zlib1g-dev curl procps \
+  libssl-dev stunnel4
 
 # --- PostgreSQL -------------------------------------------------------------
 pg_ready() { pg_isready -q -h 127.0.0.1 -p 5432 2>/dev/null; }

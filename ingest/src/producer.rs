@@ -30,7 +30,7 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use chatpipe_core::event::Event;
-use chatpipe_core::kafka::producer_config;
+use chatpipe_core::kafka::{producer_config, KafkaConnection};
 use chrono::Utc;
 use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -100,17 +100,23 @@ pub fn record_key(conversation_id: uuid::Uuid) -> [u8; 36] {
 }
 
 impl EventProducer {
-    /// Creates the producer (idempotent, `acks=all`, murmur2) for `brokers`;
-    /// `extra` properties are applied on top of the shared settings.
+    /// Creates the producer (idempotent, `acks=all`, murmur2) for
+    /// `connection` (brokers, TLS, SASL); `extra` properties are applied on
+    /// top of the shared settings.
     pub fn new(
-        brokers: &str,
+        connection: &KafkaConnection,
         topic: &str,
         timeout: Duration,
         linger: Duration,
         extra: &[(String, String)],
         metrics: Metrics,
     ) -> Result<EventProducer, KafkaError> {
-        let mut config = producer_config(brokers, timeout, linger);
+        // A missing TLS file named by path (librdkafka's error does not).
+        connection
+            .security
+            .check_files()
+            .map_err(|e| KafkaError::ClientCreation(format!("{e:#}")))?;
+        let mut config = producer_config(connection, timeout, linger);
         // Infinite: timeouts are enforced by `produce` (see the module docs).
         config.set("message.timeout.ms", "0");
         // Never let a produce or metadata request create the topic with the

@@ -4,14 +4,14 @@
 
 use std::time::Duration;
 
-use chatpipe_core::kafka::TopicState;
+use chatpipe_core::kafka::{KafkaConnection, TopicState};
 use futures::future::BoxFuture;
 
 /// The topic the spec asks for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TopicRequest {
-    /// Bootstrap servers.
-    pub brokers: String,
+    /// The brokers and how to reach them (TLS, SASL).
+    pub kafka: KafkaConnection,
     /// Topic name.
     pub topic: String,
     /// Partitions wanted.
@@ -38,7 +38,7 @@ pub struct KafkaTopicAdmin {
 impl TopicAdmin for KafkaTopicAdmin {
     fn ensure<'a>(&'a self, req: &'a TopicRequest) -> BoxFuture<'a, anyhow::Result<TopicState>> {
         Box::pin(chatpipe_core::kafka::ensure_topic(
-            &req.brokers,
+            &req.kafka,
             &req.topic,
             req.partitions,
             req.replication_factor,

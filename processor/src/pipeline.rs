@@ -31,6 +31,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use chatpipe_core::kafka::KafkaConnection;
 use chatpipe_core::Event;
 use deadpool_postgres::Pool;
 use futures::FutureExt;
@@ -91,8 +92,8 @@ pub type EventConsumer = StreamConsumer<QuietContext>;
 /// Everything the loop needs to know.
 #[derive(Debug, Clone)]
 pub struct Settings {
-    /// Kafka bootstrap servers.
-    pub brokers: String,
+    /// Kafka brokers and how to reach them (TLS, SASL).
+    pub kafka: KafkaConnection,
     /// Topic of events.
     pub topic: String,
     /// Windows.
@@ -130,9 +131,9 @@ pub struct Settings {
 impl Settings {
     /// Settings with the defaults of everything but the connection, topic
     /// and windows (tests and benchmarks start from here).
-    pub fn new(brokers: &str, topic: &str, engine: EngineConfig) -> Self {
+    pub fn new(kafka: KafkaConnection, topic: &str, engine: EngineConfig) -> Self {
         Self {
-            brokers: brokers.to_owned(),
+            kafka,
             topic: topic.to_owned(),
             engine,
             allowance_ms: 50,
@@ -284,8 +285,9 @@ fn now_ms() -> i64 {
 impl Processor {
     /// Creates the consumer (not yet assigned).
     pub fn new(settings: Settings, pool: Pool, metrics: Metrics) -> anyhow::Result<Self> {
+        settings.kafka.security.check_files()?;
         let consumer: EventConsumer = chatpipe_core::kafka::consumer_config(
-            &settings.brokers,
+            &settings.kafka,
             "chatpipe-processor",
             settings.fetch_wait,
         )
@@ -328,12 +330,8 @@ impl Processor {
     pub async fn start(&mut self) -> anyhow::Result<()> {
         let s = &self.settings;
         let partitions = loop {
-            match chatpipe_core::kafka::topic_partitions(
-                &s.brokers,
-                &s.topic,
-                Duration::from_secs(5),
-            )
-            .await
+            match chatpipe_core::kafka::topic_partitions(&s.kafka, &s.topic, Duration::from_secs(5))
+                .await
             {
                 Ok(Some(n)) => break n,
                 Ok(None) => TopicMissing { topic: &s.topic }.emit(&self.metrics),

@@ -335,9 +335,15 @@ async fn position_beyond_a_new_logs_end_is_reset_loudly() {
         .unwrap();
 
     let new = PrivateBroker::start().await.unwrap();
-    chatpipe_core::kafka::ensure_topic(&new.bootstrap, &topic, 1, 1, Duration::from_secs(30))
-        .await
-        .unwrap();
+    chatpipe_core::kafka::ensure_topic(
+        &chatpipe_core::kafka::KafkaConnection::plaintext(&new.bootstrap),
+        &topic,
+        1,
+        1,
+        Duration::from_secs(30),
+    )
+    .await
+    .unwrap();
     let p = processor(&db, &new.bootstrap, &topic, SHORT).await;
     wait_replied(&db, stranded).await;
     let cl = db.client().await.unwrap();

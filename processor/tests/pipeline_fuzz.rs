@@ -235,7 +235,7 @@ struct LogRecord {
 
 fn consumer(bootstrap: &str) -> BaseConsumer {
     chatpipe_core::kafka::consumer_config(
-        bootstrap,
+        &chatpipe_core::kafka::KafkaConnection::plaintext(bootstrap),
         &format!("fuzz-reader-{}", Uuid::new_v4().simple()),
         Duration::from_millis(10),
     )

@@ -59,7 +59,10 @@ pub struct PostgresArgs {
     pub postgres_pool_size: usize,
 }
 
-/// Kafka connection settings.
+/// Kafka connection settings: where the brokers are, the topic, and how
+/// to reach the brokers (TLS, SASL). chatpipe-core's
+/// `KafkaConnection::from_args` checks the combination and turns it into
+/// librdkafka properties.
 #[derive(Debug, Clone, clap::Args)]
 pub struct KafkaArgs {
     /// Kafka bootstrap servers, comma separated.
@@ -68,6 +71,91 @@ pub struct KafkaArgs {
     /// Topic that carries webhook events.
     #[arg(long, env = "CHATPIPE_KAFKA_TOPIC", default_value = "chatpipe.events")]
     pub kafka_topic: String,
+    /// Connect to the brokers over TLS (the system's CA store verifies
+    /// them unless `--kafka-tls-ca-file` is given).
+    #[arg(long, env = "CHATPIPE_KAFKA_TLS", default_value_t = false)]
+    pub kafka_tls: bool,
+    /// PEM file of the CA certificates that verify the brokers (implies
+    /// `--kafka-tls`).
+    #[arg(long, env = "CHATPIPE_KAFKA_TLS_CA_FILE")]
+    pub kafka_tls_ca_file: Option<String>,
+    /// PEM file of this client's certificate, for brokers that require
+    /// client certificates (mutual TLS; needs `--kafka-tls-key-file`,
+    /// implies `--kafka-tls`).
+    #[arg(long, env = "CHATPIPE_KAFKA_TLS_CERT_FILE")]
+    pub kafka_tls_cert_file: Option<String>,
+    /// PEM file of the private key of `--kafka-tls-cert-file`.
+    #[arg(long, env = "CHATPIPE_KAFKA_TLS_KEY_FILE")]
+    pub kafka_tls_key_file: Option<String>,
+    /// SASL mechanism: `PLAIN`, `SCRAM-SHA-256` or `SCRAM-SHA-512`
+    /// (needs `--kafka-sasl-username` and `--kafka-sasl-password`).
+    #[arg(long, env = "CHATPIPE_KAFKA_SASL_MECHANISM", ignore_case = true)]
+    pub kafka_sasl_mechanism: Option<KafkaSaslMechanism>,
+    /// SASL user name.
+    #[arg(long, env = "CHATPIPE_KAFKA_SASL_USERNAME")]
+    pub kafka_sasl_username: Option<String>,
+    /// SASL password (prefer the environment variable: a flag shows in the
+    /// process list).
+    #[arg(long, env = "CHATPIPE_KAFKA_SASL_PASSWORD", hide_env_values = true)]
+    pub kafka_sasl_password: Option<Redacted>,
+}
+
+/// A SASL mechanism chatpipe's Kafka clients can authenticate with. The
+/// names are librdkafka's (and Kafka's) `sasl.mechanisms` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, clap::ValueEnum)]
+pub enum KafkaSaslMechanism {
+    /// `PLAIN`: user name and password as sent (use it over TLS only).
+    #[value(name = "PLAIN")]
+    Plain,
+    /// `SCRAM-SHA-256` (RFC 7677).
+    #[value(name = "SCRAM-SHA-256")]
+    ScramSha256,
+    /// `SCRAM-SHA-512`.
+    #[value(name = "SCRAM-SHA-512")]
+    ScramSha512,
+}
+
+impl KafkaSaslMechanism {
+    /// Every mechanism.
+    pub const ALL: [KafkaSaslMechanism; 3] = [Self::Plain, Self::ScramSha256, Self::ScramSha512];
+
+    /// The mechanism's name (`PLAIN`, `SCRAM-SHA-256`, `SCRAM-SHA-512`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Plain => "PLAIN",
+            Self::ScramSha256 => "SCRAM-SHA-256",
+            Self::ScramSha512 => "SCRAM-SHA-512",
+        }
+    }
+}
+
+impl std::fmt::Display for KafkaSaslMechanism {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for KafkaSaslMechanism {
+    type Err = String;
+
+    /// A mechanism's name, in any case.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::ALL
+            .into_iter()
+            .find(|m| m.name().eq_ignore_ascii_case(s.trim()))
+            .ok_or_else(|| {
+                format!(
+                    "unknown SASL mechanism {s:?}: expected PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512"
+                )
+            })
+    }
+}
+
+impl EnvValue for KafkaSaslMechanism {
+    /// The mechanism's name.
+    fn env_value(&self) -> String {
+        self.name().to_owned()
+    }
 }
 
 /// Logging settings.
@@ -186,33 +274,197 @@ impl ServiceSettings {
     }
 }
 
-/// The Kafka connection of a service ([`KafkaArgs`]).
+/// The Kafka connection of a service ([`KafkaArgs`]). The SASL password
+/// is not here: a deployment hands it over from a secret store under
+/// [`kafka_sasl_password_env`].
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct KafkaSettings {
     /// `CHATPIPE_KAFKA_BROKERS`: bootstrap servers, comma separated.
     pub brokers: Option<String>,
     /// `CHATPIPE_KAFKA_TOPIC`.
     pub topic: Option<String>,
+    /// `CHATPIPE_KAFKA_TLS`: connect over TLS.
+    pub tls: Option<bool>,
+    /// `CHATPIPE_KAFKA_TLS_CA_FILE`: the CA bundle that verifies the
+    /// brokers (a path inside the service's file system).
+    pub tls_ca_file: Option<String>,
+    /// `CHATPIPE_KAFKA_TLS_CERT_FILE`: the client certificate (mutual TLS).
+    pub tls_cert_file: Option<String>,
+    /// `CHATPIPE_KAFKA_TLS_KEY_FILE`: the client certificate's key.
+    pub tls_key_file: Option<String>,
+    /// `CHATPIPE_KAFKA_SASL_MECHANISM`.
+    pub sasl_mechanism: Option<KafkaSaslMechanism>,
+    /// `CHATPIPE_KAFKA_SASL_USERNAME` (a deployment that keeps the user
+    /// name in a secret leaves this unset and uses
+    /// [`kafka_sasl_username_env`]).
+    pub sasl_username: Option<String>,
 }
 
 impl KafkaSettings {
-    /// Both set.
+    /// Brokers and topic set, plaintext (no TLS, no SASL).
     pub fn new(brokers: &str, topic: &str) -> Self {
         Self {
             brokers: Some(brokers.to_owned()),
             topic: Some(topic.to_owned()),
+            ..Self::default()
         }
     }
 
-    /// Writes the brokers, then the topic.
+    /// Writes the brokers, the topic, then the TLS and SASL settings (never
+    /// a password).
     pub fn write(&self, w: &mut EnvWriter) {
         w.set("kafka_brokers", self.brokers.as_ref())
-            .set("kafka_topic", self.topic.as_ref());
+            .set("kafka_topic", self.topic.as_ref())
+            .set("kafka_tls", self.tls.as_ref())
+            .set("kafka_tls_ca_file", self.tls_ca_file.as_ref())
+            .set("kafka_tls_cert_file", self.tls_cert_file.as_ref())
+            .set("kafka_tls_key_file", self.tls_key_file.as_ref())
+            .set("kafka_sasl_mechanism", self.sasl_mechanism.as_ref())
+            .set("kafka_sasl_username", self.sasl_username.as_ref());
     }
 
-    /// The settings `args` holds.
+    /// The settings `args` holds (the password is left out, as in
+    /// [`KafkaSettings::write`]).
     pub fn from_args(args: &KafkaArgs) -> Self {
-        Self::new(&args.kafka_brokers, &args.kafka_topic)
+        Self {
+            brokers: Some(args.kafka_brokers.clone()),
+            topic: Some(args.kafka_topic.clone()),
+            tls: Some(args.kafka_tls),
+            tls_ca_file: args.kafka_tls_ca_file.clone(),
+            tls_cert_file: args.kafka_tls_cert_file.clone(),
+            tls_key_file: args.kafka_tls_key_file.clone(),
+            sasl_mechanism: args.kafka_sasl_mechanism,
+            sasl_username: args.kafka_sasl_username.clone(),
+        }
+    }
+}
+
+/// The environment variable of the Kafka SASL password, for a deployment
+/// that hands it over from a secret store (a Kubernetes Secret reference).
+pub fn kafka_sasl_password_env() -> String {
+    env_of::<KafkaArgs>("kafka_sasl_password")
+}
+
+/// The environment variable of the Kafka SASL user name, for a deployment
+/// that keeps the user name in a secret store too.
+pub fn kafka_sasl_username_env() -> String {
+    env_of::<KafkaArgs>("kafka_sasl_username")
+}
+
+#[cfg(test)]
+mod kafka_args_tests {
+    use super::*;
+
+    #[derive(Debug, clap::Parser)]
+    struct Bin {
+        #[command(flatten)]
+        kafka: KafkaArgs,
+    }
+
+    fn parse(args: &[&str]) -> Result<KafkaArgs, clap::Error> {
+        <Bin as clap::Parser>::try_parse_from(std::iter::once("bin").chain(args.iter().copied()))
+            .map(|b| b.kafka)
+    }
+
+    #[test]
+    fn the_defaults_are_plaintext_without_sasl() {
+        let a = parse(&[]).unwrap();
+        assert!(!a.kafka_tls);
+        assert_eq!(a.kafka_tls_ca_file, None);
+        assert_eq!(a.kafka_tls_cert_file, None);
+        assert_eq!(a.kafka_tls_key_file, None);
+        assert_eq!(a.kafka_sasl_mechanism, None);
+        assert_eq!(a.kafka_sasl_username, None);
+        assert_eq!(a.kafka_sasl_password, None);
+    }
+
+    #[test]
+    fn every_security_flag_parses() {
+        let a = parse(&[
+            "--kafka-tls",
+            "--kafka-tls-ca-file",
+            "/etc/kafka/ca.pem",
+            "--kafka-tls-cert-file",
+            "/etc/kafka/client.pem",
+            "--kafka-tls-key-file",
+            "/etc/kafka/client.key",
+            "--kafka-sasl-mechanism",
+            "SCRAM-SHA-512",
+            "--kafka-sasl-username",
+            "chatpipe",
+            "--kafka-sasl-password",
+            "s3cret-value",
+        ])
+        .unwrap();
+        assert!(a.kafka_tls);
+        assert_eq!(a.kafka_tls_ca_file.as_deref(), Some("/etc/kafka/ca.pem"));
+        assert_eq!(
+            a.kafka_tls_cert_file.as_deref(),
+            Some("/etc/kafka/client.pem")
+        );
+        assert_eq!(
+            a.kafka_tls_key_file.as_deref(),
+            Some("/etc/kafka/client.key")
+        );
+        assert_eq!(
+            a.kafka_sasl_mechanism,
+            Some(KafkaSaslMechanism::ScramSha512)
+        );
+        assert_eq!(a.kafka_sasl_username.as_deref(), Some("chatpipe"));
+        assert_eq!(
+            a.kafka_sasl_password.as_ref().map(Redacted::expose),
+            Some("s3cret-value")
+        );
+        let shown = format!("{a:?}");
+        assert!(!shown.contains("s3cret-value"), "{shown}");
+    }
+
+    #[test]
+    fn mechanisms_parse_by_name_in_any_case() {
+        for m in KafkaSaslMechanism::ALL {
+            assert_eq!(
+                parse(&["--kafka-sasl-mechanism", m.name()])
+                    .unwrap()
+                    .kafka_sasl_mechanism,
+                Some(m)
+            );
+            let lower = m.name().to_ascii_lowercase();
+            assert_eq!(
+                parse(&["--kafka-sasl-mechanism", &lower])
+                    .unwrap()
+                    .kafka_sasl_mechanism,
+                Some(m)
+            );
+            assert_eq!(lower.parse::<KafkaSaslMechanism>(), Ok(m));
+            assert_eq!(m.env_value(), m.name());
+        }
+        assert!(parse(&["--kafka-sasl-mechanism", "GSSAPI"]).is_err());
+        assert!("SCRAM-SHA-1".parse::<KafkaSaslMechanism>().is_err());
+    }
+
+    #[test]
+    fn the_password_is_written_by_no_one_and_named_once() {
+        assert_eq!(kafka_sasl_password_env(), "CHATPIPE_KAFKA_SASL_PASSWORD");
+        assert_eq!(kafka_sasl_username_env(), "CHATPIPE_KAFKA_SASL_USERNAME");
+        let mut w = crate::env::EnvWriter::new::<Bin>();
+        KafkaSettings {
+            tls: Some(true),
+            sasl_mechanism: Some(KafkaSaslMechanism::Plain),
+            sasl_username: Some("u".to_owned()),
+            ..KafkaSettings::new("k:9093", "t")
+        }
+        .write(&mut w);
+        let names: Vec<String> = w.finish().into_iter().map(|(k, _)| k).collect();
+        assert_eq!(
+            names,
+            [
+                "CHATPIPE_KAFKA_BROKERS",
+                "CHATPIPE_KAFKA_TOPIC",
+                "CHATPIPE_KAFKA_TLS",
+                "CHATPIPE_KAFKA_SASL_MECHANISM",
+                "CHATPIPE_KAFKA_SASL_USERNAME"
+            ]
+        );
     }
 }
 

@@ -200,7 +200,7 @@ pub async fn wait_for_broker(bootstrap: &str, timeout: Duration) -> anyhow::Resu
     loop {
         let ok = tokio::net::TcpStream::connect(bootstrap).await.is_ok()
             && chatpipe_core::kafka::topic_partitions(
-                bootstrap,
+                &chatpipe_core::kafka::KafkaConnection::plaintext(bootstrap),
                 "__chatpipe_probe",
                 Duration::from_secs(2),
             )
@@ -248,7 +248,7 @@ pub async fn kafka_bootstrap() -> String {
 pub async fn create_topic(bootstrap: &str, partitions: i32) -> String {
     let name = format!("t-{}", Uuid::new_v4().simple());
     match chatpipe_core::kafka::ensure_topic(
-        bootstrap,
+        &chatpipe_core::kafka::KafkaConnection::plaintext(bootstrap),
         &name,
         partitions,
         1,

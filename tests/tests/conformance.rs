@@ -117,7 +117,7 @@ async fn invalid_payload_catalogue_is_400_naming_the_field_and_writes_nothing() 
 async fn topic_record_count(p: &Pipeline) -> i64 {
     use rdkafka::consumer::{BaseConsumer, Consumer};
     let consumer: BaseConsumer = chatpipe_core::kafka::consumer_config(
-        &p.bootstrap,
+        &chatpipe_core::kafka::KafkaConnection::plaintext(&p.bootstrap),
         "conformance-probe",
         Duration::from_millis(10),
     )

@@ -98,7 +98,7 @@ fn assert_400_field(r: &Posted, field: &str, what: &str) {
 async fn produce_at(p: &Pipeline, event: &Event, timestamp_ms: i64) -> (i32, i64) {
     use rdkafka::producer::{FutureProducer, FutureRecord};
     let producer: FutureProducer = chatpipe_core::kafka::producer_config(
-        &p.bootstrap,
+        &chatpipe_core::kafka::KafkaConnection::plaintext(&p.bootstrap),
         Duration::from_secs(10),
         Duration::from_millis(1),
     )
@@ -124,7 +124,7 @@ async fn produce_at(p: &Pipeline, event: &Event, timestamp_ms: i64) -> (i32, i64
 async fn topic_record_count(p: &Pipeline) -> i64 {
     use rdkafka::consumer::{BaseConsumer, Consumer};
     let consumer: BaseConsumer = chatpipe_core::kafka::consumer_config(
-        &p.bootstrap,
+        &chatpipe_core::kafka::KafkaConnection::plaintext(&p.bootstrap),
         "hostile-probe",
         Duration::from_millis(10),
     )
@@ -826,7 +826,7 @@ async fn a_replaced_log_is_detected_reset_loudly_and_processed() {
         .await
         .expect("a new empty broker");
     let state = chatpipe_core::kafka::ensure_topic(
-        &p.bootstrap,
+        &chatpipe_core::kafka::KafkaConnection::plaintext(&p.bootstrap),
         &p.topic,
         p.opts.partitions,
         1,

@@ -922,7 +922,7 @@ async fn end_offsets(bootstrap: &str, topic: &str, partitions: i32) -> Vec<i64> 
     let (bootstrap, topic) = (bootstrap.to_owned(), topic.to_owned());
     tokio::task::spawn_blocking(move || {
         let c: BaseConsumer = chatpipe_core::kafka::consumer_config(
-            &bootstrap,
+            &chatpipe_core::kafka::KafkaConnection::plaintext(&bootstrap),
             &format!("ingest-fuzz-{}", Uuid::new_v4().simple()),
             Duration::from_millis(10),
         )

@@ -11,7 +11,7 @@ use rdkafka::{Message, Offset, TopicPartitionList};
 
 async fn produce(bootstrap: &str, topic: &str, key: &str) -> (i32, i64) {
     let producer: FutureProducer = chatpipe_core::kafka::producer_config(
-        bootstrap,
+        &chatpipe_core::kafka::KafkaConnection::plaintext(bootstrap),
         Duration::from_secs(10),
         Duration::from_millis(1),
     )
@@ -46,14 +46,17 @@ async fn private_broker_keeps_topics_across_restart() {
         "a stopped broker must not accept connections"
     );
     broker.restart().await.unwrap();
-    let partitions =
-        chatpipe_core::kafka::topic_partitions(&broker.bootstrap, &topic, Duration::from_secs(10))
-            .await
-            .unwrap();
+    let partitions = chatpipe_core::kafka::topic_partitions(
+        &chatpipe_core::kafka::KafkaConnection::plaintext(&broker.bootstrap),
+        &topic,
+        Duration::from_secs(10),
+    )
+    .await
+    .unwrap();
     assert_eq!(partitions, Some(3));
 
     let consumer: BaseConsumer = chatpipe_core::kafka::consumer_config(
-        &broker.bootstrap,
+        &chatpipe_core::kafka::KafkaConnection::plaintext(&broker.bootstrap),
         "testkit",
         Duration::from_millis(10),
     )
@@ -82,15 +85,27 @@ async fn shared_broker_creates_topics() {
     let bootstrap = kafka_bootstrap().await;
     let topic = create_topic(&bootstrap, 4).await;
     assert_eq!(
-        chatpipe_core::kafka::ensure_topic(&bootstrap, &topic, 4, 1, Duration::from_secs(10))
-            .await
-            .unwrap(),
+        chatpipe_core::kafka::ensure_topic(
+            &chatpipe_core::kafka::KafkaConnection::plaintext(&bootstrap),
+            &topic,
+            4,
+            1,
+            Duration::from_secs(10)
+        )
+        .await
+        .unwrap(),
         chatpipe_core::kafka::TopicState::Exists
     );
     assert_eq!(
-        chatpipe_core::kafka::ensure_topic(&bootstrap, &topic, 5, 1, Duration::from_secs(10))
-            .await
-            .unwrap(),
+        chatpipe_core::kafka::ensure_topic(
+            &chatpipe_core::kafka::KafkaConnection::plaintext(&bootstrap),
+            &topic,
+            5,
+            1,
+            Duration::from_secs(10)
+        )
+        .await
+        .unwrap(),
         chatpipe_core::kafka::TopicState::Mismatch { actual: 4 }
     );
 }

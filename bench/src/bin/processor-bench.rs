@@ -15,7 +15,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use chatpipe_core::kafka::{ensure_topic, producer_config};
+use chatpipe_core::config::KafkaArgs;
+use chatpipe_core::kafka::{ensure_topic, producer_config, KafkaConnection};
 use chatpipe_core::Event;
 use chatpipe_processor::engine::domain::EngineConfig;
 use chatpipe_processor::metrics::Metrics;
@@ -28,13 +29,15 @@ use uuid::Uuid;
 
 /// Benchmark settings.
 #[derive(Debug, Parser)]
+#[command(mut_arg("kafka_brokers", |a| a.visible_alias("brokers")))]
 struct Args {
     /// `catchup` or `live`.
     #[arg(long, default_value = "catchup")]
     mode: String,
-    /// Kafka bootstrap servers.
-    #[arg(long, default_value = "127.0.0.1:9092")]
-    brokers: String,
+    /// The broker (`--kafka-brokers`, alias `--brokers`) and how to reach
+    /// it (TLS, SASL); the topic flag is unused (each run makes a topic).
+    #[command(flatten)]
+    kafka: KafkaArgs,
     /// Postgres server URL (a database `chatpipe_bench_<n>` is created).
     #[arg(long, default_value = "postgres://postgres@127.0.0.1:5432")]
     postgres: String,
@@ -102,7 +105,7 @@ async fn send_all(
     Ok(())
 }
 
-fn settings(a: &Args, topic: &str, engine: EngineConfig) -> Settings {
+fn settings(a: &Args, kafka: &KafkaConnection, topic: &str, engine: EngineConfig) -> Settings {
     Settings {
         batch_size: a.batch,
         owner: "bench".into(),
@@ -112,7 +115,7 @@ fn settings(a: &Args, topic: &str, engine: EngineConfig) -> Settings {
         // as its last batch's base offset + 1 (see docs/architecture.md),
         // which reads as "beyond the end" once caught up.
         log_reset_check: false,
-        ..Settings::new(&a.brokers, topic, engine)
+        ..Settings::new(kafka.clone(), topic, engine)
     }
 }
 
@@ -163,15 +166,13 @@ async fn main() -> anyhow::Result<()> {
 
 async fn catchup(a: &Args) -> anyhow::Result<()> {
     let topic = format!("bench-catchup-{}", Uuid::new_v4().simple());
-    ensure_topic(&a.brokers, &topic, a.partitions, 1, Duration::from_secs(30)).await?;
-    let producer: FutureProducer = producer_config(
-        &a.brokers,
-        Duration::from_secs(60),
-        Duration::from_millis(5),
-    )
-    .set("batch.num.messages", "10000")
-    .set("queue.buffering.max.messages", "1000000")
-    .create()?;
+    let kafka = KafkaConnection::from_args(&a.kafka).context("the Kafka connection settings")?;
+    ensure_topic(&kafka, &topic, a.partitions, 1, Duration::from_secs(30)).await?;
+    let producer: FutureProducer =
+        producer_config(&kafka, Duration::from_secs(60), Duration::from_millis(5))
+            .set("batch.num.messages", "10000")
+            .set("queue.buffering.max.messages", "1000000")
+            .create()?;
     // 20 events per conversation: NEW_CONVERSATION + 19 messages in 4 bursts
     // (rounds 100 ms apart, bursts 6 s apart), every 4th conversation closed
     // instead of its last message.
@@ -232,7 +233,11 @@ async fn catchup(a: &Args) -> anyhow::Result<()> {
     let (url, pool) = fresh_db(&a.postgres).await?;
     let metrics = Metrics::new()?;
     let engine = EngineConfig::default();
-    let mut processor = Processor::new(settings(a, &topic, engine), pool.clone(), metrics.clone())?;
+    let mut processor = Processor::new(
+        settings(a, &kafka, &topic, engine),
+        pool.clone(),
+        metrics.clone(),
+    )?;
     let done = Arc::new(AtomicBool::new(false));
     let started = Instant::now();
     processor.start().await?;
@@ -285,11 +290,16 @@ async fn catchup(a: &Args) -> anyhow::Result<()> {
 
 async fn live(a: &Args) -> anyhow::Result<()> {
     let topic = format!("bench-live-{}", Uuid::new_v4().simple());
-    ensure_topic(&a.brokers, &topic, a.partitions, 1, Duration::from_secs(30)).await?;
+    let kafka = KafkaConnection::from_args(&a.kafka).context("the Kafka connection settings")?;
+    ensure_topic(&kafka, &topic, a.partitions, 1, Duration::from_secs(30)).await?;
     let (url, pool) = fresh_db(&a.postgres).await?;
     let metrics = Metrics::new()?;
     let engine = EngineConfig::default();
-    let mut processor = Processor::new(settings(a, &topic, engine), pool.clone(), metrics.clone())?;
+    let mut processor = Processor::new(
+        settings(a, &kafka, &topic, engine),
+        pool.clone(),
+        metrics.clone(),
+    )?;
     processor.start().await?;
     let done = Arc::new(AtomicBool::new(false));
     let stop = done.clone();
@@ -298,12 +308,8 @@ async fn live(a: &Args) -> anyhow::Result<()> {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }));
-    let producer: FutureProducer = producer_config(
-        &a.brokers,
-        Duration::from_secs(30),
-        Duration::from_millis(5),
-    )
-    .create()?;
+    let producer: FutureProducer =
+        producer_config(&kafka, Duration::from_secs(30), Duration::from_millis(5)).create()?;
     let convs: Vec<Uuid> = (0..a.conversations).map(|_| Uuid::new_v4()).collect();
     let now = || Utc::now().timestamp_millis();
     send_all(

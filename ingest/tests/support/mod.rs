@@ -179,7 +179,7 @@ pub async fn post_raw(
 
 fn consumer(bootstrap: &str) -> BaseConsumer {
     chatpipe_core::kafka::consumer_config(
-        bootstrap,
+        &chatpipe_core::kafka::KafkaConnection::plaintext(bootstrap),
         &format!("ingest-test-{}", Uuid::new_v4().simple()),
         Duration::from_millis(10),
     )

@@ -7,7 +7,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use chatpipe_core::kafka::producer_config;
+use chatpipe_core::kafka::{producer_config, KafkaConnection};
 use chatpipe_core::Event;
 use chatpipe_tests::{Service, TestDb};
 use chrono::Utc;
@@ -28,9 +28,13 @@ impl Producer {
     /// A producer batching records for `linger` (fewer, larger produce
     /// requests: lighter on a SQLite-backed broker).
     pub fn with_linger(bootstrap: &str, topic: &str, linger: Duration) -> Self {
-        let inner = producer_config(bootstrap, Duration::from_secs(120), linger)
-            .create()
-            .unwrap();
+        let inner = producer_config(
+            &KafkaConnection::plaintext(bootstrap),
+            Duration::from_secs(120),
+            linger,
+        )
+        .create()
+        .unwrap();
         Producer {
             inner,
             topic: topic.to_owned(),
