@@ -1,12 +1,23 @@
 //! Postgres access shared by every service: connection pools, creating the
 //! database when missing, and the schema migrations in `migrations/`.
+//!
+//! Every connection honours libpq's `sslmode` (default `prefer`) with
+//! rustls: [`conninfo`] takes the TLS parameters out of the connection
+//! string and hides passwords ([`redact`]); [`tls`] builds the rustls
+//! configuration and makes the connection attempts the mode prescribes;
+//! [`PgConnectOptions`] joins both, and every function here uses it.
 
 use std::str::FromStr;
 use std::time::Duration;
 
 use anyhow::Context;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
-use tokio_postgres::NoTls;
+
+pub mod conninfo;
+pub mod tls;
+
+pub use conninfo::{redact, RootCert, SslMode};
+pub use tls::PgTls;
 
 mod embedded {
     refinery::embed_migrations!("../migrations");
@@ -21,20 +32,84 @@ const MIGRATION_LOCK_KEY: i64 = 0x6368_6174_7069_7065;
 /// hang).
 pub const POOL_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Builds a connection pool of at most `max_size` connections for `url`.
-/// Connections are made lazily; nothing is contacted here.
-pub fn pool(url: &str, max_size: usize) -> anyhow::Result<Pool> {
-    let config = tokio_postgres::Config::from_str(url)
-        .with_context(|| format!("invalid Postgres URL {}", redact(url)))?;
-    pool_from_config(config, max_size)
+/// Everything needed to open connections to one Postgres database: the
+/// tokio-postgres configuration (adjust it before building a pool: session
+/// options, role, application name) and the TLS that the connection
+/// string's `sslmode`, `sslrootcert`, `sslcert` and `sslkey` ask for.
+#[derive(Clone, Debug)]
+pub struct PgConnectOptions {
+    /// Host, port, user, password, database, options… (its own `ssl_mode`
+    /// is ignored: [`PgConnectOptions::tls`] decides).
+    pub config: tokio_postgres::Config,
+    /// The TLS connector and `sslmode`.
+    pub tls: PgTls,
+    /// The connection string with passwords hidden, for messages.
+    redacted: String,
 }
 
-/// Like [`pool`], for a connection configuration the caller has adjusted
+impl PgConnectOptions {
+    /// Parses a libpq connection string: a URL
+    /// (`postgres://user:pw@host:5432/db?sslmode=verify-full&sslrootcert=/ca.pem`)
+    /// or key=value (`host=h dbname=db sslmode=require`). `sslmode`
+    /// defaults to `prefer`, as in libpq. CA and client certificate files
+    /// are read here. Errors never show the password.
+    pub fn parse(url: &str) -> anyhow::Result<PgConnectOptions> {
+        let redacted = redact(url);
+        let split = conninfo::split_ssl_params(url)
+            .with_context(|| format!("invalid Postgres URL {redacted}"))?;
+        let config = tokio_postgres::Config::from_str(&split.rest)
+            // tokio-postgres's message may quote the text around a
+            // mistake: scrub the passwords out of it.
+            .map_err(|e| anyhow::anyhow!(split.scrub(&e.to_string())))
+            .with_context(|| format!("invalid Postgres URL {redacted}"))?;
+        let tls = PgTls::new(&split.ssl).with_context(|| {
+            format!("setting up TLS (sslmode={}) for {redacted}", split.ssl.mode)
+        })?;
+        Ok(PgConnectOptions {
+            config,
+            tls,
+            redacted,
+        })
+    }
+
+    /// The `sslmode` in force.
+    pub fn ssl_mode(&self) -> SslMode {
+        self.tls.mode()
+    }
+
+    /// The connection string with passwords hidden.
+    pub fn redacted_url(&self) -> &str {
+        &self.redacted
+    }
+
+    /// Connects one client, driving its connection on the runtime. The
+    /// error names the redacted URL and the `sslmode`, and its source says
+    /// why (e.g. `invalid peer certificate: UnknownIssuer`).
+    pub async fn connect(&self) -> anyhow::Result<tokio_postgres::Client> {
+        let (client, _connection) = self.tls.open(&self.config).await.with_context(|| {
+            format!(
+                "connecting to Postgres at {} ({})",
+                self.redacted,
+                self.tls.describe()
+            )
+        })?;
+        Ok(client)
+    }
+}
+
+/// Builds a connection pool of at most `max_size` connections for `url`
+/// (see [`PgConnectOptions::parse`]). Connections are made lazily; nothing
+/// is contacted here.
+pub fn pool(url: &str, max_size: usize) -> anyhow::Result<Pool> {
+    pool_from_config(PgConnectOptions::parse(url)?, max_size)
+}
+
+/// Like [`pool`], for connection options the caller has adjusted
 /// (session options, role, application name).
-pub fn pool_from_config(config: tokio_postgres::Config, max_size: usize) -> anyhow::Result<Pool> {
-    let manager = Manager::from_config(
-        config,
-        NoTls,
+pub fn pool_from_config(options: PgConnectOptions, max_size: usize) -> anyhow::Result<Pool> {
+    let manager = Manager::from_connect(
+        options.config,
+        options.tls,
         ManagerConfig {
             recycling_method: RecyclingMethod::Fast,
         },
@@ -48,38 +123,29 @@ pub fn pool_from_config(config: tokio_postgres::Config, max_size: usize) -> anyh
         .context("building the Postgres pool")
 }
 
-/// Connects one client to `url`, driving its connection on the runtime.
+/// Connects one client to `url` (see [`PgConnectOptions::parse`]), driving
+/// its connection on the runtime.
 pub async fn connect(url: &str) -> anyhow::Result<tokio_postgres::Client> {
-    let (client, connection) = tokio_postgres::connect(url, NoTls)
-        .await
-        .with_context(|| format!("connecting to Postgres at {}", redact(url)))?;
-    tokio::spawn(async move {
-        if let Err(e) = connection.await {
-            tracing::warn!(error = %e, "Postgres connection ended");
-        }
-    });
-    Ok(client)
+    PgConnectOptions::parse(url)?.connect().await
 }
 
 /// Creates the database named in `url` when it does not exist yet, by
-/// connecting to the `postgres` maintenance database of the same server.
-/// Safe to call from several processes at once.
+/// connecting to the `postgres` maintenance database of the same server
+/// (with the same TLS settings). Safe to call from several processes at
+/// once.
 pub async fn ensure_database(url: &str) -> anyhow::Result<()> {
-    let config = tokio_postgres::Config::from_str(url)
-        .with_context(|| format!("invalid Postgres URL {}", redact(url)))?;
-    let name = config
+    let options = PgConnectOptions::parse(url)?;
+    let name = options
+        .config
         .get_dbname()
-        .context("the Postgres URL names no database")?
+        .with_context(|| format!("the Postgres URL {} names no database", options.redacted))?
         .to_owned();
-    let mut admin = config.clone();
-    admin.dbname("postgres");
-    let (client, connection) = admin
-        .connect(NoTls)
+    let mut admin = options.clone();
+    admin.config.dbname("postgres");
+    let client = admin
+        .connect()
         .await
-        .with_context(|| format!("connecting to the maintenance database for {}", redact(url)))?;
-    tokio::spawn(async move {
-        let _ = connection.await;
-    });
+        .context("connecting to the maintenance database `postgres`")?;
     let exists = client
         .query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&name])
         .await
@@ -147,37 +213,38 @@ pub fn known_migrations() -> Vec<String> {
         .collect()
 }
 
-/// `url` with any password replaced by `***`, for logs and errors.
-pub fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => {
-            let userinfo = &url[scheme + 3..at];
-            match userinfo.find(':') {
-                Some(colon) => format!(
-                    "{}{}:***{}",
-                    &url[..scheme + 3],
-                    &userinfo[..colon],
-                    &url[at..]
-                ),
-                None => url.to_owned(),
-            }
-        }
-        _ => url.to_owned(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn redacts_passwords_only() {
-        assert_eq!(
-            redact("postgres://u:secret@h:5432/db"),
-            "postgres://u:***@h:5432/db"
+    fn options_never_show_the_password() {
+        for url in [
+            "postgres://u:S3cr3t-pw@h/db?sslmode=disable",
+            "host=h user=u password='S3cr3t-pw' sslmode=require",
+        ] {
+            let options = PgConnectOptions::parse(url).unwrap();
+            let shown = format!("{options:?} {}", options.redacted_url());
+            assert!(!shown.contains("S3cr3t-pw"), "{shown}");
+            assert_eq!(options.config.get_password(), Some(&b"S3cr3t-pw"[..]));
+        }
+    }
+
+    #[test]
+    fn parse_takes_sslmode_and_keeps_the_rest() {
+        let o = PgConnectOptions::parse(
+            "postgres://u@h:5433/db?sslmode=verify-ca&sslrootcert=system&application_name=a",
         );
-        assert_eq!(redact("postgres://u@h/db"), "postgres://u@h/db");
-        assert_eq!(redact("host=h user=u"), "host=h user=u");
+        // system roots need verify-full, as in libpq.
+        let e = format!("{:#}", o.unwrap_err());
+        assert!(e.contains("verify-full"), "{e}");
+        let o =
+            PgConnectOptions::parse("postgres://u@h:5433/db?sslmode=require&application_name=a")
+                .unwrap();
+        assert_eq!(o.ssl_mode(), SslMode::Require);
+        assert_eq!(o.config.get_application_name(), Some("a"));
+        assert_eq!(o.config.get_ports(), &[5433]);
+        assert_eq!(o.config.get_dbname(), Some("db"));
     }
 
     #[test]

@@ -10,7 +10,8 @@
 //! - [`assignment`]: which processor owns which partition.
 //! - [`config`]: clap argument groups (Postgres, Kafka, logs) shared by the
 //!   binaries, each flag with an env var (defined in `chatpipe-settings`).
-//! - [`db`]: connection pools, database creation, migrations (`migrations/`).
+//! - [`db`]: connection pools, database creation, migrations (`migrations/`);
+//!   TLS per libpq's `sslmode` with rustls, password redaction.
 //! - [`kafka`]: producer/consumer settings and topic management.
 //! - [`model`]: stored domain values (conversation status, message
 //!   direction) shared by every service.

@@ -32,7 +32,6 @@
 use std::future::Future;
 use std::time::Duration;
 
-use anyhow::Context;
 use chrono::{DateTime, Utc};
 use deadpool_postgres::Pool;
 use uuid::Uuid;
@@ -112,14 +111,14 @@ pub fn on_close_conflict(existing: Option<Existing>) -> Conflict {
 /// [`crate::config::IngestArgs::session_options`]) added to any the URL
 /// already sets.
 pub fn pool(url: &str, max_size: usize, options: &str) -> anyhow::Result<Pool> {
-    let mut config = <tokio_postgres::Config as std::str::FromStr>::from_str(url)
-        .with_context(|| format!("invalid Postgres URL {}", chatpipe_core::db::redact(url)))?;
+    let mut pg = chatpipe_core::db::PgConnectOptions::parse(url)?;
+    let config = &mut pg.config;
     let options = match config.get_options() {
         Some(own) if !own.trim().is_empty() => format!("{own} {options}"),
         _ => options.to_owned(),
     };
     config.options(&options);
-    chatpipe_core::db::pool_from_config(config, max_size)
+    chatpipe_core::db::pool_from_config(pg, max_size)
 }
 
 /// Why a lifecycle step could not be completed (answered `503`); the

@@ -111,16 +111,15 @@ pub fn pool_with(
     max_size: usize,
     timeouts: SessionTimeouts,
 ) -> anyhow::Result<deadpool_postgres::Pool> {
-    use anyhow::Context;
-    let mut config = <tokio_postgres::Config as std::str::FromStr>::from_str(url)
-        .with_context(|| format!("invalid Postgres URL {}", chatpipe_core::db::redact(url)))?;
+    let mut pg = chatpipe_core::db::PgConnectOptions::parse(url)?;
+    let config = &mut pg.config;
     let ours = format!("{SESSION_OPTIONS} {}", timeouts.options());
     let options = match config.get_options() {
         Some(own) if !own.trim().is_empty() => format!("{own} {ours}"),
         _ => ours,
     };
     config.options(&options);
-    chatpipe_core::db::pool_from_config(config, max_size)
+    chatpipe_core::db::pool_from_config(pg, max_size)
 }
 
 /// `text` as Postgres can store it: NUL (which no `text` or `jsonb` value

@@ -273,10 +273,9 @@ async fn run(a: Args) -> anyhow::Result<()> {
     );
     wait_ready(&urls, Duration::from_secs(180), &log_path).await?;
 
-    let (db, conn) = tokio_postgres::connect(&database_url, tokio_postgres::NoTls)
+    let db = chatpipe_core::db::connect(&database_url)
         .await
         .context("connecting to the benchmark database")?;
-    tokio::spawn(conn);
 
     let per_conversation = a.burst_gap.as_secs_f64() + 1.0;
     let conversations = a.conversations.unwrap_or_else(|| {
@@ -406,9 +405,7 @@ async fn run(a: Args) -> anyhow::Result<()> {
     local.stop();
     if !a.keep_database {
         let admin_url = format!("{base}/postgres");
-        if let Ok((admin, conn)) = tokio_postgres::connect(&admin_url, tokio_postgres::NoTls).await
-        {
-            tokio::spawn(conn);
+        if let Ok(admin) = chatpipe_core::db::connect(&admin_url).await {
             let _ = admin
                 .execute(
                     &format!("DROP DATABASE IF EXISTS \"{database}\" WITH (FORCE)"),
