@@ -3,6 +3,9 @@
 //! (`field` only when one query parameter is at fault); only a failing
 //! database yields a 5xx, and its details are logged, not returned.
 //!
+//! Authentication errors are `401` with `WWW-Authenticate: Bearer` and
+//! `"field": "authorization"`, and `403` (`missing scope <scope>`).
+//!
 //! An answered error leaves an [`ErrorReport`] in the response's
 //! extensions; the request middleware ([`crate::events::track`]) turns it
 //! into its event of [`crate::events`], which logs it and counts it.
@@ -13,12 +16,16 @@ use axum::Json;
 use serde::Serialize;
 use utoipa::ToSchema;
 
+use crate::auth::failure::AuthFailure;
+use crate::auth::scopes::Scope;
+
 /// The JSON body of every error response.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize, ToSchema)]
 pub struct ErrorBody {
     /// What went wrong, for humans.
     pub error: String,
-    /// The query parameter or path segment at fault, when there is one.
+    /// The query parameter, body field or header at fault, when there is
+    /// one (`authorization` for a missing or invalid bearer token).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub field: Option<String>,
 }
@@ -37,6 +44,34 @@ pub enum ApiError {
         /// The parameter's name (`None`: the query string as a whole).
         field: Option<&'static str>,
     },
+    /// `401`: no valid credentials (a bearer token, or a username and
+    /// password, or a refresh token).
+    #[error("{}", .0.message())]
+    Unauthorized(AuthFailure),
+    /// `403`: the token lacks the scope.
+    #[error("missing scope {}", .0.as_str())]
+    Forbidden(Scope),
+    /// `403` for another reason than a missing scope (e.g. an agent
+    /// changing its own role).
+    #[error("{message}")]
+    NotAllowed {
+        /// Why.
+        message: String,
+        /// The body field at fault.
+        field: Option<&'static str>,
+    },
+    /// `409`: the request conflicts with what is stored (e.g. a username
+    /// that is taken).
+    #[error("{message}")]
+    Conflict {
+        /// What conflicts.
+        message: String,
+        /// The body field at fault.
+        field: &'static str,
+    },
+    /// `500`: a bug or an impossible state (details logged, not returned).
+    #[error("internal error: {0}")]
+    Internal(String),
     /// The database could not be reached or failed, or returned a value
     /// the api does not know.
     #[error("database unavailable: {1}")]
@@ -88,6 +123,16 @@ pub enum ErrorReport {
         /// The parameter (`query`: the query string as a whole).
         field: &'static str,
     },
+    /// Answered `500`.
+    Internal {
+        /// The details (logged, never returned).
+        detail: String,
+    },
+    /// Answered `401` or `403` by authentication.
+    AuthFailed {
+        /// Why.
+        reason: AuthFailure,
+    },
 }
 
 impl ApiError {
@@ -109,6 +154,10 @@ impl ApiError {
         match self {
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::BadRequest { .. } => StatusCode::BAD_REQUEST,
+            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) | ApiError::NotAllowed { .. } => StatusCode::FORBIDDEN,
+            ApiError::Conflict { .. } => StatusCode::CONFLICT,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             ApiError::Unavailable(..) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
@@ -120,12 +169,35 @@ impl ApiError {
                 error: m.clone(),
                 field: None,
             },
-            ApiError::BadRequest { message, field } => ErrorBody {
+            ApiError::Unauthorized(reason) => ErrorBody {
+                error: reason.message().to_owned(),
+                field: match reason {
+                    AuthFailure::BadCredentials
+                    | AuthFailure::BadRefreshToken
+                    | AuthFailure::RefreshTokenReused => None,
+                    _ => Some("authorization".to_owned()),
+                },
+            },
+            ApiError::Forbidden(_) => ErrorBody {
+                error: self.to_string(),
+                field: Some("authorization".to_owned()),
+            },
+            ApiError::NotAllowed { message, field } | ApiError::BadRequest { message, field } => {
+                ErrorBody {
+                    error: message.clone(),
+                    field: field.map(str::to_owned),
+                }
+            }
+            ApiError::Conflict { message, field } => ErrorBody {
                 error: message.clone(),
-                field: field.map(str::to_owned),
+                field: Some((*field).to_owned()),
             },
             ApiError::Unavailable(..) => ErrorBody {
                 error: "the database is unavailable, retry later".to_owned(),
+                field: None,
+            },
+            ApiError::Internal(_) => ErrorBody {
+                error: "internal error".to_owned(),
                 field: None,
             },
         }
@@ -148,6 +220,37 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status();
         let mut response = (status, Json(self.body())).into_response();
+        match &self {
+            ApiError::Unauthorized(reason) => {
+                let challenge = match reason {
+                    AuthFailure::MissingToken => "Bearer".to_owned(),
+                    AuthFailure::BadCredentials
+                    | AuthFailure::BadRefreshToken
+                    | AuthFailure::RefreshTokenReused => "Bearer".to_owned(),
+                    other => format!(
+                        "Bearer error=\"invalid_token\", error_description=\"{}\"",
+                        other.message()
+                    ),
+                };
+                if let Ok(v) = axum::http::HeaderValue::from_str(&challenge) {
+                    response
+                        .headers_mut()
+                        .insert(axum::http::header::WWW_AUTHENTICATE, v);
+                }
+            }
+            ApiError::Forbidden(scope) => {
+                let challenge = format!(
+                    "Bearer error=\"insufficient_scope\", scope=\"{}\"",
+                    scope.as_str()
+                );
+                if let Ok(v) = axum::http::HeaderValue::from_str(&challenge) {
+                    response
+                        .headers_mut()
+                        .insert(axum::http::header::WWW_AUTHENTICATE, v);
+                }
+            }
+            _ => {}
+        }
         if status == StatusCode::SERVICE_UNAVAILABLE {
             response.headers_mut().insert(
                 axum::http::header::RETRY_AFTER,
@@ -155,7 +258,12 @@ impl IntoResponse for ApiError {
             );
         }
         let report = match self {
-            ApiError::NotFound(_) => None,
+            ApiError::NotFound(_) | ApiError::NotAllowed { .. } | ApiError::Conflict { .. } => None,
+            ApiError::Unauthorized(reason) => Some(ErrorReport::AuthFailed { reason }),
+            ApiError::Internal(detail) => Some(ErrorReport::Internal { detail }),
+            ApiError::Forbidden(_) => Some(ErrorReport::AuthFailed {
+                reason: AuthFailure::MissingScope,
+            }),
             ApiError::BadRequest { field, .. } => Some(ErrorReport::InvalidParameter {
                 field: field.unwrap_or("query"),
             }),

@@ -14,6 +14,11 @@
 //! | [`DatabaseFailed`] | warn | `database_errors_total{kind}` (`connection`, `query`) |
 //! | [`UnexpectedStoredValue`] | warn | `database_errors_total{kind="unexpected_value"}` |
 //! | [`InvalidParameter`] | debug | `invalid_parameters_total{field}` (`cursor`, `limit`, `status`, `conversation_id`, `reason`, `query`) |
+//! | [`AuthFailed`] | warn (a reused refresh token), info (wrong credentials), debug | `auth_failures_total{reason}` |
+//! | [`AuthSucceeded`] | debug | `auth_successes_total{method}` (`password`, `refresh`, `bearer_local`, `bearer_oidc`) |
+//! | [`JwksFetched`] | info | `jwks_fetches_total{outcome="ok"}` |
+//! | [`JwksFetchFailed`] | warn | `jwks_fetches_total{outcome="error"}` |
+//! | [`AgentChanged`] | info | `agent_changes_total{change}` (`created`, `updated`, `deleted`) |
 
 use axum::http::StatusCode;
 
@@ -23,6 +28,7 @@ use axum::extract::{MatchedPath, Request, State};
 use axum::middleware::Next;
 use axum::response::Response;
 
+use crate::auth::failure::AuthFailure;
 use crate::error::{DbFailure, ErrorReport};
 use crate::metrics::Metrics;
 
@@ -115,6 +121,105 @@ impl InternalEvent for InvalidParameter {
     }
 }
 
+/// A request was refused by authentication (`401`, or `403` for a missing
+/// scope). Never logs a token or a password.
+#[derive(Debug, Clone, Copy)]
+pub struct AuthFailed {
+    /// Why.
+    pub reason: AuthFailure,
+}
+
+impl InternalEvent for AuthFailed {
+    fn emit(self, m: &Metrics) {
+        let reason = self.reason.as_str();
+        match self.reason {
+            AuthFailure::RefreshTokenReused => tracing::warn!(
+                reason,
+                "a refresh token was used twice: every refresh token of its agent is revoked"
+            ),
+            AuthFailure::BadCredentials => {
+                tracing::info!(reason, "sign-in refused: invalid username or password")
+            }
+            _ => tracing::debug!(reason, "request refused by authentication"),
+        }
+        m.auth_failures.with_label_values(&[reason]).inc();
+    }
+}
+
+/// A sign-in succeeded (`password`, `refresh`) or a bearer token verified
+/// (`bearer_local`, `bearer_oidc`).
+#[derive(Debug, Clone, Copy)]
+pub struct AuthSucceeded {
+    /// How.
+    pub method: &'static str,
+}
+
+impl InternalEvent for AuthSucceeded {
+    fn emit(self, m: &Metrics) {
+        tracing::debug!(method = self.method, "authenticated");
+        m.auth_successes.with_label_values(&[self.method]).inc();
+    }
+}
+
+/// The OIDC issuer's JWKS was fetched.
+#[derive(Debug, Clone, Copy)]
+pub struct JwksFetched<'a> {
+    /// From where.
+    pub url: &'a str,
+    /// How many usable keys it holds.
+    pub keys: usize,
+}
+
+impl InternalEvent for JwksFetched<'_> {
+    fn emit(self, m: &Metrics) {
+        tracing::info!(
+            jwks_url = self.url,
+            keys = self.keys,
+            "fetched the OIDC issuer's JWKS"
+        );
+        m.jwks_fetches.with_label_values(&["ok"]).inc();
+    }
+}
+
+/// The OIDC issuer's JWKS could not be fetched (the keys fetched before,
+/// if any, stay in use).
+#[derive(Debug, Clone, Copy)]
+pub struct JwksFetchFailed<'a> {
+    /// What went wrong.
+    pub error: &'a str,
+}
+
+impl InternalEvent for JwksFetchFailed<'_> {
+    fn emit(self, m: &Metrics) {
+        tracing::warn!(error = self.error, "could not fetch the OIDC issuer's JWKS");
+        m.jwks_fetches.with_label_values(&["error"]).inc();
+    }
+}
+
+/// An agent was created, updated or deleted through the api (an audit
+/// line: who did what to whom, never a password).
+#[derive(Debug, Clone, Copy)]
+pub struct AgentChanged<'a> {
+    /// `created`, `updated` or `deleted`.
+    pub change: &'static str,
+    /// The agent.
+    pub agent_id: uuid::Uuid,
+    /// The caller's subject.
+    pub by: &'a str,
+}
+
+impl InternalEvent for AgentChanged<'_> {
+    fn emit(self, m: &Metrics) {
+        tracing::info!(
+            change = self.change,
+            agent_id = %self.agent_id,
+            by = self.by,
+            "agent changed"
+        );
+        m.agent_changes.with_label_values(&[self.change]).inc();
+    }
+}
+
 impl InternalEvent for ErrorReport {
     /// Emits the event of the report.
     fn emit(self, m: &Metrics) {
@@ -129,6 +234,11 @@ impl InternalEvent for ErrorReport {
             }
             .emit(m),
             ErrorReport::InvalidParameter { field } => InvalidParameter { field }.emit(m),
+            ErrorReport::AuthFailed { reason } => AuthFailed { reason }.emit(m),
+            ErrorReport::Internal { detail } => {
+                // Counted by requests_total{status="500"}.
+                tracing::error!(error = %detail, "internal error: answered 500");
+            }
         }
     }
 }

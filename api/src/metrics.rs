@@ -1,14 +1,15 @@
 //! Prometheus metrics of the api (names `chatpipe_api_*`), registered in the
 //! registry `/metrics` serves: requests by route, method and status, a
-//! latency histogram by route, database errors by kind and invalid query
-//! parameters by field.
+//! latency histogram by route, database errors by kind, invalid query
+//! parameters by field, and authentication: failures by reason, successes
+//! by method, JWKS fetches by outcome and changes to agents.
 //!
 //! They are updated only through the events of `events.rs`, each of which
 //! logs and counts in one call; its `track` middleware emits them for every
 //! request and for the error report an answered error leaves in the
 //! response.
 
-use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
+use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry};
 
 /// The api's metrics.
 #[derive(Clone)]
@@ -30,6 +31,23 @@ pub struct Metrics {
     /// listing), `limit`, `status`, `conversation_id`, `reason`, or `query`
     /// (a malformed query string).
     pub invalid_parameters: IntCounterVec,
+    /// `chatpipe_api_auth_failures_total{reason}`: requests refused by
+    /// authentication (`401`/`403`), by
+    /// [`crate::auth::AuthFailure::as_str`].
+    pub auth_failures: IntCounterVec,
+    /// `chatpipe_api_auth_successes_total{method}`: successful sign-ins
+    /// (`password`, `refresh`) and verified bearer tokens (`bearer_local`,
+    /// `bearer_oidc`).
+    pub auth_successes: IntCounterVec,
+    /// `chatpipe_api_jwks_fetches_total{outcome}`: fetches of the OIDC
+    /// issuer's JWKS (`ok`, `error`).
+    pub jwks_fetches: IntCounterVec,
+    /// `chatpipe_api_agent_changes_total{change}`: agents `created`,
+    /// `updated`, `deleted` through the api.
+    pub agent_changes: IntCounterVec,
+    /// `chatpipe_api_auth_enabled`: 1 when data endpoints need a bearer
+    /// token, 0 when the api is open (it warns at start).
+    pub auth_enabled: IntGauge,
 }
 
 impl Metrics {
@@ -67,6 +85,43 @@ impl Metrics {
             ),
             &["field"],
         )?;
+        let auth_failures = IntCounterVec::new(
+            Opts::new(
+                "chatpipe_api_auth_failures_total",
+                "Requests refused by authentication (401/403), by reason.",
+            ),
+            &["reason"],
+        )?;
+        let auth_successes = IntCounterVec::new(
+            Opts::new(
+                "chatpipe_api_auth_successes_total",
+                "Successful sign-ins and verified bearer tokens, by method.",
+            ),
+            &["method"],
+        )?;
+        let jwks_fetches = IntCounterVec::new(
+            Opts::new(
+                "chatpipe_api_jwks_fetches_total",
+                "Fetches of the OIDC issuer's JWKS, by outcome (ok, error).",
+            ),
+            &["outcome"],
+        )?;
+        let agent_changes = IntCounterVec::new(
+            Opts::new(
+                "chatpipe_api_agent_changes_total",
+                "Agents created, updated and deleted through the api.",
+            ),
+            &["change"],
+        )?;
+        let auth_enabled = IntGauge::new(
+            "chatpipe_api_auth_enabled",
+            "1 when data endpoints need a bearer token, 0 when the api is open.",
+        )?;
+        registry.register(Box::new(auth_enabled.clone()))?;
+        registry.register(Box::new(auth_failures.clone()))?;
+        registry.register(Box::new(auth_successes.clone()))?;
+        registry.register(Box::new(jwks_fetches.clone()))?;
+        registry.register(Box::new(agent_changes.clone()))?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(latency.clone()))?;
         registry.register(Box::new(database_errors.clone()))?;
@@ -77,6 +132,11 @@ impl Metrics {
             latency,
             database_errors,
             invalid_parameters,
+            auth_failures,
+            auth_successes,
+            jwks_fetches,
+            agent_changes,
+            auth_enabled,
         })
     }
 }

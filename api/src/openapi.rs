@@ -1,14 +1,44 @@
 //! The OpenAPI 3.1 document, generated from the handlers' annotations and
-//! the response types by utoipa, served at `/openapi.json`.
+//! the response types by utoipa, served at `/openapi.json`. It declares the
+//! `bearerAuth` security scheme (HTTP bearer, JWT) and puts `security` on
+//! every endpoint that needs a token when authentication is on.
 
-use utoipa::OpenApi;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi};
 
+use crate::agents::Agent;
+use crate::auth::Role;
 use crate::error::ErrorBody;
 use crate::model::{
     ConversationDetail, ConversationPage, ConversationStatus, ConversationSummary, Direction,
     Message, MessagePage, RejectedEvent, RejectedPage,
 };
 use crate::routes;
+use crate::routes::agents::{AgentPage, CreateAgent, UpdateAgent};
+use crate::routes::auth::{RefreshRequest, TokenRequest, TokenResponse};
+
+/// Adds the `bearerAuth` security scheme.
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearerAuth",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("JWT")
+                    .description(Some(
+                        "An access token from POST /auth/token (HS256), or a token of the \
+configured OIDC issuer (RS256/ES256). Scopes: conversations:read, messages:send, admin. \
+Required only when the api runs with authentication on.",
+                    ))
+                    .build(),
+            ),
+        );
+    }
+}
 
 /// The api's OpenAPI document.
 #[derive(OpenApi)]
@@ -17,7 +47,9 @@ use crate::routes;
         title = "chatpipe api",
         description = "Read-only query API of chatpipe: conversations with their INBOUND \
 messages and OUTBOUND replies, keyset-paginated listings, and the events the processor \
-rejected. Timestamps are RFC 3339 in UTC (`Z`). Errors are `{\"error\": ..., \"field\": ...}`.",
+rejected. Timestamps are RFC 3339 in UTC (`Z`). Errors are `{\"error\": ..., \"field\": ...}`. \
+With authentication on, data endpoints need `Authorization: Bearer <token>` (401 without, \
+403 without the scope); sign in with POST /auth/token.",
         license(name = "Apache-2.0")
     ),
     paths(
@@ -25,7 +57,16 @@ rejected. Timestamps are RFC 3339 in UTC (`Z`). Errors are `{\"error\": ..., \"f
         routes::conversations::list_conversations,
         routes::conversations::list_messages,
         routes::rejected::list_rejected,
+        routes::auth::token,
+        routes::auth::refresh,
+        routes::agents::create_agent,
+        routes::agents::list_agents,
+        routes::agents::get_me,
+        routes::agents::get_agent,
+        routes::agents::update_agent,
+        routes::agents::delete_agent,
     ),
+    modifiers(&BearerAuth),
     components(schemas(
         ConversationDetail,
         ConversationSummary,
@@ -37,10 +78,20 @@ rejected. Timestamps are RFC 3339 in UTC (`Z`). Errors are `{\"error\": ..., \"f
         RejectedEvent,
         RejectedPage,
         ErrorBody,
+        Agent,
+        AgentPage,
+        CreateAgent,
+        UpdateAgent,
+        Role,
+        TokenRequest,
+        TokenResponse,
+        RefreshRequest,
     )),
     tags(
         (name = "conversations", description = "Conversations and their messages"),
         (name = "rejected events", description = "What became of events the processor could not apply"),
+        (name = "authentication", description = "Sign in and refresh tokens (served when the api has a JWT secret)"),
+        (name = "agents", description = "The people who read and answer conversations"),
     )
 )]
 pub struct ApiDoc;
@@ -73,5 +124,61 @@ mod tests {
         assert!(doc["components"]["schemas"]["Message"]["properties"]
             .get("type")
             .is_some());
+    }
+
+    #[test]
+    fn security_is_declared_on_every_protected_path() {
+        let doc = serde_json::to_value(document()).unwrap();
+        let scheme = &doc["components"]["securitySchemes"]["bearerAuth"];
+        assert_eq!(scheme["type"], "http", "{scheme}");
+        assert_eq!(scheme["scheme"], "bearer");
+        assert_eq!(scheme["bearerFormat"], "JWT");
+        let paths = doc["paths"].as_object().unwrap();
+        for (path, item) in paths {
+            for (method, op) in item.as_object().unwrap() {
+                let security = op.get("security");
+                let public = path.starts_with("/auth/");
+                assert_eq!(security.is_none(), public, "{method} {path}: {security:?}");
+                if let Some(sec) = security {
+                    assert!(sec.to_string().contains("bearerAuth"), "{method} {path}");
+                }
+            }
+        }
+        assert_eq!(
+            doc["paths"]["/conversations/"]["get"]["security"][0]["bearerAuth"][0],
+            "conversations:read"
+        );
+        assert_eq!(
+            doc["paths"]["/agents"]["post"]["security"][0]["bearerAuth"][0],
+            "admin"
+        );
+        for p in [
+            "/auth/token",
+            "/auth/token/refresh",
+            "/agents",
+            "/agents/me",
+            "/agents/{id}",
+        ] {
+            assert!(paths.contains_key(p), "missing {p}");
+        }
+        for s in [
+            "Agent",
+            "AgentPage",
+            "TokenResponse",
+            "TokenRequest",
+            "CreateAgent",
+        ] {
+            assert!(
+                doc["components"]["schemas"].get(s).is_some(),
+                "missing schema {s}"
+            );
+        }
+        let token = &doc["components"]["schemas"]["TokenResponse"]["properties"];
+        for f in ["access_token", "refresh_token", "token_type", "expires_in"] {
+            assert!(token.get(f).is_some(), "missing {f}");
+        }
+        // The agent schema never exposes a password or its hash.
+        let agent = doc["components"]["schemas"]["Agent"].to_string();
+        assert!(!agent.contains("password"), "{agent}");
     }
 }

@@ -41,6 +41,13 @@ pub enum Cursor {
         /// `id` of the last rejected event of the previous page.
         id: i64,
     },
+    /// Agents, oldest first by `(created_at, id)` ascending.
+    Agent {
+        /// `created_at` of the last agent of the previous page.
+        created_at: DateTime<Utc>,
+        /// Its id.
+        id: Uuid,
+    },
 }
 
 /// The kind of listing a cursor belongs to.
@@ -52,6 +59,8 @@ pub enum CursorKind {
     Message,
     /// `GET /rejected-events`.
     Rejected,
+    /// `GET /agents`.
+    Agent,
 }
 
 /// Why a cursor or limit was refused.
@@ -75,6 +84,7 @@ impl Cursor {
             Cursor::Conversation { .. } => CursorKind::Conversation,
             Cursor::Message { .. } => CursorKind::Message,
             Cursor::Rejected { .. } => CursorKind::Rejected,
+            Cursor::Agent { .. } => CursorKind::Agent,
         }
     }
 
@@ -95,6 +105,9 @@ impl Cursor {
                 id
             ),
             Cursor::Rejected { id } => format!("r1|{id}"),
+            Cursor::Agent { created_at, id } => {
+                format!("a1|{}|{}", created_at.timestamp_micros(), id)
+            }
         };
         URL_SAFE_NO_PAD.encode(text)
     }
@@ -121,6 +134,10 @@ impl Cursor {
                     "1" => true,
                     _ => return Err(PageError::Cursor("bad direction")),
                 },
+                id: parse_id(id)?,
+            },
+            ["a1", micros, id] => Cursor::Agent {
+                created_at: micros_to_time(micros)?,
                 id: parse_id(id)?,
             },
             ["r1", id] => Cursor::Rejected {
@@ -212,6 +229,10 @@ mod tests {
                 id: Uuid::from_u128(id)
             }),
             any::<i64>().prop_map(|id| Cursor::Rejected { id }),
+            (arb_time(), any::<u128>()).prop_map(|(t, id)| Cursor::Agent {
+                created_at: t,
+                id: Uuid::from_u128(id)
+            }),
         ]
     }
 
@@ -225,7 +246,7 @@ mod tests {
 
         #[test]
         fn decoding_never_panics(s in ".{0,120}") {
-            for kind in [CursorKind::Conversation, CursorKind::Message, CursorKind::Rejected] {
+            for kind in [CursorKind::Conversation, CursorKind::Message, CursorKind::Rejected, CursorKind::Agent] {
                 let _ = Cursor::decode(&s, kind);
             }
         }

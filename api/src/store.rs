@@ -3,11 +3,13 @@
 //! `default_transaction_read_only=on` and a statement timeout, and
 //! optionally assumes a read-only role, so the api cannot write whatever
 //! its login role may do.
+//!
+//! With authentication on, a second, small pool ([`readwrite_pool`]) writes
+//! the agents and refresh-token tables only (their SQL is in
+//! [`crate::agents`]).
 
-use std::str::FromStr;
 use std::time::Duration;
 
-use anyhow::Context;
 use chatpipe_core::event::format_timestamp;
 use chrono::{DateTime, Utc};
 use deadpool_postgres::{Client, Pool};
@@ -33,11 +35,39 @@ pub fn readonly_pool(
     statement_timeout: Duration,
     role: &str,
 ) -> anyhow::Result<Pool> {
-    let mut config = tokio_postgres::Config::from_str(url)
-        .with_context(|| format!("invalid Postgres URL {}", chatpipe_core::db::redact(url)))?;
+    pool(url, max_size, statement_timeout, role, true)
+}
+
+/// Connections of the read-write pool of the agents tables.
+pub const READWRITE_POOL_SIZE: usize = 4;
+
+/// Builds the pool of the agents and refresh-token tables: like
+/// [`readonly_pool`] (statement timeout, `SET ROLE role` when not empty)
+/// but writable. Nothing is contacted here.
+pub fn readwrite_pool(
+    url: &str,
+    max_size: usize,
+    statement_timeout: Duration,
+    role: &str,
+) -> anyhow::Result<Pool> {
+    pool(url, max_size, statement_timeout, role, false)
+}
+
+fn pool(
+    url: &str,
+    max_size: usize,
+    statement_timeout: Duration,
+    role: &str,
+    read_only: bool,
+) -> anyhow::Result<Pool> {
+    let mut pg = chatpipe_core::db::PgConnectOptions::parse(url)?;
+    let config = &mut pg.config;
     let mut options = config.get_options().unwrap_or_default().to_owned();
+    if read_only {
+        options.push_str(" -c default_transaction_read_only=on");
+    }
     options.push_str(&format!(
-        " -c default_transaction_read_only=on -c statement_timeout={}",
+        " -c statement_timeout={}",
         statement_timeout.as_millis().max(1)
     ));
     if !role.is_empty() {
@@ -50,7 +80,7 @@ pub fn readonly_pool(
     if config.get_application_name().is_none() {
         config.application_name("chatpipe-api");
     }
-    chatpipe_core::db::pool_from_config(config, max_size)
+    chatpipe_core::db::pool_from_config(pg, max_size)
 }
 
 fn ts(t: DateTime<Utc>) -> String {

@@ -431,7 +431,8 @@ async fn openapi_docs_viewer_and_metrics_are_served() {
         "/viewer/app.js",
         "/viewer/app.css",
         "/docs",
-        "/docs/docs.js",
+        "/docs/",
+        "/docs/swagger-initializer.js",
     ] {
         let res = reqwest::get(format!("{}{}", api.base, path)).await.unwrap();
         assert_eq!(res.status().as_u16(), 200, "{path}");

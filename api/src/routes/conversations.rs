@@ -9,6 +9,7 @@ use utoipa::IntoParams;
 use uuid::Uuid;
 
 use super::{cursor, query, AppState};
+use crate::auth::{ConversationsRead, RequireScope};
 use crate::error::{ApiError, ErrorBody};
 use crate::model::{ConversationDetail, ConversationPage, ConversationStatus, MessagePage};
 use crate::pagination::{Cursor, CursorKind};
@@ -25,13 +26,17 @@ fn conversation_id(raw: &str) -> Result<Uuid, ApiError> {
     path = "/conversations/{id}/",
     tag = "conversations",
     params(("id" = String, Path, description = "Conversation id (UUID); also served without the trailing slash")),
+    security(("bearerAuth" = ["conversations:read"])),
     responses(
         (status = 200, description = "The conversation; messages in timestamp order (ties: INBOUND first, then id)", body = ConversationDetail),
+        (status = 401, description = "Authentication is on and the bearer token is missing, invalid or expired", body = ErrorBody),
+        (status = 403, description = "The token lacks scope conversations:read", body = ErrorBody),
         (status = 404, description = "Unknown id, or not a UUID", body = ErrorBody),
         (status = 503, description = "Database unavailable", body = ErrorBody),
     )
 )]
 pub async fn get_conversation(
+    _: RequireScope<ConversationsRead>,
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<ConversationDetail>, ApiError> {
@@ -61,12 +66,16 @@ pub struct ListParams {
     path = "/conversations/",
     tag = "conversations",
     params(ListParams),
+    security(("bearerAuth" = ["conversations:read"])),
     responses(
         (status = 200, description = "One page", body = ConversationPage),
+        (status = 401, description = "Authentication is on and the bearer token is missing, invalid or expired", body = ErrorBody),
+        (status = 403, description = "The token lacks scope conversations:read", body = ErrorBody),
         (status = 400, description = "Invalid status, limit or cursor", body = ErrorBody),
     )
 )]
 pub async fn list_conversations(
+    _: RequireScope<ConversationsRead>,
     State(state): State<AppState>,
     q: Result<Query<ListParams>, QueryRejection>,
 ) -> Result<Json<ConversationPage>, ApiError> {
@@ -109,13 +118,17 @@ pub struct MessageParams {
     path = "/conversations/{id}/messages",
     tag = "conversations",
     params(("id" = String, Path, description = "Conversation id (UUID)"), MessageParams),
+    security(("bearerAuth" = ["conversations:read"])),
     responses(
         (status = 200, description = "One page", body = MessagePage),
+        (status = 401, description = "Authentication is on and the bearer token is missing, invalid or expired", body = ErrorBody),
+        (status = 403, description = "The token lacks scope conversations:read", body = ErrorBody),
         (status = 400, description = "Invalid limit or cursor", body = ErrorBody),
         (status = 404, description = "Unknown id, or not a UUID", body = ErrorBody),
     )
 )]
 pub async fn list_messages(
+    _: RequireScope<ConversationsRead>,
     State(state): State<AppState>,
     Path(id): Path<String>,
     q: Result<Query<MessageParams>, QueryRejection>,

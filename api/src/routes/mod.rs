@@ -1,6 +1,11 @@
 //! HTTP handlers of the query endpoints and what they share: the
-//! application state and reading query strings into JSON 400s.
+//! application state and reading query strings into JSON 400s; and the
+//! authentication ([`auth`]) and agents ([`agents`]) endpoints, which
+//! read their JSON bodies with [`body`].
 
+pub mod agents;
+pub mod auth;
+pub mod body;
 pub mod conversations;
 pub mod rejected;
 
@@ -37,7 +42,8 @@ pub fn cursor(raw: Option<&str>, kind: CursorKind) -> Result<Option<Cursor>, Api
     }
 }
 
-fn page_error(e: PageError) -> ApiError {
+/// A page error as a `400` naming `cursor` or `limit`.
+pub fn page_error(e: PageError) -> ApiError {
     let field = match e {
         PageError::Cursor(_) => "cursor",
         PageError::Limit { .. } => "limit",

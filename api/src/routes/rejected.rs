@@ -8,6 +8,7 @@ use serde::Deserialize;
 use utoipa::IntoParams;
 
 use super::{cursor, query, AppState};
+use crate::auth::{ConversationsRead, RequireScope};
 use crate::error::{ApiError, ErrorBody};
 use crate::model::RejectedPage;
 use crate::pagination::{Cursor, CursorKind};
@@ -34,12 +35,16 @@ pub struct RejectedParams {
     path = "/rejected-events",
     tag = "rejected events",
     params(RejectedParams),
+    security(("bearerAuth" = ["conversations:read"])),
     responses(
         (status = 200, description = "One page", body = RejectedPage),
+        (status = 401, description = "Authentication is on and the bearer token is missing, invalid or expired", body = ErrorBody),
+        (status = 403, description = "The token lacks scope conversations:read", body = ErrorBody),
         (status = 400, description = "Invalid conversation_id, reason, limit or cursor", body = ErrorBody),
     )
 )]
 pub async fn list_rejected(
+    _: RequireScope<ConversationsRead>,
     State(state): State<AppState>,
     q: Result<Query<RejectedParams>, QueryRejection>,
 ) -> Result<Json<RejectedPage>, ApiError> {
