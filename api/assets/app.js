@@ -1,10 +1,18 @@
 // chatpipe conversation viewer: plain JavaScript, no dependencies, served
 // by the api. Routes (location.hash): #/ (list), #/conversations/<id>,
 // #/rejected. Polls the JSON endpoints so new messages appear live.
+//
+// Sign-in: when the api answers 401 (authentication on), a sign-in form
+// replaces the viewer. The tokens from POST /auth/token live in the `auth`
+// object below only (never localStorage, sessionStorage or cookies), go out
+// as `Authorization: Bearer …`, are refreshed with /auth/token/refresh
+// before the access token expires (or on a 401), and are dropped on sign-out
+// or when a refresh is refused. With authentication off nothing changes.
 "use strict";
 
 const POLL_DETAIL_MS = 1000;
 const POLL_LIST_MS = 3000;
+const REFRESH_RETRY_MS = 5000;
 const $ = (id) => document.getElementById(id);
 
 const state = {
@@ -19,18 +27,237 @@ const state = {
   rejectedCursor: null,
 };
 
-async function getJson(url) {
-  const res = await fetch(url, { headers: { accept: "application/json" }, cache: "no-store" });
-  let body = null;
-  try { body = await res.json(); } catch (_) { body = null; }
-  if (!res.ok) {
-    const msg = body && body.error ? body.error : res.status + " " + res.statusText;
-    const err = new Error(msg);
-    err.status = res.status;
-    throw err;
-  }
-  return body;
+// ---- authentication (memory only) -------------------------------------------
+
+const auth = {
+  access: null,        // access token
+  refresh: null,       // refresh token
+  username: null,
+  refreshTimer: null,
+  refreshing: null,    // the refresh in flight (a Promise), shared by callers
+  signInShown: false,
+  epoch: 0,            // bumped on sign-in and sign-out: stale answers are dropped
+  refreshes: 0,        // how many refreshes succeeded (shown to tests, not secret)
+};
+
+// The page's auth state for people and tests: "open" (no sign-in needed so
+// far), "signed-out" (form shown) or "signed-in".
+function setAuthState(s) {
+  document.body.dataset.authState = s;
+  document.body.dataset.tokenRefreshes = String(auth.refreshes);
 }
+
+function apiError(res, body, fallback) {
+  const msg = body && body.error ? body.error : fallback || (res.status + " " + res.statusText);
+  const err = new Error(msg);
+  err.status = res.status;
+  return err;
+}
+
+async function readJson(res) {
+  try { return await res.json(); } catch (_) { return null; }
+}
+
+// Seconds before expiry at which the access token is renewed.
+function refreshLead(expiresIn) {
+  return Math.min(60, Math.max(1, expiresIn / 5));
+}
+
+function scheduleRefresh(delayMs) {
+  clearTimeout(auth.refreshTimer);
+  // setTimeout fires at once past 2^31-1 ms: cap very long lifetimes.
+  const ms = Math.min(Math.max(0, delayMs), 2147483647);
+  auth.refreshTimer = setTimeout(() => { refreshTokens(); }, ms);
+}
+
+function acceptTokens(body) {
+  if (!body || typeof body.access_token !== "string" || !body.access_token) {
+    throw new Error("the api answered without an access token");
+  }
+  auth.access = body.access_token;
+  if (typeof body.refresh_token === "string" && body.refresh_token) {
+    auth.refresh = body.refresh_token;
+  }
+  const expiresIn = Number(body.expires_in);
+  if (Number.isFinite(expiresIn) && expiresIn > 0 && auth.refresh) {
+    scheduleRefresh((expiresIn - refreshLead(expiresIn)) * 1000);
+  }
+}
+
+function forgetTokens() {
+  clearTimeout(auth.refreshTimer);
+  auth.refreshTimer = null;
+  auth.access = null;
+  auth.refresh = null;
+  auth.username = null;
+  auth.refreshing = null;
+  auth.epoch += 1;
+}
+
+// Renews the tokens once (concurrent callers share the attempt). Resolves
+// true when a new access token is in hand. A refused refresh (4xx) ends the
+// session and shows the form; a network or server error keeps the tokens
+// and tries again later.
+function refreshTokens() {
+  if (auth.refreshing) return auth.refreshing;
+  if (!auth.refresh) return Promise.resolve(false);
+  const epoch = auth.epoch;
+  const attempt = (async () => {
+    let res;
+    try {
+      res = await fetch("/auth/token/refresh", {
+        method: "POST",
+        headers: { "content-type": "application/json", accept: "application/json" },
+        body: JSON.stringify({ refresh_token: auth.refresh }),
+        cache: "no-store",
+        credentials: "omit",
+      });
+    } catch (_) {
+      if (epoch === auth.epoch) scheduleRefresh(REFRESH_RETRY_MS);
+      return false;
+    }
+    const body = await readJson(res);
+    if (epoch !== auth.epoch) return false;
+    if (res.ok) {
+      try {
+        acceptTokens(body);
+      } catch (_) {
+        showSignIn("Your session could not be renewed; please sign in again.");
+        return false;
+      }
+      auth.refreshes += 1;
+      setAuthState("signed-in");
+      return true;
+    }
+    if (res.status >= 500 || res.status === 429) {
+      scheduleRefresh(REFRESH_RETRY_MS);
+      return false;
+    }
+    showSignIn("Your session has ended; please sign in again.");
+    return false;
+  })();
+  auth.refreshing = attempt;
+  attempt.finally(() => { if (auth.refreshing === attempt) auth.refreshing = null; });
+  return attempt;
+}
+
+// GET `url` as JSON with the bearer token (when signed in). A 401 renews the
+// token once and retries; if that fails the sign-in form is shown and the
+// returned error has status 401.
+async function getJson(url) {
+  const epoch = auth.epoch;
+  for (let attempt = 0; ; attempt++) {
+    const used = auth.access;
+    const headers = { accept: "application/json" };
+    if (used) headers.authorization = "Bearer " + used;
+    const res = await fetch(url, { headers, cache: "no-store", credentials: "omit" });
+    const body = await readJson(res);
+    if (epoch !== auth.epoch) {
+      const err = new Error("signed out");
+      err.status = 401;
+      throw err;
+    }
+    if (res.status === 401 && attempt === 0) {
+      // Another request may have renewed the token meanwhile.
+      if (auth.access && auth.access !== used) continue;
+      if (used && (await refreshTokens())) continue;
+    }
+    if (res.status === 401) {
+      showSignIn(used ? "Your session has ended; please sign in again." : "");
+    }
+    if (!res.ok) throw apiError(res, body);
+    return body;
+  }
+}
+
+function showSignIn(message) {
+  const wasShown = auth.signInShown;
+  if (!wasShown) forgetTokens();
+  auth.signInShown = true;
+  stopPolling();
+  clearData();
+  $("viewer").hidden = true;
+  $("account").hidden = true;
+  $("sign-in-pane").hidden = false;
+  $("live").textContent = "● signed out";
+  $("live").classList.add("stale");
+  const err = $("sign-in-error");
+  if (message) { err.textContent = message; err.hidden = false; }
+  else if (!wasShown) { err.textContent = ""; err.hidden = true; }
+  setAuthState("signed-out");
+  if (!wasShown) $("sign-in-username").focus();
+}
+
+function hideSignIn() {
+  auth.signInShown = false;
+  $("sign-in-pane").hidden = true;
+  $("viewer").hidden = false;
+  $("account-name").textContent = auth.username ? "signed in as " + auth.username : "";
+  $("account").hidden = !auth.access;
+  setAuthState(auth.access ? "signed-in" : "open");
+}
+
+async function signIn(username, password) {
+  let res;
+  try {
+    res = await fetch("/auth/token", {
+      method: "POST",
+      headers: { "content-type": "application/json", accept: "application/json" },
+      body: JSON.stringify({ username, password }),
+      cache: "no-store",
+      credentials: "omit",
+    });
+  } catch (_) {
+    throw new Error("The api cannot be reached; try again.");
+  }
+  const body = await readJson(res);
+  if (res.status === 400 || res.status === 401 || res.status === 403) {
+    throw new Error("Wrong username or password.");
+  }
+  if (res.status === 429) throw new Error("Too many attempts; wait a moment and try again.");
+  if (!res.ok) throw apiError(res, body, "Sign-in failed (" + res.status + ").");
+  forgetTokens();
+  acceptTokens(body);
+  auth.username = username;
+}
+
+function signOut() {
+  forgetTokens();
+  $("sign-in-username").value = "";
+  $("sign-in-password").value = "";
+  showSignIn("");
+  $("sign-in-error").hidden = true;
+}
+
+$("sign-in").addEventListener("submit", async (e) => {
+  e.preventDefault();
+  const username = $("sign-in-username").value.trim();
+  const password = $("sign-in-password").value;
+  const err = $("sign-in-error");
+  if (!username || !password) {
+    err.textContent = "Enter your username and password.";
+    err.hidden = false;
+    return;
+  }
+  const button = $("sign-in-submit");
+  button.disabled = true;
+  try {
+    await signIn(username, password);
+    $("sign-in-password").value = "";
+    err.hidden = true;
+    err.textContent = "";
+    hideSignIn();
+    startViewer();
+  } catch (ex) {
+    $("sign-in-password").value = "";
+    err.textContent = String(ex.message || ex);
+    err.hidden = false;
+    $("sign-in-password").focus();
+  } finally {
+    button.disabled = false;
+  }
+});
+$("sign-out").addEventListener("click", signOut);
 
 function el(tag, attrs, ...children) {
   const node = document.createElement(tag);
@@ -70,6 +297,7 @@ function conversationItem(c) {
 }
 
 async function loadList(append) {
+  if (auth.signInShown) return;
   const params = new URLSearchParams();
   if (state.status) params.set("status", state.status);
   if (append && state.listCursor) params.set("cursor", state.listCursor);
@@ -86,6 +314,7 @@ async function loadList(append) {
     showError("list-error", null);
     setLive(true);
   } catch (e) {
+    if (e.status === 401) return; // the sign-in form is shown
     showError("list-error", e);
     setLive(false);
   }
@@ -121,7 +350,7 @@ function rejectedRow(r, withConversation) {
 
 async function refreshDetail() {
   const id = state.selected;
-  if (!id) return;
+  if (!id || auth.signInShown) return;
   try {
     const [conv, rejected] = await Promise.all([
       getJson("/conversations/" + encodeURIComponent(id) + "/"),
@@ -157,7 +386,7 @@ async function refreshDetail() {
     $("conversation-rejected-empty").hidden = rejected.rejected_events.length > 0;
     $("conversation-rejected").hidden = rejected.rejected_events.length === 0;
   } catch (e) {
-    if (state.selected !== id) return;
+    if (state.selected !== id || e.status === 401) return;
     if (e.status === 404) {
       $("detail").hidden = true;
       $("detail-empty").hidden = true;
@@ -186,6 +415,7 @@ function openConversation(id) {
 // ---- all rejected events ---------------------------------------------------
 
 async function loadRejected(append) {
+  if (auth.signInShown) return;
   const params = new URLSearchParams();
   const reason = $("reason-filter").value.trim();
   const conv = $("rejected-conversation-filter").value.trim();
@@ -201,6 +431,7 @@ async function loadRejected(append) {
     $("more-rejected").hidden = !page.next_cursor;
     showError("detail-error", null);
   } catch (e) {
+    if (e.status === 401) return;
     showError("detail-error", e);
   }
 }
@@ -249,8 +480,42 @@ $("filter").addEventListener("submit", (e) => {
   if (id) location.hash = "#/conversations/" + id;
 });
 $("rejected-filter").addEventListener("submit", (e) => { e.preventDefault(); loadRejected(false); });
-window.addEventListener("hashchange", route);
+window.addEventListener("hashchange", () => { if (!auth.signInShown) route(); });
 
-loadList(false);
-scheduleListRefresh();
-route();
+// ---- start, stop ------------------------------------------------------------
+
+function stopPolling() {
+  clearInterval(state.listTimer);
+  clearInterval(state.detailTimer);
+  state.listTimer = null;
+  state.detailTimer = null;
+}
+
+// Removes every record shown (on sign-out, nothing read stays on screen).
+function clearData() {
+  $("conversation-list").replaceChildren();
+  $("more-conversations").hidden = true;
+  $("messages").replaceChildren();
+  $("detail").hidden = true;
+  $("rejected-view").hidden = true;
+  $("detail-empty").hidden = false;
+  $("conversation-rejected").querySelector("tbody").replaceChildren();
+  $("all-rejected").querySelector("tbody").replaceChildren();
+  $("more-rejected").hidden = true;
+  state.listCursor = null;
+  state.rejectedCursor = null;
+  state.lastDetailJson = "";
+  state.seenMessages = new Set();
+  showError("list-error", null);
+  showError("detail-error", null);
+}
+
+function startViewer() {
+  setLive(true);
+  loadList(false);
+  scheduleListRefresh();
+  route();
+}
+
+setAuthState("open");
+startViewer();

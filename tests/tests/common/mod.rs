@@ -30,6 +30,8 @@ pub struct Options {
     /// Extra environment of every processor replica (e.g.
     /// `CHATPIPE_MAX_GROUP_MESSAGES`).
     pub processor_env: Vec<(String, String)>,
+    /// Extra environment of the api (e.g. `CHATPIPE_API_JWT_SECRET`).
+    pub api_env: Vec<(String, String)>,
     /// Run on a broker of the test's own (that it may stop and restart)
     /// instead of the shared one.
     pub private_broker: bool,
@@ -45,6 +47,7 @@ impl Options {
             processors: 1,
             ingest_env: Vec::new(),
             processor_env: Vec::new(),
+            api_env: Vec::new(),
             private_broker: false,
         }
     }
@@ -158,15 +161,16 @@ impl Pipeline {
                     .expect("chatpipe-processor did not start"),
             );
         }
-        let api = Service::spawn(
-            "chatpipe-api",
-            &[
-                ("CHATPIPE_POSTGRES_URL", db.url.as_str()),
-                ("CHATPIPE_API_DB_ROLE", "chatpipe_api_readonly"),
-            ],
-        )
-        .await
-        .expect("chatpipe-api did not start");
+        let mut api_env = vec![
+            ("CHATPIPE_POSTGRES_URL", db.url.as_str()),
+            ("CHATPIPE_API_DB_ROLE", "chatpipe_api_readonly"),
+        ];
+        for (k, v) in &opts.api_env {
+            api_env.push((k.as_str(), v.as_str()));
+        }
+        let api = Service::spawn("chatpipe-api", &api_env)
+            .await
+            .expect("chatpipe-api did not start");
         Pipeline {
             opts,
             db,
@@ -363,7 +367,7 @@ impl Pipeline {
     pub async fn produce_direct(&self, event: &chatpipe_core::event::Event) {
         use rdkafka::producer::{FutureProducer, FutureRecord};
         let producer: FutureProducer = chatpipe_core::kafka::producer_config(
-            &self.bootstrap,
+            &chatpipe_core::kafka::KafkaConnection::plaintext(&self.bootstrap),
             Duration::from_secs(10),
             Duration::from_millis(1),
         )
