@@ -21,8 +21,17 @@ async fn main() -> anyhow::Result<()> {
     let args = &cli.processor;
     let url = &cli.postgres.postgres_url;
     if args.migrate {
-        chatpipe_core::db::ensure_database(url).await?;
-        chatpipe_core::db::migrate(url).await?;
+        // A component's own least-privileged login cannot migrate (V500).
+        async {
+            chatpipe_core::db::ensure_database(url).await?;
+            chatpipe_core::db::migrate(url).await
+        }
+        .await
+        .context(
+            "--migrate (CHATPIPE_MIGRATE) failed: a component's own restricted login cannot \
+             apply migrations; run migrations with the owner's URL (chatpipe-admin migrate) \
+             and start without --migrate",
+        )?;
     }
     let pool = chatpipe_processor::store::pool_with(
         url,
@@ -35,7 +44,8 @@ async fn main() -> anyhow::Result<()> {
     let metrics = Metrics::new().context("registering metrics")?;
     let ordinal = config::resolved_ordinal(args);
     let settings = Settings {
-        brokers: cli.kafka.kafka_brokers.clone(),
+        kafka: chatpipe_core::kafka::KafkaConnection::from_args(&cli.kafka)
+            .context("the Kafka connection settings")?,
         topic: cli.kafka.kafka_topic.clone(),
         engine: config::engine(args),
         allowance_ms: args.watermark_allowance.as_millis() as i64,

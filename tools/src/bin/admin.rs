@@ -21,6 +21,17 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// api agents (the people who read and answer conversations).
+    Agent {
+        #[command(subcommand)]
+        command: chatpipe_tools::agent::AgentCommand,
+    },
+    /// Postgres logins of the components (least privilege; see
+    /// docs/security-db-roles.md).
+    DbUser {
+        #[command(subcommand)]
+        command: chatpipe_tools::db_user::DbUserCommand,
+    },
     /// Create the database when missing and apply pending migrations.
     Migrate {
         #[command(flatten)]
@@ -48,6 +59,8 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     chatpipe_core::telemetry::init_tracing(&cli.log);
     match cli.command {
+        Command::Agent { command } => chatpipe_tools::agent::run(command).await?,
+        Command::DbUser { command } => chatpipe_tools::db_user::run(command).await?,
         Command::Migrate { postgres } => {
             chatpipe_core::db::ensure_database(&postgres.postgres_url).await?;
             let applied = chatpipe_core::db::migrate(&postgres.postgres_url).await?;
@@ -62,8 +75,10 @@ async fn main() -> anyhow::Result<()> {
             if partitions < 1 {
                 bail!("--partitions must be at least 1");
             }
+            let connection = chatpipe_core::kafka::KafkaConnection::from_args(&kafka)
+                .context("the Kafka connection settings")?;
             let state = chatpipe_core::kafka::ensure_topic(
-                &kafka.kafka_brokers,
+                &connection,
                 &kafka.kafka_topic,
                 partitions,
                 replication,
