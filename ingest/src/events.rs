@@ -20,6 +20,8 @@
 //! |---|---|---|
 //! | [`WebhookAnswered`] | trace; warn when answered `503` unavailable | `requests_total{event_type,status}`, `request_duration_seconds{event_type}` |
 //! | [`RequestShed`] | debug | `shed_requests_total` |
+//! | [`RateLimited`] | debug | `rate_limited_total` |
+//! | [`RateLimitClientsForgotten`] | debug | `rate_limit_clients` (gauge) |
 //! | [`BodyReadTimedOut`] | info | `body_read_timeouts_total` |
 //! | [`EventInvalid`] | trace | `invalid_events_total{field}` |
 //! | [`EventRefused`] | trace | `refused_events_total{event_type,reason}` |
@@ -105,6 +107,41 @@ impl InternalEvent for WebhookAnswered<'_> {
 pub struct RequestShed {
     /// The limit.
     pub limit: usize,
+}
+
+/// A client over its rate limit was answered `429`.
+pub struct RateLimited {
+    /// The client.
+    pub client: std::net::IpAddr,
+    /// How long until its next request is allowed.
+    pub wait: std::time::Duration,
+}
+
+impl InternalEvent for RateLimited {
+    fn emit(self, m: &Metrics) {
+        m.rate_limited.inc();
+        tracing::debug!(
+            client = %self.client,
+            wait_ms = self.wait.as_millis() as u64,
+            "client over its rate limit: answered 429"
+        );
+    }
+}
+
+/// The rate limiter forgot the clients whose buckets were full again.
+pub struct RateLimitClientsForgotten {
+    /// Clients it still tracks.
+    pub remaining: usize,
+}
+
+impl InternalEvent for RateLimitClientsForgotten {
+    fn emit(self, m: &Metrics) {
+        m.rate_limit_clients.set(self.remaining as i64);
+        tracing::debug!(
+            remaining = self.remaining,
+            "rate limiter: idle clients forgotten"
+        );
+    }
 }
 
 impl InternalEvent for RequestShed {

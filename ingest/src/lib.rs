@@ -22,6 +22,7 @@
 //! - [`inflight`]: the registry of records waiting for the broker and the
 //!   task that publishes this replica's oldest one to `ingest_inflight`.
 //! - [`signature`]: Standard Webhooks signature verification (`401`).
+//! - [`rate_limit`]: the per-client rate limit (`429` + `Retry-After`).
 //! - [`metrics`]: Prometheus metrics.
 //! - [`server`]: wiring, the HTTP/1.1 server (header read timeout),
 //!   graceful shutdown, in-process [`spawn`].
@@ -32,6 +33,7 @@ pub mod inflight;
 pub mod lifecycle;
 pub mod metrics;
 pub mod producer;
+pub mod rate_limit;
 pub mod server;
 pub mod signature;
 pub mod status_cache;

@@ -60,6 +60,12 @@ pub struct Metrics {
     /// `chatpipe_ingest_shed_requests_total`: webhook requests answered
     /// `503` at once because `--max-concurrent-requests` were being served.
     pub shed_requests: IntCounter,
+    /// `chatpipe_ingest_rate_limited_total`: webhook requests answered
+    /// `429` because their client was over `--rate-limit`.
+    pub rate_limited: IntCounter,
+    /// `chatpipe_ingest_rate_limit_clients`: clients the rate limiter
+    /// tracks (after its last clean-up).
+    pub rate_limit_clients: IntGauge,
     /// `chatpipe_ingest_body_read_timeouts_total`: webhook requests whose
     /// body did not arrive within `--body-read-timeout` (answered `408`).
     pub body_read_timeouts: IntCounter,
@@ -204,6 +210,14 @@ impl Metrics {
             "chatpipe_ingest_shed_requests_total",
             "Webhook requests answered 503 at once because the concurrency limit was reached.",
         )?;
+        let rate_limited = IntCounter::new(
+            "chatpipe_ingest_rate_limited_total",
+            "Webhook requests answered 429 because their client was over the rate limit.",
+        )?;
+        let rate_limit_clients = IntGauge::new(
+            "chatpipe_ingest_rate_limit_clients",
+            "Clients the rate limiter tracks (after its last clean-up).",
+        )?;
         let body_read_timeouts = IntCounter::new(
             "chatpipe_ingest_body_read_timeouts_total",
             "Webhook requests whose body did not arrive in time (answered 408).",
@@ -310,6 +324,8 @@ impl Metrics {
         registry.register(Box::new(idempotent_replays.clone()))?;
         registry.register(Box::new(message_id_conflicts.clone()))?;
         registry.register(Box::new(shed_requests.clone()))?;
+        registry.register(Box::new(rate_limited.clone()))?;
+        registry.register(Box::new(rate_limit_clients.clone()))?;
         registry.register(Box::new(body_read_timeouts.clone()))?;
         registry.register(Box::new(connection_errors.clone()))?;
         registry.register(Box::new(inflight_records.clone()))?;
@@ -337,6 +353,8 @@ impl Metrics {
             idempotent_replays,
             message_id_conflicts,
             shed_requests,
+            rate_limited,
+            rate_limit_clients,
             body_read_timeouts,
             connection_errors,
             inflight_records,

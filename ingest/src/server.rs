@@ -34,9 +34,32 @@ use crate::inflight::Publisher;
 use crate::lifecycle::{self, Lifecycle};
 use crate::metrics::Metrics;
 use crate::producer::EventProducer;
+use crate::rate_limit::RateLimit;
 use crate::signature::Verifier;
 use crate::status_cache::StatusLookup;
-use crate::webhook::{webhook, AppState};
+use crate::webhook::{webhook, AppState, Peer};
+
+/// How often the rate limiter forgets clients whose buckets are full.
+const RATE_LIMIT_CLEANUP: Duration = Duration::from_secs(60);
+
+/// Aborts a background task when dropped.
+struct AbortOnDrop(JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// The per-client rate limit `args` asks for (`--rate-limit` 0: none).
+fn rate_limit(args: &IngestArgs) -> Option<RateLimit> {
+    let per_second = std::num::NonZeroU32::new(args.rate_limit)?;
+    let burst = args
+        .rate_limit_burst
+        .and_then(std::num::NonZeroU32::new)
+        .unwrap_or(per_second);
+    Some(RateLimit::new(per_second, burst, args.rate_limit_client))
+}
 
 /// A built ingest service, ready to serve.
 pub struct Ingest {
@@ -58,8 +81,17 @@ impl Ingest {
             .context("invalid ingest settings")?;
         let url = &args.postgres.postgres_url;
         if args.migrate {
-            chatpipe_core::db::ensure_database(url).await?;
-            chatpipe_core::db::migrate(url).await?;
+            // A component's own least-privileged login cannot migrate (V500).
+            async {
+                chatpipe_core::db::ensure_database(url).await?;
+                chatpipe_core::db::migrate(url).await
+            }
+            .await
+            .context(
+                "--migrate (CHATPIPE_MIGRATE) failed: a component's own restricted login cannot \
+                 apply migrations; run migrations with the owner's URL (chatpipe-admin migrate) \
+                 and start without --migrate",
+            )?;
         }
         let metrics = Metrics::new().context("registering metrics")?;
         // The error names a secret by position only, never by value.
@@ -86,8 +118,10 @@ impl Ingest {
             .producer_extra()
             .map_err(anyhow::Error::msg)
             .context("--kafka-producer-extra")?;
+        let kafka = chatpipe_core::kafka::KafkaConnection::from_args(&args.kafka)
+            .context("the Kafka connection settings")?;
         let producer = EventProducer::new(
-            &args.kafka.kafka_brokers,
+            &kafka,
             &args.kafka.kafka_topic,
             args.produce_timeout,
             args.kafka_linger,
@@ -124,6 +158,7 @@ impl Ingest {
             admission: Arc::new(Semaphore::new(args.max_concurrent_requests)),
             max_concurrent_requests: args.max_concurrent_requests,
             verifier,
+            rate_limit: rate_limit(args),
         };
         Ok(Ingest {
             state: Arc::new(state),
@@ -176,6 +211,22 @@ impl Ingest {
         } = self;
         // Dropping this (the serve future cancelled) stops the publisher too.
         let publisher = publisher.spawn();
+        let _forget_idle = state.rate_limit.is_some().then(|| {
+            let state = Arc::clone(&state);
+            AbortOnDrop(tokio::spawn(async move {
+                let mut tick = tokio::time::interval(RATE_LIMIT_CLEANUP);
+                loop {
+                    tick.tick().await;
+                    if let Some(rl) = &state.rate_limit {
+                        rl.forget_idle();
+                        events::RateLimitClientsForgotten {
+                            remaining: rl.clients(),
+                        }
+                        .emit(&state.metrics);
+                    }
+                }
+            }))
+        });
         let mut http = hyper::server::conn::http1::Builder::new();
         http.timer(TokioTimer::new())
             .header_read_timeout(header_read_timeout);
@@ -185,7 +236,7 @@ impl Ingest {
             let tcp = tokio::select! {
                 () = &mut shutdown => break,
                 accepted = listener.accept() => match accepted {
-                    Ok((tcp, _peer)) => tcp,
+                    Ok(accepted) => accepted,
                     Err(e) => {
                         // Per-connection failures and descriptor exhaustion:
                         // keep serving, but do not spin.
@@ -195,9 +246,17 @@ impl Ingest {
                     }
                 },
             };
+            let (tcp, peer) = tcp;
             let _ = tcp.set_nodelay(true);
-            let conn =
-                http.serve_connection(TokioIo::new(tcp), TowerToHyperService::new(router.clone()));
+            // Each request knows its connection's peer (the rate limit's
+            // client).
+            let service = tower::ServiceBuilder::new()
+                .map_request(move |mut r: axum::http::Request<hyper::body::Incoming>| {
+                    r.extensions_mut().insert(Peer(peer));
+                    r
+                })
+                .service(router.clone());
+            let conn = http.serve_connection(TokioIo::new(tcp), TowerToHyperService::new(service));
             let conn = graceful.watch(conn);
             let metrics = state.metrics.clone();
             tokio::spawn(async move {

@@ -54,12 +54,13 @@ use uuid::Uuid;
 
 use crate::events::{
     BodyReadTimedOut, DecisionTaskFailed, EventInvalid, EventRefused, InternalEvent,
-    LifecycleFailed, MessageIdTaken, RefusalReason, ReplayAnswered, RequestShed, WebhookAnswered,
-    WebhookAuthFailed, WebhookAuthenticated,
+    LifecycleFailed, MessageIdTaken, RateLimited, RefusalReason, ReplayAnswered, RequestShed,
+    WebhookAnswered, WebhookAuthFailed, WebhookAuthenticated,
 };
 use crate::lifecycle::{Decision, Lifecycle, LifecycleError, Rejection};
 use crate::metrics::Metrics;
 use crate::producer::{EventProducer, Stored};
+use crate::rate_limit::{retry_after_secs, RateLimit};
 use crate::signature::{AuthFailure, Verifier};
 use crate::status_cache::{message_verdict, MessageRefusal, StatusLookup};
 
@@ -89,7 +90,14 @@ pub struct AppState {
     /// Standard Webhooks signature verification; `None`: webhooks are not
     /// authenticated.
     pub verifier: Option<Verifier>,
+    /// The per-client rate limit; `None`: off.
+    pub rate_limit: Option<RateLimit>,
 }
+
+/// The peer address of a request's connection (a request extension the
+/// server adds per connection).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Peer(pub std::net::SocketAddr);
 
 /// The outcome of one webhook request.
 #[derive(Debug, Clone, PartialEq)]
@@ -137,6 +145,13 @@ pub enum Reply {
     },
     /// The body did not arrive in time → `408`.
     BodyTimeout(Duration),
+    /// The client is over its rate limit → `429` + `Retry-After`.
+    RateLimited {
+        /// Seconds until its next request is allowed.
+        retry_after_secs: u64,
+        /// The limit, requests per second.
+        per_second: u32,
+    },
     /// The concurrency limit was reached → `503` + `Retry-After`.
     Overloaded {
         /// The limit.
@@ -149,7 +164,10 @@ pub enum Reply {
 impl Reply {
     /// Whether the body was not read (shed or timed out).
     pub fn body_unread(&self) -> bool {
-        matches!(self, Reply::BodyTimeout(_) | Reply::Overloaded { .. })
+        matches!(
+            self,
+            Reply::BodyTimeout(_) | Reply::Overloaded { .. } | Reply::RateLimited { .. }
+        )
     }
 }
 
@@ -238,6 +256,15 @@ pub fn reply_parts(reply: &Reply) -> (StatusCode, serde_json::Value) {
             json!({"error": format!("the request body did not arrive within {after:?}"),
                    "field": "body"}),
         ),
+        Reply::RateLimited {
+            retry_after_secs,
+            per_second,
+        } => (
+            StatusCode::TOO_MANY_REQUESTS,
+            json!({"error": format!(
+                "too many requests: this client's limit is {per_second} per second; retry after {retry_after_secs} s"
+            ), "retry_after": retry_after_secs}),
+        ),
         Reply::Overloaded { limit } => (
             StatusCode::SERVICE_UNAVAILABLE,
             json!({"error": format!(
@@ -262,6 +289,11 @@ pub fn into_response(reply: &Reply, retry_after_secs: u32) -> Response {
     match reply {
         Reply::Replayed { .. } => {
             headers.insert(IDEMPOTENT_REPLAY, HeaderValue::from_static("true"));
+        }
+        Reply::RateLimited {
+            retry_after_secs, ..
+        } => {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(*retry_after_secs));
         }
         // The rest of the body is still on the wire.
         Reply::BodyTimeout(_) => {
@@ -294,8 +326,30 @@ pub async fn webhook(State(state): State<Arc<AppState>>, request: Request) -> Re
     let started = Instant::now();
     let _in_flight = InFlight::enter(&state.metrics);
     let (parts, body) = request.into_parts();
-    let (event_type, reply) = match Arc::clone(&state.admission).try_acquire_owned() {
+    let limited = state.rate_limit.as_ref().and_then(|rl| {
+        let peer = parts.extensions.get::<Peer>().map(|p| p.0.ip());
+        let limited = rl.check(peer, &parts.headers).err()?;
+        RateLimited {
+            client: limited.client,
+            wait: limited.wait,
+        }
+        .emit(&state.metrics);
+        Some(Reply::RateLimited {
+            retry_after_secs: retry_after_secs(limited.wait),
+            per_second: rl.per_second(),
+        })
+    });
+    let admitted = match limited {
+        Some(reply) => Err(reply),
+        None => Arc::clone(&state.admission)
+            .try_acquire_owned()
+            .map_err(|_| Reply::Overloaded {
+                limit: state.max_concurrent_requests,
+            }),
+    };
+    let (event_type, reply) = match admitted {
         Ok(permit) => handle(&state, &parts.headers, body, permit).await,
+        Err(reply @ Reply::RateLimited { .. }) => (None, reply),
         Err(_) => {
             RequestShed {
                 limit: state.max_concurrent_requests,

@@ -156,6 +156,25 @@ pub struct IngestArgs {
     #[arg(long, env = "CHATPIPE_MAX_CONCURRENT_REQUESTS", default_value_t = 4096)]
     pub max_concurrent_requests: usize,
 
+    /// Per-client rate limit of webhook requests: the sustained requests per
+    /// second one client may make (`0`, the default, turns it off). A
+    /// client over it is answered `429` with `Retry-After` before its body
+    /// is read; nothing is written.
+    #[arg(long, env = "CHATPIPE_RATE_LIMIT", default_value_t = 0)]
+    pub rate_limit: u32,
+
+    /// Requests one client may make at once above the sustained rate
+    /// (default: `--rate-limit`, one second's worth).
+    #[arg(long, env = "CHATPIPE_RATE_LIMIT_BURST")]
+    pub rate_limit_burst: Option<u32>,
+
+    /// Who a client is for the rate limit: `peer` (the TCP peer's address)
+    /// or `forwarded-for` (the last address of `X-Forwarded-For`, the one
+    /// the trusted proxy in front of ingest added; the peer when absent).
+    /// Use `forwarded-for` only behind a proxy that sets the header.
+    #[arg(long, env = "CHATPIPE_RATE_LIMIT_CLIENT", default_value = "peer")]
+    pub rate_limit_client: RateLimitClient,
+
     /// Postgres `idle_in_transaction_session_timeout` of ingest's sessions:
     /// a lifecycle transaction holds its row lock while it waits for the
     /// broker, so a replica frozen between the acknowledgement and the
@@ -195,6 +214,9 @@ impl IngestArgs {
         ];
         if let Some((flag, _)) = positive.iter().find(|(_, d)| d.is_zero()) {
             return Err(format!("{flag} must be larger than 0"));
+        }
+        if self.rate_limit_burst == Some(0) {
+            return Err("--rate-limit-burst must be at least 1".into());
         }
         if self.max_concurrent_requests == 0 || u32::try_from(self.max_concurrent_requests).is_err()
         {
@@ -251,6 +273,29 @@ pub struct IngestSettings {
     pub max_content_bytes: Option<usize>,
     /// `--produce-timeout`.
     pub produce_timeout: Option<Duration>,
+    /// `--rate-limit`.
+    pub rate_limit: Option<u32>,
+    /// `--rate-limit-burst`.
+    pub rate_limit_burst: Option<u32>,
+    /// `--rate-limit-client`.
+    pub rate_limit_client: Option<RateLimitClient>,
+}
+
+/// Who a client is for ingest's rate limit (`--rate-limit-client`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum RateLimitClient {
+    /// The TCP peer's address.
+    Peer,
+    /// The last address of `X-Forwarded-For` (set by the proxy in front).
+    ForwardedFor,
+}
+
+impl crate::env::EnvValue for RateLimitClient {
+    fn env_value(&self) -> String {
+        clap::ValueEnum::to_possible_value(self)
+            .map(|v| v.get_name().to_owned())
+            .unwrap_or_default()
+    }
 }
 
 impl IngestSettings {
@@ -261,7 +306,10 @@ impl IngestSettings {
         self.kafka.write(&mut w);
         w.set("max_body_bytes", self.max_body_bytes.as_ref())
             .set("max_content_bytes", self.max_content_bytes.as_ref())
-            .set("produce_timeout", self.produce_timeout.as_ref());
+            .set("produce_timeout", self.produce_timeout.as_ref())
+            .set("rate_limit", self.rate_limit.as_ref())
+            .set("rate_limit_burst", self.rate_limit_burst.as_ref())
+            .set("rate_limit_client", self.rate_limit_client.as_ref());
         w.finish()
     }
 
@@ -273,6 +321,9 @@ impl IngestSettings {
             max_body_bytes: Some(a.max_body_bytes),
             max_content_bytes: Some(a.max_content_bytes),
             produce_timeout: Some(a.produce_timeout),
+            rate_limit: Some(a.rate_limit),
+            rate_limit_burst: a.rate_limit_burst,
+            rate_limit_client: Some(a.rate_limit_client),
         }
     }
 }

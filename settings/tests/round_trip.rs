@@ -13,7 +13,9 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use chatpipe_settings::api::{ApiArgs, ApiSettings};
-use chatpipe_settings::common::{KafkaSettings, LogFormat, LogSettings, ServiceSettings};
+use chatpipe_settings::common::{
+    KafkaSaslMechanism, KafkaSettings, LogFormat, LogSettings, ServiceSettings,
+};
 use chatpipe_settings::ingest::{IngestArgs, IngestSettings};
 use chatpipe_settings::migrate::{MigrateArgs, MigrateSettings};
 use chatpipe_settings::processor::{Cli, ProcessorSettings};
@@ -31,7 +33,15 @@ fn service(port: u16) -> ServiceSettings {
 }
 
 fn kafka() -> KafkaSettings {
-    KafkaSettings::new("k-0:9093,k-1:9093", "rt.events")
+    KafkaSettings {
+        tls: Some(true),
+        tls_ca_file: Some("/etc/kafka-tls/ca.crt".to_owned()),
+        tls_cert_file: Some("/etc/kafka-tls/tls.crt".to_owned()),
+        tls_key_file: Some("/etc/kafka-tls/tls.key".to_owned()),
+        sasl_mechanism: Some(KafkaSaslMechanism::ScramSha256),
+        sasl_username: Some("rt-user".to_owned()),
+        ..KafkaSettings::new("k-0:9093,k-1:9093", "rt.events")
+    }
 }
 
 /// Runs `parse` with exactly `env` set among the `CHATPIPE_*` variables.
@@ -89,6 +99,9 @@ fn every_setting_round_trips_through_the_binarys_parser() {
         max_body_bytes: Some(70_000),
         max_content_bytes: Some(4_096),
         produce_timeout: Some(Duration::from_millis(1_500)),
+        rate_limit: Some(50),
+        rate_limit_burst: Some(100),
+        rate_limit_client: Some(chatpipe_settings::ingest::RateLimitClient::ForwardedFor),
     };
     check("chatpipe-ingest", &ingest, IngestSettings::to_env, || {
         IngestSettings::from_args(&IngestArgs::try_parse_from(["chatpipe-ingest"]).unwrap())
@@ -115,6 +128,11 @@ fn every_setting_round_trips_through_the_binarys_parser() {
 
     let api = ApiSettings {
         service: service(9103),
+        access_token_ttl: Some(Duration::from_secs(300)),
+        refresh_token_ttl: Some(Duration::from_secs(86_400)),
+        oidc_issuer: Some("https://idp.example.com/realms/rt".to_owned()),
+        oidc_jwks_url: Some("https://idp.example.com/jwks".to_owned()),
+        oidc_audience: Some("rt-api".to_owned()),
     };
     check("chatpipe-api", &api, ApiSettings::to_env, || {
         ApiSettings::from_args(&ApiArgs::try_parse_from(["chatpipe-api"]).unwrap())
