@@ -133,7 +133,8 @@ fn say(msg: impl std::fmt::Display) {
 pub async fn run(args: LocalArgs) -> anyhow::Result<()> {
     chatpipe_core::telemetry::init_tracing(&args.log);
     let manifest = load(&args.file)?;
-    let spec = resolve(&manifest)?;
+    let mut spec = resolve(&manifest)?;
+    spec.secrets_dir = args.state_dir.join("secrets");
     let bins = binaries(&args)?;
     let ports = Ports {
         host: args.host,
@@ -209,13 +210,15 @@ async fn serve(
         if !watch.changed() {
             continue;
         }
-        let (manifest, next) = match load(&args.file).and_then(|m| resolve(&m).map(|s| (m, s))) {
+        let (manifest, mut next) = match load(&args.file).and_then(|m| resolve(&m).map(|s| (m, s)))
+        {
             Ok(x) => x,
             Err(e) => {
                 say(format!("the edited manifest is not applied: {e}"));
                 continue;
             }
         };
+        next.secrets_dir = current.secrets_dir.clone();
         let name = pipeline_name(&manifest.pipeline);
         if manifest.pipeline.is_paused() {
             say(format!(
@@ -301,10 +304,13 @@ async fn prepare(spec: &LocalPipeline) -> anyhow::Result<()> {
     ));
 
     // The broker may still be starting: retry for a while.
+    // The topic is made with the services' own Kafka settings (TLS, SASL).
+    write_secret_files(spec)?;
+    let connection = kafka_connection(spec)?;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     let state = loop {
         match chatpipe_core::kafka::ensure_topic(
-            &kafka.bootstrap_servers,
+            &connection,
             &kafka.topic,
             kafka.partitions,
             1,
@@ -346,6 +352,61 @@ async fn prepare(spec: &LocalPipeline) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// How the services reach Kafka: the brokers, and TLS and SASL as the plan
+/// gives them to ingest (with the certificate files local mode wrote).
+fn kafka_connection(spec: &LocalPipeline) -> anyhow::Result<chatpipe_core::kafka::KafkaConnection> {
+    use chatpipe_settings::common::{
+        env_of, kafka_sasl_password_env, kafka_sasl_username_env, KafkaArgs, Redacted,
+    };
+    let kafka = &spec.topology.kafka;
+    let env = spec.secret_env(chatpipe_plan::Component::Ingest);
+    let file = |id: &str| env.get(&env_of::<KafkaArgs>(id)).cloned();
+    let args = KafkaArgs {
+        kafka_brokers: kafka.bootstrap_servers.clone(),
+        kafka_topic: kafka.topic.clone(),
+        kafka_tls: kafka.tls.is_some(),
+        kafka_tls_ca_file: file("kafka_tls_ca_file"),
+        kafka_tls_cert_file: file("kafka_tls_cert_file"),
+        kafka_tls_key_file: file("kafka_tls_key_file"),
+        kafka_sasl_mechanism: kafka.sasl.as_ref().and_then(|s| s.mechanism.parse().ok()),
+        kafka_sasl_username: env.get(&kafka_sasl_username_env()).cloned(),
+        kafka_sasl_password: env.get(&kafka_sasl_password_env()).cloned().map(Redacted),
+    };
+    chatpipe_core::kafka::KafkaConnection::from_args(&args)
+        .context("the manifest's Kafka TLS and SASL settings")
+}
+
+/// Writes the secret files the processes read (certificates), readable by
+/// this user only. A file's name carries its value's digest, so existing
+/// files are left as they are.
+fn write_secret_files(spec: &LocalPipeline) -> anyhow::Result<()> {
+    let files = spec.secret_files();
+    if files.is_empty() {
+        return Ok(());
+    }
+    std::fs::create_dir_all(&spec.secrets_dir).with_context(|| {
+        format!(
+            "creating the secrets directory {}",
+            spec.secrets_dir.display()
+        )
+    })?;
+    for (path, value) in files {
+        if path.exists() {
+            continue;
+        }
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create(true).truncate(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        let mut f = options
+            .open(&path)
+            .with_context(|| format!("writing the secret file {}", path.display()))?;
+        std::io::Write::write_all(&mut f, value.as_bytes())
+            .with_context(|| format!("writing the secret file {}", path.display()))?;
+    }
+    Ok(())
+}
+
 /// Brings the running services to `spec` and reports readiness.
 async fn reconcile(
     args: &LocalArgs,
@@ -357,6 +418,7 @@ async fn reconcile(
     started_broker: bool,
 ) -> anyhow::Result<()> {
     let want = desired(spec, ports, bins)?;
+    write_secret_files(spec)?;
     let actions = diff(&want, &sup.running_services());
     if actions.is_empty() {
         say("manifest re-read: nothing to change");

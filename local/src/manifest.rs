@@ -14,10 +14,11 @@ use std::path::{Path, PathBuf};
 
 use chatpipe_plan::crd::{ChatPipeline, SecretKeyRef};
 use chatpipe_plan::validate::{validate, ValidationProblem};
+use chatpipe_plan::Delivery;
 use k8s_openapi::api::core::v1::Secret;
 use serde::Deserialize;
 
-use crate::processes::LocalPipeline;
+use crate::processes::{LocalPipeline, ResolvedSecret};
 
 /// A parsed manifest: the pipeline and the Secrets found beside it.
 #[derive(Debug, Clone)]
@@ -230,9 +231,22 @@ fn secret_keys(secret: &Secret) -> String {
     }
 }
 
+/// Where secret files go until local mode names its state directory.
+pub const DEFAULT_SECRETS_DIR: &str = ".chatpipe/secrets";
+
 /// The trimmed, non-empty value of the key `r` names, among the manifest's
 /// Secrets; `field` and `example` explain a missing one.
 fn resolve_key(
+    manifest: &Manifest,
+    r: &SecretKeyRef,
+    field: &'static str,
+    example: &'static str,
+) -> Result<String, ManifestError> {
+    resolve_raw(manifest, r, field, example).map(|v| v.trim().to_owned())
+}
+
+/// The non-blank value of the key `r` names, as written.
+fn resolve_raw(
     manifest: &Manifest,
     r: &SecretKeyRef,
     field: &'static str,
@@ -248,8 +262,7 @@ fn resolve_key(
             example,
         })?;
     secret_value(secret, &r.key)
-        .map(|s| s.trim().to_owned())
-        .filter(|s| !s.is_empty())
+        .filter(|s| !s.trim().is_empty())
         .ok_or_else(|| ManifestError::SecretKeyMissing {
             field,
             name: r.name.clone(),
@@ -258,9 +271,10 @@ fn resolve_key(
         })
 }
 
-/// Validates and plans the pipeline and resolves its Secrets (the
-/// Postgres URL, and the webhook signing secrets when `spec.ingest.auth`
-/// is set) into a [`LocalPipeline`]. Pure.
+/// Validates and plans the pipeline and resolves every Secret key of the
+/// plan (the Postgres URLs, Kafka credentials and certificates, ingest's
+/// webhook signing secrets, the api's JWT secret) into a
+/// [`LocalPipeline`]. Pure.
 pub fn resolve(manifest: &Manifest) -> Result<LocalPipeline, ManifestError> {
     let name = pipeline_name(&manifest.pipeline);
     let v = validate(&manifest.pipeline.spec).map_err(|problems| ManifestError::Invalid {
@@ -274,15 +288,30 @@ pub fn resolve(manifest: &Manifest) -> Result<LocalPipeline, ManifestError> {
         "spec.postgres.urlSecret",
         "postgres://…",
     )?;
-    let webhook_secrets = topology
-        .ingest_auth_secret
-        .as_ref()
-        .map(|r| resolve_key(manifest, r, "spec.ingest.auth.secretRef", "whsec_…"))
-        .transpose()?;
+    let secrets = topology
+        .secrets
+        .iter()
+        .map(|input| {
+            let value = match input.delivery {
+                // A certificate keeps its own line structure.
+                Delivery::File(_) => {
+                    resolve_raw(manifest, &input.secret, input.field, input.example)?
+                }
+                Delivery::Value => {
+                    resolve_key(manifest, &input.secret, input.field, input.example)?
+                }
+            };
+            Ok(ResolvedSecret {
+                input: input.clone(),
+                value,
+            })
+        })
+        .collect::<Result<Vec<_>, ManifestError>>()?;
     Ok(LocalPipeline {
         topology,
         postgres_url,
-        webhook_secrets,
+        secrets,
+        secrets_dir: PathBuf::from(DEFAULT_SECRETS_DIR),
     })
 }
 
@@ -492,17 +521,19 @@ stringData:
         ))
         .unwrap();
         let s = resolve(&m).unwrap();
+        let env = chatpipe_settings::ingest::webhook_secrets_env();
         assert_eq!(
-            s.webhook_secrets.as_deref(),
+            s.secret_env(Component::Ingest)
+                .get(&env)
+                .map(String::as_str),
             Some("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw whsec_b2xkc2VjcmV0")
         );
-        assert_eq!(
-            s.topology.ingest_auth_secret.as_ref().unwrap().name,
-            "chatpipe-webhooks"
-        );
+        for c in [Component::Processor, Component::Api] {
+            assert!(!s.secret_env(c).contains_key(&env), "{c}");
+        }
         // Without auth nothing is resolved (ingest accepts unsigned webhooks).
         let s = resolve(&parse_text(&format!("{PIPELINE}---{SECRET_STRING}"))).unwrap();
-        assert_eq!(s.webhook_secrets, None);
+        assert!(!s.secret_env(Component::Ingest).contains_key(&env));
     }
 
     #[test]

@@ -6,9 +6,11 @@
 //! No I/O here: the supervisor applies the [`Actions`], the tests call these
 //! functions directly. Each process gets its component's planned settings
 //! plus where it runs (its listener, the database URL, a processor's
-//! ordinal), written by the same `to_env()` the operator's ConfigMaps use;
-//! ingest also gets the webhook signing secrets, when `spec.ingest.auth`
-//! names them, in [`webhook_secrets_env`].
+//! ordinal), written by the same `to_env()` the operator's ConfigMaps use,
+//! plus the secrets the plan gives it ([`Topology::secrets_of`]: its
+//! database URL, Kafka credentials, ingest's webhook signing secrets, the
+//! api's JWT secret) as values, and certificates as paths of files local
+//! mode writes under its state directory ([`secret_file`]).
 //!
 //! # Ports
 //! Every process listens on `host` (127.0.0.1 by default):
@@ -29,9 +31,9 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use chatpipe_plan::{Component, Topology};
+use chatpipe_plan::{Component, Delivery, SecretInput, Topology};
 use chatpipe_settings::common::ServiceSettings;
-use chatpipe_settings::ingest::webhook_secrets_env;
+use sha2::{Digest, Sha256};
 
 /// A pipeline as local mode runs it: the plan, and the values its Secrets
 /// hold.
@@ -39,12 +41,77 @@ use chatpipe_settings::ingest::webhook_secrets_env;
 pub struct LocalPipeline {
     /// What runs, with which settings.
     pub topology: Topology,
-    /// The Postgres URL (resolved from the manifest's Secret).
+    /// The shared Postgres URL (`spec.postgres.urlSecret`, resolved from
+    /// the manifest's Secret): the one migrations run with.
     pub postgres_url: String,
-    /// Ingest's webhook signing secrets (`whsec_…`, space separated),
-    /// resolved from the Secret `spec.ingest.auth.secretRef` names; `None`
-    /// without `auth` (ingest then accepts unsigned webhooks and warns).
-    pub webhook_secrets: Option<String>,
+    /// Every secret of the plan ([`Topology::secrets`]) with its value, in
+    /// the plan's order.
+    pub secrets: Vec<ResolvedSecret>,
+    /// Where secret files (certificates) are written
+    /// ([`Delivery::File`]); `<state dir>/secrets`.
+    pub secrets_dir: PathBuf,
+}
+
+/// A secret of the plan with the value the manifest's Secret holds.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ResolvedSecret {
+    /// Who reads it, under which variable, how.
+    pub input: SecretInput,
+    /// The value.
+    pub value: String,
+}
+
+impl std::fmt::Debug for ResolvedSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ResolvedSecret")
+            .field("input", &self.input)
+            .field("value", &"<redacted>")
+            .finish()
+    }
+}
+
+/// The file a [`Delivery::File`] secret is written to: its name carries a
+/// digest of the value, so a new value is a new path (and restarts its
+/// readers, as a changed environment does).
+pub fn secret_file(dir: &Path, file: &str, value: &str) -> PathBuf {
+    let digest = Sha256::digest(value.as_bytes());
+    let short: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+    dir.join(format!("{short}-{file}"))
+}
+
+impl LocalPipeline {
+    /// The environment of `component`'s secrets: values, and the paths of
+    /// the files [`Self::secret_files`] lists.
+    pub fn secret_env(&self, component: Component) -> BTreeMap<String, String> {
+        self.secrets
+            .iter()
+            .filter(|s| s.input.component == component)
+            .map(|s| {
+                let value = match s.input.delivery {
+                    Delivery::Value => s.value.clone(),
+                    Delivery::File(file) => secret_file(&self.secrets_dir, file, &s.value)
+                        .display()
+                        .to_string(),
+                };
+                (s.input.env.clone(), value)
+            })
+            .collect()
+    }
+
+    /// The files the processes read secrets from, with their contents
+    /// (written by the supervisor before it starts anything, mode 0600).
+    pub fn secret_files(&self) -> BTreeMap<PathBuf, &str> {
+        self.secrets
+            .iter()
+            .filter_map(|s| match s.input.delivery {
+                Delivery::File(file) => Some((
+                    secret_file(&self.secrets_dir, file, &s.value),
+                    s.value.as_str(),
+                )),
+                Delivery::Value => None,
+            })
+            .collect()
+    }
 }
 
 /// What a process local mode runs is for.
@@ -247,18 +314,13 @@ pub fn desired(
                 .clone()
                 .with_service(ServiceSettings {
                     listen: Some(listen),
-                    postgres_url: Some(pipeline.postgres_url.clone()),
                     ..ServiceSettings::default()
                 })
                 .for_replica(ordinal);
             let mut env: BTreeMap<String, String> = settings.to_env().into_iter().collect();
-            if let Some(secrets) = pipeline
-                .webhook_secrets
-                .as_ref()
-                .filter(|_| component == Component::Ingest)
-            {
-                env.insert(webhook_secrets_env(), secrets.clone());
-            }
+            // The database URL (the component's own or the shared one) is
+            // among the secrets.
+            env.extend(pipeline.secret_env(component));
             out.push(ProcessSpec {
                 name: format!("{component}-{ordinal}"),
                 role: Role::Service(component),
@@ -365,6 +427,7 @@ mod tests {
     use super::*;
     use chatpipe_plan::crd::ChatPipelineSpec;
     use chatpipe_plan::validate::validate;
+    use chatpipe_settings::ingest::webhook_secrets_env;
 
     const PG: &str = "postgres://postgres@127.0.0.1:5432/chatpipe";
 
@@ -382,19 +445,53 @@ api: { replicas: 1 }
         .unwrap()
     }
 
-    fn pipeline(s: &ChatPipelineSpec) -> LocalPipeline {
+    /// The pipeline of `s` with every secret's value given by `value`.
+    fn pipeline_with(
+        s: &ChatPipelineSpec,
+        value: impl Fn(&SecretInput) -> String,
+    ) -> LocalPipeline {
+        let topology = chatpipe_plan::plan(&validate(s).unwrap());
+        let secrets = topology
+            .secrets
+            .iter()
+            .map(|i| ResolvedSecret {
+                input: i.clone(),
+                value: value(i),
+            })
+            .collect();
         LocalPipeline {
-            topology: chatpipe_plan::plan(&validate(s).unwrap()),
+            topology,
             postgres_url: PG.to_owned(),
-            webhook_secrets: None,
+            secrets,
+            secrets_dir: PathBuf::from("/state/secrets"),
+        }
+    }
+
+    fn pipeline(s: &ChatPipelineSpec) -> LocalPipeline {
+        pipeline_with(s, value_of)
+    }
+
+    /// The value of a secret in these tests: [`PG`] for the database.
+    fn value_of(i: &SecretInput) -> String {
+        if i.env == chatpipe_settings::common::postgres_url_env() {
+            PG.to_owned()
+        } else {
+            format!("value-of-{}", i.secret.name)
         }
     }
 
     fn with_webhook_secrets(s: &ChatPipelineSpec, secrets: &str) -> Vec<ProcessSpec> {
-        let p = LocalPipeline {
-            webhook_secrets: Some(secrets.to_owned()),
-            ..pipeline(s)
-        };
+        let mut s = s.clone();
+        s.ingest.auth = Some(chatpipe_plan::crd::IngestAuthSpec {
+            secret_ref: chatpipe_plan::crd::SecretKeyRef {
+                name: "wh".into(),
+                key: "secrets".into(),
+            },
+        });
+        let p = pipeline_with(&s, |i| match i.secret.name.as_str() {
+            "wh" => secrets.to_owned(),
+            _ => value_of(i),
+        });
         desired(&p, &Ports::default(), &bins()).unwrap()
     }
 
@@ -416,6 +513,60 @@ api: { replicas: 1 }
             }
         }
         assert!(plan(&s).iter().all(|p| !p.env.contains_key(&name)));
+    }
+
+    /// Each service gets its own database URL when the spec names one, and
+    /// the Kafka CA as a file path (the file named by the value's digest)
+    /// when Kafka is reached over TLS; the api reads neither Kafka secret.
+    #[test]
+    fn component_urls_and_certificate_files_reach_their_readers() {
+        let mut s = spec();
+        s.api.postgres_url_secret = Some(chatpipe_plan::crd::SecretKeyRef {
+            name: "pg-api".into(),
+            key: "url".into(),
+        });
+        s.kafka.tls = Some(chatpipe_plan::crd::KafkaTlsSpec {
+            ca_secret_ref: Some(chatpipe_plan::crd::SecretKeyRef {
+                name: "kafka-ca".into(),
+                key: "ca.crt".into(),
+            }),
+            ..Default::default()
+        });
+        let p = pipeline_with(&s, |i| match i.secret.name.as_str() {
+            "pg-api" => "postgres://api@h/db".into(),
+            "kafka-ca" => "-----BEGIN CERTIFICATE-----\nMIIB\n".into(),
+            _ => value_of(i),
+        });
+        let ps = desired(&p, &Ports::default(), &bins()).unwrap();
+        let files = p.secret_files();
+        assert_eq!(files.len(), 1, "one CA file for every reader");
+        let (path, content) = files.iter().next().unwrap();
+        assert!(path.starts_with("/state/secrets"), "{path:?}");
+        assert!(content.starts_with("-----BEGIN CERTIFICATE-----"));
+        for proc in &ps {
+            let url = &proc.env["CHATPIPE_POSTGRES_URL"];
+            let ca = proc.env.get("CHATPIPE_KAFKA_TLS_CA_FILE");
+            if is(proc, Component::Api) {
+                assert_eq!(url, "postgres://api@h/db");
+                assert_eq!(ca, None);
+            } else {
+                assert_eq!(url, PG, "{}", proc.name);
+                assert_eq!(ca.map(PathBuf::from).as_ref(), Some(path), "{}", proc.name);
+                assert_eq!(proc.env["CHATPIPE_KAFKA_TLS"], "true");
+            }
+        }
+        // A new certificate is a new file, so its readers restart.
+        let q = pipeline_with(&s, |i| match i.secret.name.as_str() {
+            "kafka-ca" => "-----BEGIN CERTIFICATE-----\nMIIC\n".into(),
+            "pg-api" => "postgres://api@h/db".into(),
+            _ => value_of(i),
+        });
+        let acts = diff(&desired(&q, &Ports::default(), &bins()).unwrap(), &ps);
+        assert!(acts.stop.iter().all(|n| !n.starts_with("api")), "{acts:?}");
+        assert!(
+            acts.stop.iter().any(|n| n.starts_with("ingest")),
+            "{acts:?}"
+        );
     }
 
     /// A rotation (a new value of the Secret) restarts ingest only; adding
@@ -766,7 +917,9 @@ api: { replicas: 1 }
     fn postgres_or_topic_change_restarts_their_readers() {
         let running = plan(&spec());
         let mut b = pipeline(&spec());
-        b.postgres_url = "postgres://postgres@127.0.0.1:5432/other".into();
+        for x in &mut b.secrets {
+            x.value = "postgres://postgres@127.0.0.1:5432/other".into();
+        }
         let acts = diff(&desired(&b, &Ports::default(), &bins()).unwrap(), &running);
         assert_eq!(acts.stop.len(), running.len());
         assert_eq!(acts.start.len(), running.len());

@@ -23,12 +23,29 @@ fn examples_are_valid_pipelines_with_their_secrets() {
         vec![ex.join("local.yaml")],
         vec![ex.join("chatpipeline.yaml"), ex.join("secrets.yaml")],
         vec![ex.join("dev/chatpipeline.yaml")],
+        vec![ex.join("secure-local.yaml")],
     ] {
         let m = load(&files).unwrap_or_else(|e| panic!("{files:?}: {e}"));
         let s = resolve(&m).unwrap_or_else(|e| panic!("{files:?}: {e}"));
         let processors = s.topology.get(Component::Processor).replicas;
         assert!(processors as i32 <= s.topology.kafka.partitions);
+        // Every secret the plan hands over resolves from the files.
+        assert_eq!(s.secrets.len(), s.topology.secrets.len(), "{files:?}");
     }
+    // The secure example turns on what it says it does.
+    let secure = resolve(&load(&[ex.join("secure-local.yaml")]).unwrap()).unwrap();
+    let api = secure.secret_env(Component::Api);
+    assert!(
+        api.contains_key("CHATPIPE_API_JWT_SECRET"),
+        "{:?}",
+        api.keys()
+    );
+    let ingest = secure.secret_env(Component::Ingest);
+    assert!(ingest.contains_key("CHATPIPE_WEBHOOK_SECRETS"));
+    let Settings::Ingest(i) = &secure.topology.get(Component::Ingest).settings else {
+        panic!("ingest settings expected");
+    };
+    assert_eq!((i.rate_limit, i.rate_limit_burst), (Some(200), Some(400)));
     let local = resolve(&load(&[ex.join("local.yaml")]).unwrap()).unwrap();
     assert_eq!(local.topology.kafka.bootstrap_servers, "127.0.0.1:9092");
     assert_eq!(

@@ -8,7 +8,7 @@
 //! [`crate::validate::validate`].
 
 use k8s_openapi::api::core::v1::ResourceRequirements;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector};
 use kube::{CustomResource, CustomResourceExt, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -108,6 +108,9 @@ pub struct ChatPipelineSpec {
     pub processor: ProcessorSpec,
     /// The query API.
     pub api: ApiSpec,
+    /// NetworkPolicies around the pipeline's pods (off when unset).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network_policy: Option<NetworkPolicySpec>,
 }
 
 /// Kafka connection and topic layout.
@@ -130,9 +133,60 @@ pub struct KafkaSpec {
     #[schemars(range(min = 1))]
     pub replication_factor: Option<i32>,
     /// Secret whose keys are handed to the pods as environment variables
-    /// (e.g. SASL credentials); optional.
+    /// (extra `CHATPIPE_KAFKA_*` settings); optional. Prefer `tls` and
+    /// `sasl`, which hand over only the keys they name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credentials_secret: Option<String>,
+    /// Connect to the brokers over TLS (every client: producer, consumer
+    /// and admin). Present means on; `{}` verifies the brokers against the
+    /// image's system roots.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<KafkaTlsSpec>,
+    /// Authenticate to the brokers with SASL (over TLS when `tls` is set).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sasl: Option<KafkaSaslSpec>,
+}
+
+/// TLS to the Kafka brokers.
+#[derive(JsonSchema, Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct KafkaTlsSpec {
+    /// Secret key holding the PEM CA bundle that signed the brokers'
+    /// certificates; the system roots when unset. Mounted as a file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_secret_ref: Option<SecretKeyRef>,
+    /// Secret key holding a PEM client certificate (mutual TLS); needs
+    /// `clientKeySecretRef`. Mounted as a file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_cert_secret_ref: Option<SecretKeyRef>,
+    /// Secret key holding the PEM private key of `clientCertSecretRef`.
+    /// Mounted as a file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_key_secret_ref: Option<SecretKeyRef>,
+}
+
+/// SASL mechanisms chatpipe's Kafka clients speak (the schema `enum` of
+/// `spec.kafka.sasl.mechanism`).
+pub const SASL_MECHANISMS: &[&str] = &["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"];
+
+/// SASL authentication to the Kafka brokers.
+#[derive(JsonSchema, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct KafkaSaslSpec {
+    /// `PLAIN`, `SCRAM-SHA-256` or `SCRAM-SHA-512`.
+    #[schemars(schema_with = "sasl_mechanism_schema")]
+    pub mechanism: String,
+    /// Secret key holding the user name.
+    pub username_secret_ref: SecretKeyRef,
+    /// Secret key holding the password.
+    pub password_secret_ref: SecretKeyRef,
+}
+
+fn sasl_mechanism_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "string",
+        "enum": SASL_MECHANISMS,
+    })
 }
 
 /// Schema of `spec.imagePullPolicy`: a string from [`PULL_POLICIES`].
@@ -162,7 +216,9 @@ pub struct PostgresSpec {
 }
 
 /// A key of a Secret in the resource's namespace.
-#[derive(JsonSchema, Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[derive(
+    JsonSchema, Serialize, Deserialize, Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash,
+)]
 #[serde(rename_all = "camelCase")]
 pub struct SecretKeyRef {
     /// Secret name.
@@ -282,6 +338,28 @@ pub struct IngestSpec {
     /// webhooks and warns at start.
     #[serde(default, skip_serializing_if = "is_false")]
     pub allow_unauthenticated: bool,
+    /// Per-client rate limit of webhooks (off when unset): a client over
+    /// it is answered `429` with `Retry-After`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<RateLimitSpec>,
+    /// Secret key with ingest's own Postgres URL (a role that may do only
+    /// what ingest does); `postgres.urlSecret` when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub postgres_url_secret: Option<SecretKeyRef>,
+}
+
+/// A per-client rate limit (token bucket).
+#[derive(JsonSchema, Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RateLimitSpec {
+    /// Sustained requests per second one client may make.
+    #[schemars(range(min = 1))]
+    pub requests_per_second: i32,
+    /// Requests one client may make at once above the sustained rate
+    /// (default: one second's worth).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub burst: Option<i32>,
 }
 
 /// CEL rule of [`IngestSpec`]: an Ingress needs `auth` unless
@@ -330,6 +408,10 @@ pub struct ProcessorSpec {
     /// Container resources.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,
+    /// Secret key with the processors' own Postgres URL;
+    /// `postgres.urlSecret` when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub postgres_url_secret: Option<SecretKeyRef>,
 }
 
 /// The query API (a Deployment).
@@ -342,6 +424,73 @@ pub struct ApiSpec {
     /// Container resources.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,
+    /// Secret key with the api's own Postgres URL; `postgres.urlSecret`
+    /// when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub postgres_url_secret: Option<SecretKeyRef>,
+    /// Authentication of the api (off when unset: every endpoint is open,
+    /// the original challenge's contract). When set, every data endpoint
+    /// needs a bearer token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth: Option<ApiAuthSpec>,
+}
+
+/// How the api authenticates requests: tokens it issues to agents (HS256
+/// JWTs signed with `jwtSecretRef`) and, optionally, tokens of an OpenID
+/// Connect identity provider.
+#[derive(JsonSchema, Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ApiAuthSpec {
+    /// Secret key holding the HS256 signing secret (at least 32 bytes).
+    pub jwt_secret_ref: SecretKeyRef,
+    /// Lifetime of an access token, a Go duration (api default 15m).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = GO_DURATION_PATTERN))]
+    pub access_token_ttl: Option<String>,
+    /// Lifetime of a refresh token, a Go duration (api default 168h).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = GO_DURATION_PATTERN))]
+    pub refresh_token_ttl: Option<String>,
+    /// Also accept RS256/ES256 tokens of this OpenID Connect issuer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oidc: Option<OidcSpec>,
+}
+
+/// An OpenID Connect issuer whose tokens the api accepts.
+#[derive(JsonSchema, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct OidcSpec {
+    /// Issuer URL (the tokens' `iss`).
+    pub issuer: String,
+    /// JWKS URL; discovered from the issuer's
+    /// `/.well-known/openid-configuration` when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwks_url: Option<String>,
+    /// Audience the tokens must carry (`aud`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audience: Option<String>,
+}
+
+/// NetworkPolicies the operator creates around the pipeline's pods.
+#[derive(JsonSchema, Serialize, Deserialize, Debug, Clone, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct NetworkPolicySpec {
+    /// Create the policies (default false).
+    #[serde(default)]
+    pub enabled: bool,
+    /// Namespaces the ingress controller runs in, which may reach ingest
+    /// (default: namespaces labelled
+    /// `kubernetes.io/metadata.name: ingress-nginx`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ingress_namespace_selector: Option<LabelSelector>,
+    /// Namespaces that may reach the api (default: only the pipeline's own
+    /// namespace).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_namespace_selector: Option<LabelSelector>,
+    /// Namespaces that may scrape every pod's metrics port (default: every
+    /// namespace; metrics are on the same port as the service).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics_namespace_selector: Option<LabelSelector>,
 }
 
 /// Observed state, written by the operator.

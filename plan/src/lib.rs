@@ -17,9 +17,15 @@
 //!   names, limits, processors ≤ partitions, …).
 //! - [`topology`] — [`Component`], [`Settings`] and [`plan`]: validated
 //!   pipeline → [`Topology`].
+//! - [`component`] — [`Component`]: migrate, ingest, processor, api.
+//! - [`secrets`] — which Secret key each component reads, under which
+//!   variable, as a value or a file ([`secrets::SecretInput`]).
 
+pub mod component;
 pub mod crd;
+pub mod secrets;
 pub mod topology;
 pub mod validate;
 
+pub use secrets::{Delivery, SecretInput};
 pub use topology::{plan, Component, Planned, Settings, Topology};

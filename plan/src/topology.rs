@@ -10,76 +10,16 @@
 //! [`Settings::for_replica`] and write the result with
 //! [`Settings::to_env`].
 
-use std::fmt;
-
 use chatpipe_settings::api::ApiSettings;
-use chatpipe_settings::common::{KafkaSettings, LogSettings, ServiceSettings};
-use chatpipe_settings::ingest::IngestSettings;
+use chatpipe_settings::common::{KafkaSaslMechanism, KafkaSettings, LogSettings, ServiceSettings};
+use chatpipe_settings::ingest::{IngestSettings, RateLimitClient};
 use chatpipe_settings::migrate::MigrateSettings;
 use chatpipe_settings::processor::ProcessorSettings;
 
-use crate::crd::SecretKeyRef;
+pub use crate::component::Component;
+use crate::crd::{NetworkPolicySpec, SecretKeyRef};
+use crate::secrets::SecretInput;
 use crate::validate::{ValidatedKafka, ValidatedPipeline};
-
-/// A part of a pipeline. One enum for both deployments: each builds its
-/// objects or processes per component.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Component {
-    /// The schema migration, run before the services use the database.
-    Migrate,
-    /// The webhook receiver, `chatpipe-ingest`.
-    Ingest,
-    /// The stateful processors, `chatpipe-processor`.
-    Processor,
-    /// The query API, `chatpipe-api`.
-    Api,
-}
-
-impl Component {
-    /// Every component, in start order.
-    pub const ALL: [Component; 4] = [
-        Component::Migrate,
-        Component::Ingest,
-        Component::Processor,
-        Component::Api,
-    ];
-
-    /// The long-running services (everything but the migration), in
-    /// start order.
-    pub const SERVICES: [Component; 3] = [Component::Ingest, Component::Processor, Component::Api];
-
-    /// The component as used in names, labels and log prefixes.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Component::Migrate => "migrate",
-            Component::Ingest => "ingest",
-            Component::Processor => "processor",
-            Component::Api => "api",
-        }
-    }
-
-    /// The executable that runs it (the migration: its `migrate` command).
-    pub fn binary(self) -> &'static str {
-        match self {
-            Component::Migrate => "chatpipe-admin",
-            Component::Ingest => "chatpipe-ingest",
-            Component::Processor => "chatpipe-processor",
-            Component::Api => "chatpipe-api",
-        }
-    }
-
-    /// Whether it talks to Kafka (and so reads the brokers, the topic and
-    /// any Kafka credentials).
-    pub fn reads_kafka(self) -> bool {
-        matches!(self, Component::Ingest | Component::Processor)
-    }
-}
-
-impl fmt::Display for Component {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
 
 /// A component's settings, typed by the binary that reads them.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -187,13 +127,13 @@ pub struct Topology {
     pub kafka: ValidatedKafka,
     /// Where the database URL is kept.
     pub postgres_url_secret: SecretKeyRef,
-    /// Where ingest's webhook signing secrets are kept (`spec.ingest.auth`),
-    /// when webhooks are authenticated. Only ingest reads them; each
-    /// deployment hands them over in [`webhook_secrets_env`] (the operator
-    /// as a Secret reference, local mode as the value), never in settings.
-    ///
-    /// [`webhook_secrets_env`]: chatpipe_settings::ingest::webhook_secrets_env
-    pub ingest_auth_secret: Option<SecretKeyRef>,
+    /// Every Secret key a component reads (its database URL, Kafka
+    /// credentials and certificates, ingest's webhook signing secrets, the
+    /// api's JWT secret), with the variable it reads it from. Each
+    /// deployment hands them over its own way, never in settings.
+    pub secrets: Vec<SecretInput>,
+    /// NetworkPolicies to create, when enabled.
+    pub network_policy: Option<NetworkPolicySpec>,
     components: Vec<Planned>,
 }
 
@@ -201,6 +141,13 @@ impl Topology {
     /// Every component, in start order ([`Component::ALL`]).
     pub fn components(&self) -> &[Planned] {
         &self.components
+    }
+
+    /// The secrets `component` reads, in a stable order.
+    pub fn secrets_of(&self, component: Component) -> impl Iterator<Item = &SecretInput> {
+        self.secrets
+            .iter()
+            .filter(move |s| s.component == component)
     }
 
     /// The plan of `component`.
@@ -218,12 +165,23 @@ fn replicas(n: i32) -> u32 {
 
 /// The plan of `p`: every component with its replicas and settings.
 pub fn plan(p: &ValidatedPipeline) -> Topology {
-    let kafka = KafkaSettings::new(&p.kafka.bootstrap_servers, &p.kafka.topic);
+    let kafka = kafka_settings(&p.kafka);
     let usize_of = |n: u64| usize::try_from(n).ok();
     let ingest = IngestSettings {
         kafka: kafka.clone(),
         max_body_bytes: p.ingest.max_body_bytes.and_then(usize_of),
         max_content_bytes: p.ingest.max_content_bytes.and_then(usize_of),
+        rate_limit: p.ingest.rate_limit.map(|r| r.per_second),
+        rate_limit_burst: p.ingest.rate_limit.map(|r| r.burst),
+        // Behind the pipeline's Ingress every request comes from the
+        // ingress controller: the client is who it says forwarded.
+        rate_limit_client: p.ingest.rate_limit.map(|_| {
+            if p.ingest.ingress.is_some() {
+                RateLimitClient::ForwardedFor
+            } else {
+                RateLimitClient::Peer
+            }
+        }),
         ..IngestSettings::default()
     };
     let processors = replicas(p.processor.replicas);
@@ -241,7 +199,8 @@ pub fn plan(p: &ValidatedPipeline) -> Topology {
     Topology {
         kafka: p.kafka.clone(),
         postgres_url_secret: p.postgres_url_secret.clone(),
-        ingest_auth_secret: p.ingest.auth.clone(),
+        secrets: crate::secrets::inputs(p),
+        network_policy: p.network_policy.clone(),
         components: vec![
             Planned {
                 replicas: 1,
@@ -257,9 +216,39 @@ pub fn plan(p: &ValidatedPipeline) -> Topology {
             },
             Planned {
                 replicas: replicas(p.api.replicas),
-                settings: Settings::none(Component::Api),
+                settings: Settings::Api(api_settings(p)),
             },
         ],
+    }
+}
+
+/// The Kafka settings of every component that reads Kafka: the brokers,
+/// the topic, and TLS and the SASL mechanism when the spec asks (the
+/// certificates and credentials are secrets, see [`SecretInput`]).
+fn kafka_settings(k: &ValidatedKafka) -> KafkaSettings {
+    KafkaSettings {
+        tls: k.tls.as_ref().map(|_| true),
+        sasl_mechanism: k
+            .sasl
+            .as_ref()
+            .and_then(|s| s.mechanism.parse::<KafkaSaslMechanism>().ok()),
+        ..KafkaSettings::new(&k.bootstrap_servers, &k.topic)
+    }
+}
+
+/// The api's settings: token lifetimes and the OpenID Connect issuer when
+/// `spec.api.auth` sets them (the signing secret is a [`SecretInput`]).
+fn api_settings(p: &ValidatedPipeline) -> ApiSettings {
+    let Some(auth) = &p.api_auth else {
+        return ApiSettings::default();
+    };
+    ApiSettings {
+        access_token_ttl: auth.access_token_ttl,
+        refresh_token_ttl: auth.refresh_token_ttl,
+        oidc_issuer: auth.oidc.as_ref().map(|o| o.issuer.clone()),
+        oidc_jwks_url: auth.oidc.as_ref().and_then(|o| o.jwks_url.clone()),
+        oidc_audience: auth.oidc.as_ref().and_then(|o| o.audience.clone()),
+        ..ApiSettings::default()
     }
 }
 
@@ -313,20 +302,25 @@ api: {{ replicas: 1 }}
         );
         assert_eq!(t.kafka.partitions, 4);
         assert_eq!(t.postgres_url_secret.name, "pg");
-        assert_eq!(t.ingest_auth_secret, None);
+        assert!(t
+            .secrets_of(Component::Ingest)
+            .all(|s| s.field == "spec.postgres.urlSecret"));
     }
 
     #[test]
     fn the_auth_secret_is_carried_and_stays_out_of_the_settings() {
         let t = topology("", ", auth: { secretRef: { name: wh, key: secrets } }");
+        let secrets_env = chatpipe_settings::ingest::webhook_secrets_env();
+        let wh: Vec<_> = t.secrets.iter().filter(|s| s.env == secrets_env).collect();
+        assert_eq!(wh.len(), 1, "{wh:?}");
+        assert_eq!(wh[0].component, Component::Ingest);
         assert_eq!(
-            t.ingest_auth_secret,
-            Some(SecretKeyRef {
+            wh[0].secret,
+            SecretKeyRef {
                 name: "wh".into(),
                 key: "secrets".into()
-            })
+            }
         );
-        let secrets_env = chatpipe_settings::ingest::webhook_secrets_env();
         for c in Component::ALL {
             assert!(
                 env(&t, c).iter().all(|(k, _)| *k != secrets_env),

@@ -15,7 +15,10 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::ResourceRequirements;
 
 pub use crate::crd::PULL_POLICIES;
-use crate::crd::{ChatPipelineSpec, IngressSpec, SecretKeyRef, INGRESS_NEEDS_AUTH_MESSAGE};
+use crate::crd::{
+    ChatPipelineSpec, IngressSpec, KafkaSaslSpec, KafkaTlsSpec, NetworkPolicySpec, OidcSpec,
+    SecretKeyRef, INGRESS_NEEDS_AUTH_MESSAGE, SASL_MECHANISMS,
+};
 
 /// One thing wrong with a spec.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -79,6 +82,32 @@ pub struct ValidatedPipeline {
     pub processor: ValidatedComponent,
     /// Api settings.
     pub api: ValidatedComponent,
+    /// Api authentication, when set.
+    pub api_auth: Option<ValidatedApiAuth>,
+    /// NetworkPolicies, when enabled.
+    pub network_policy: Option<NetworkPolicySpec>,
+}
+
+/// `spec.api.auth`, checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ValidatedApiAuth {
+    /// Secret key with the HS256 signing secret.
+    pub jwt_secret: SecretKeyRef,
+    /// Access token lifetime, when set.
+    pub access_token_ttl: Option<Duration>,
+    /// Refresh token lifetime, when set.
+    pub refresh_token_ttl: Option<Duration>,
+    /// OpenID Connect issuer, when set.
+    pub oidc: Option<OidcSpec>,
+}
+
+/// `spec.ingest.rateLimit`, checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ValidatedRateLimit {
+    /// Sustained requests per second per client (≥ 1).
+    pub per_second: u32,
+    /// Burst per client (≥ 1; `per_second` when unset).
+    pub burst: u32,
 }
 
 /// Kafka settings of a [`ValidatedPipeline`].
@@ -94,6 +123,10 @@ pub struct ValidatedKafka {
     pub replication_factor: i32,
     /// Secret with extra Kafka settings, when set.
     pub credentials_secret: Option<String>,
+    /// TLS to the brokers, when set.
+    pub tls: Option<KafkaTlsSpec>,
+    /// SASL authentication, when set (mechanism checked).
+    pub sasl: Option<KafkaSaslSpec>,
 }
 
 /// Ingest settings of a [`ValidatedPipeline`].
@@ -110,6 +143,8 @@ pub struct ValidatedIngest {
     /// Secret key with the webhook signing secrets (`spec.ingest.auth`),
     /// when set; ingest then refuses unsigned webhooks.
     pub auth: Option<SecretKeyRef>,
+    /// Per-client rate limit, when set.
+    pub rate_limit: Option<ValidatedRateLimit>,
 }
 
 /// Size of one component.
@@ -119,6 +154,9 @@ pub struct ValidatedComponent {
     pub replicas: i32,
     /// Container resources.
     pub resources: Option<ResourceRequirements>,
+    /// The component's own Postgres URL Secret key, when set (the shared
+    /// `postgres.urlSecret` otherwise).
+    pub postgres_url_secret: Option<SecretKeyRef>,
 }
 
 /// Largest magnitude of a Go duration in nanoseconds (`1 << 63`; a
@@ -497,6 +535,154 @@ pub fn validate(spec: &ChatPipelineSpec) -> Result<ValidatedPipeline, Vec<Valida
         }
     }
 
+    // Secret references of the security settings.
+    let mut secret_ref = |field: &str, r: &SecretKeyRef| {
+        if r.name.trim().is_empty() {
+            problems.push(ValidationProblem::new(
+                &format!("{field}.name"),
+                "must not be empty",
+            ));
+        }
+        if r.key.trim().is_empty() {
+            problems.push(ValidationProblem::new(
+                &format!("{field}.key"),
+                "must not be empty",
+            ));
+        }
+    };
+    for (field, r) in [
+        (
+            "spec.ingest.postgresUrlSecret",
+            &spec.ingest.postgres_url_secret,
+        ),
+        (
+            "spec.processor.postgresUrlSecret",
+            &spec.processor.postgres_url_secret,
+        ),
+        ("spec.api.postgresUrlSecret", &spec.api.postgres_url_secret),
+    ] {
+        if let Some(r) = r {
+            secret_ref(field, r);
+        }
+    }
+    if let Some(tls) = &spec.kafka.tls {
+        for (field, r) in [
+            ("spec.kafka.tls.caSecretRef", &tls.ca_secret_ref),
+            (
+                "spec.kafka.tls.clientCertSecretRef",
+                &tls.client_cert_secret_ref,
+            ),
+            (
+                "spec.kafka.tls.clientKeySecretRef",
+                &tls.client_key_secret_ref,
+            ),
+        ] {
+            if let Some(r) = r {
+                secret_ref(field, r);
+            }
+        }
+    }
+    if let Some(sasl) = &spec.kafka.sasl {
+        secret_ref(
+            "spec.kafka.sasl.usernameSecretRef",
+            &sasl.username_secret_ref,
+        );
+        secret_ref(
+            "spec.kafka.sasl.passwordSecretRef",
+            &sasl.password_secret_ref,
+        );
+    }
+    if let Some(a) = &spec.api.auth {
+        secret_ref("spec.api.auth.jwtSecretRef", &a.jwt_secret_ref);
+    }
+    if let Some(tls) = &spec.kafka.tls {
+        if tls.client_cert_secret_ref.is_some() != tls.client_key_secret_ref.is_some() {
+            problems.push(ValidationProblem::new(
+                "spec.kafka.tls.clientKeySecretRef",
+                "clientCertSecretRef and clientKeySecretRef go together (mutual TLS needs both)",
+            ));
+        }
+    }
+    if let Some(sasl) = &spec.kafka.sasl {
+        if !SASL_MECHANISMS.contains(&sasl.mechanism.as_str()) {
+            problems.push(ValidationProblem::new(
+                "spec.kafka.sasl.mechanism",
+                format!(
+                    "{:?} is not one of {}",
+                    sasl.mechanism,
+                    SASL_MECHANISMS.join(", ")
+                ),
+            ));
+        }
+    }
+    let rate_limit = spec.ingest.rate_limit.as_ref().and_then(|r| {
+        let per_second = u32::try_from(r.requests_per_second)
+            .ok()
+            .filter(|n| *n >= 1);
+        let burst = match r.burst {
+            None => per_second,
+            Some(b) => u32::try_from(b).ok().filter(|n| *n >= 1),
+        };
+        if per_second.is_none() {
+            problems.push(ValidationProblem::new(
+                "spec.ingest.rateLimit.requestsPerSecond",
+                format!("must be at least 1, got {}", r.requests_per_second),
+            ));
+        }
+        if per_second.is_some() && burst.is_none() {
+            problems.push(ValidationProblem::new(
+                "spec.ingest.rateLimit.burst",
+                format!("must be at least 1, got {:?}", r.burst),
+            ));
+        }
+        Some(ValidatedRateLimit {
+            per_second: per_second?,
+            burst: burst?,
+        })
+    });
+    let api_auth = spec.api.auth.as_ref().map(|a| {
+        let mut ttl = |field: &str, v: &Option<String>| -> Option<Duration> {
+            let v = v.as_deref()?;
+            match parse_go_duration(v) {
+                Ok(d) if d.is_zero() => {
+                    problems.push(ValidationProblem::new(
+                        field,
+                        format!("must be positive, got {v:?}"),
+                    ));
+                    None
+                }
+                Ok(d) => Some(d),
+                Err(e) => {
+                    problems.push(ValidationProblem::new(field, e));
+                    None
+                }
+            }
+        };
+        let access_token_ttl = ttl("spec.api.auth.accessTokenTtl", &a.access_token_ttl);
+        let refresh_token_ttl = ttl("spec.api.auth.refreshTokenTtl", &a.refresh_token_ttl);
+        if let Some(o) = &a.oidc {
+            for (field, url) in [
+                ("spec.api.auth.oidc.issuer", Some(&o.issuer)),
+                ("spec.api.auth.oidc.jwksUrl", o.jwks_url.as_ref()),
+            ] {
+                if let Some(url) = url {
+                    if !(url.starts_with("https://") || url.starts_with("http://")) {
+                        problems.push(ValidationProblem::new(
+                            field,
+                            format!("{url:?} is not an http(s) URL"),
+                        ));
+                    }
+                }
+            }
+        }
+        ValidatedApiAuth {
+            jwt_secret: a.jwt_secret_ref.clone(),
+            access_token_ttl,
+            refresh_token_ttl,
+            oidc: a.oidc.clone(),
+        }
+    });
+
     let (Some(grouping_gap), Some(late_arrival_tolerance)) = (grouping_gap, late_arrival_tolerance)
     else {
         return Err(problems);
@@ -521,6 +707,8 @@ pub fn validate(spec: &ChatPipelineSpec) -> Result<ValidatedPipeline, Vec<Valida
             partitions: spec.kafka.partitions,
             replication_factor,
             credentials_secret: spec.kafka.credentials_secret.clone(),
+            tls: spec.kafka.tls.clone(),
+            sasl: spec.kafka.sasl.clone(),
         },
         postgres_url_secret: spec.postgres.url_secret.clone(),
         grouping_gap,
@@ -533,20 +721,26 @@ pub fn validate(spec: &ChatPipelineSpec) -> Result<ValidatedPipeline, Vec<Valida
             component: ValidatedComponent {
                 replicas: spec.ingest.replicas,
                 resources: spec.ingest.resources.clone(),
+                postgres_url_secret: spec.ingest.postgres_url_secret.clone(),
             },
             ingress: spec.ingest.ingress.clone(),
             max_body_bytes,
             max_content_bytes,
             auth: auth.cloned(),
+            rate_limit,
         },
         processor: ValidatedComponent {
             replicas: spec.processor.replicas,
             resources: spec.processor.resources.clone(),
+            postgres_url_secret: spec.processor.postgres_url_secret.clone(),
         },
         api: ValidatedComponent {
             replicas: spec.api.replicas,
             resources: spec.api.resources.clone(),
+            postgres_url_secret: spec.api.postgres_url_secret.clone(),
         },
+        api_auth,
+        network_policy: spec.network_policy.clone().filter(|n| n.enabled),
     })
 }
 
@@ -818,6 +1012,96 @@ api: { replicas: 2 }
                 "spec.ingest.auth.secretRef.key"
             ]
         );
+    }
+
+    /// The security settings: each secret reference must name a Secret and
+    /// a key, the SASL mechanism is one librdkafka speaks, a client
+    /// certificate comes with its key, limits and lifetimes are positive.
+    #[test]
+    fn security_settings_are_checked() {
+        let key = |name: &str, key: &str| SecretKeyRef {
+            name: name.into(),
+            key: key.into(),
+        };
+        let mut s = spec();
+        s.kafka.tls = Some(KafkaTlsSpec {
+            ca_secret_ref: Some(key("kafka", "ca.crt")),
+            client_cert_secret_ref: Some(key("kafka", "tls.crt")),
+            client_key_secret_ref: None,
+        });
+        s.kafka.sasl = Some(KafkaSaslSpec {
+            mechanism: "SCRAM-SHA-1".into(),
+            username_secret_ref: key("", "user"),
+            password_secret_ref: key("kafka", "password"),
+        });
+        s.ingest.rate_limit = Some(RateLimitSpec {
+            requests_per_second: 0,
+            burst: None,
+        });
+        s.api.auth = Some(ApiAuthSpec {
+            jwt_secret_ref: key("api", " "),
+            access_token_ttl: Some("0s".into()),
+            refresh_token_ttl: Some("7 days".into()),
+            oidc: Some(OidcSpec {
+                issuer: "login.example.com".into(),
+                jwks_url: None,
+                audience: None,
+            }),
+        });
+        s.api.postgres_url_secret = Some(key("pg-api", ""));
+        let mut got = fields(&s);
+        got.sort();
+        assert_eq!(
+            got,
+            [
+                "spec.api.auth.accessTokenTtl",
+                "spec.api.auth.jwtSecretRef.key",
+                "spec.api.auth.oidc.issuer",
+                "spec.api.auth.refreshTokenTtl",
+                "spec.api.postgresUrlSecret.key",
+                "spec.ingest.rateLimit.requestsPerSecond",
+                "spec.kafka.sasl.mechanism",
+                "spec.kafka.sasl.usernameSecretRef.name",
+                "spec.kafka.tls.clientKeySecretRef",
+            ]
+        );
+        // Fixed, every one is carried.
+        s.kafka.tls.as_mut().unwrap().client_key_secret_ref = Some(key("kafka", "tls.key"));
+        s.kafka.sasl = Some(KafkaSaslSpec {
+            mechanism: "SCRAM-SHA-512".into(),
+            username_secret_ref: key("kafka", "user"),
+            password_secret_ref: key("kafka", "password"),
+        });
+        s.ingest.rate_limit = Some(RateLimitSpec {
+            requests_per_second: 20,
+            burst: None,
+        });
+        s.api.auth = Some(ApiAuthSpec {
+            jwt_secret_ref: key("api", "jwt"),
+            access_token_ttl: Some("5m".into()),
+            refresh_token_ttl: None,
+            oidc: Some(OidcSpec {
+                issuer: "https://login.example.com".into(),
+                jwks_url: None,
+                audience: Some("chatpipe".into()),
+            }),
+        });
+        s.api.postgres_url_secret = Some(key("pg-api", "url"));
+        let v = validate(&s).unwrap();
+        assert_eq!(
+            v.ingest.rate_limit,
+            Some(ValidatedRateLimit {
+                per_second: 20,
+                burst: 20
+            }),
+            "the burst defaults to one second's worth"
+        );
+        let auth = v.api_auth.unwrap();
+        assert_eq!(auth.access_token_ttl, Some(Duration::from_secs(300)));
+        assert_eq!(auth.jwt_secret, key("api", "jwt"));
+        assert_eq!(v.api.postgres_url_secret, Some(key("pg-api", "url")));
+        assert_eq!(v.kafka.sasl.unwrap().mechanism, "SCRAM-SHA-512");
+        assert_eq!(v.network_policy, None, "off unless enabled");
     }
 
     #[test]

@@ -22,6 +22,7 @@ use sha2::{Digest, Sha256};
 
 use super::labels::{self, Component};
 use super::BuildInput;
+use crate::crd::SecretKeyRef;
 
 /// The workloads that read a ConfigMap, in apply order.
 pub const WORKLOADS: [Component; 3] = Component::SERVICES;
@@ -54,21 +55,20 @@ pub fn config_map(input: &BuildInput<'_>, component: Component) -> ConfigMap {
 /// The data of the Secrets the pods reference, as read by the controller.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ReferencedSecrets {
-    /// The Postgres URL Secret, reduced to the one key the pods read.
-    pub postgres: Secret,
+    /// Every Secret key of the plan ([`Topology::secrets`]), each as its
+    /// Secret reduced to that one key.
+    pub keys: BTreeMap<SecretKeyRef, Secret>,
     /// The Kafka credentials Secret (every key is handed to the pods), when
     /// the spec names one.
     pub kafka: Option<Secret>,
-    /// The webhook signing secrets (`spec.ingest.auth.secretRef`), reduced
-    /// to the one key ingest reads, when the spec sets `auth`.
-    pub webhook: Option<Secret>,
 }
 
 /// The checksums on the pod templates, one per component: a service's
-/// covers its settings, the Postgres URL and, when it reads Kafka, the
-/// Kafka credentials; ingest's also the webhook signing secrets (a
-/// rotation rolls ingest only); the migration's covers the Postgres URL alone (which
-/// database the Job migrates).
+/// covers its settings and the Secret keys it reads (its Postgres URL,
+/// Kafka credentials and certificates when it reads Kafka, ingest's webhook
+/// signing secrets, the api's JWT secret: a rotation rolls only the
+/// readers); the migration's covers the Postgres URL alone (which database
+/// the Job migrates).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Checksums(BTreeMap<Component, String>);
 
@@ -98,12 +98,12 @@ impl Checksums {
 /// Every checksum of the plan `topology` given the referenced Secrets.
 pub fn checksums(topology: &Topology, secrets: &ReferencedSecrets) -> Checksums {
     let of = |component: Component| {
-        let mut read = vec![&secrets.postgres];
+        let mut read: Vec<&Secret> = topology
+            .secrets_of(component)
+            .filter_map(|s| secrets.keys.get(&s.secret))
+            .collect();
         if component.reads_kafka() {
             read.extend(secrets.kafka.as_ref());
-        }
-        if component == Component::Ingest {
-            read.extend(secrets.webhook.as_ref());
         }
         let settings = match component {
             Component::Migrate => BTreeMap::new(),
@@ -165,11 +165,23 @@ mod tests {
         }
     }
 
+    fn key(name: &str, key: &str) -> SecretKeyRef {
+        SecretKeyRef {
+            name: name.into(),
+            key: key.into(),
+        }
+    }
+
     fn secrets(url: &str, kafka_password: &str) -> ReferencedSecrets {
         ReferencedSecrets {
-            postgres: secret("pg", "url", url),
+            keys: BTreeMap::from([
+                (key("pg", "url"), secret("pg", "url", url)),
+                (
+                    key("webhooks", "secrets"),
+                    secret("webhooks", "secrets", "whsec_AAAA"),
+                ),
+            ]),
             kafka: Some(secret("kafka-creds", "password", kafka_password)),
-            webhook: Some(secret("webhooks", "secrets", "whsec_AAAA")),
         }
     }
 
@@ -361,22 +373,20 @@ mod tests {
     fn webhook_secrets_roll_only_ingest() {
         let s0 = secrets("postgres://a", "p1");
         let base = sums(&spec(), &s0);
-        let rotated = ReferencedSecrets {
-            webhook: Some(secret("webhooks", "secrets", "whsec_BBBB whsec_AAAA")),
-            ..s0.clone()
-        };
+        let mut rotated = s0.clone();
+        rotated.keys.insert(
+            key("webhooks", "secrets"),
+            secret("webhooks", "secrets", "whsec_BBBB whsec_AAAA"),
+        );
         let next = sums(&spec(), &rotated);
         assert_ne!(next.of(Component::Ingest), base.of(Component::Ingest));
         for c in [Component::Processor, Component::Api, Component::Migrate] {
             assert_eq!(next.of(c), base.of(c), "{c} must not roll");
         }
-        let without = sums(
-            &spec(),
-            &ReferencedSecrets {
-                webhook: None,
-                ..s0
-            },
-        );
+        let mut unauthenticated = spec();
+        unauthenticated.ingest.auth = None;
+        unauthenticated.ingest.allow_unauthenticated = true;
+        let without = sums(&unauthenticated, &s0);
         assert_ne!(without.of(Component::Ingest), base.of(Component::Ingest));
         let env = chatpipe_settings::ingest::webhook_secrets_env();
         for c in WORKLOADS {

@@ -30,7 +30,7 @@ use sha2::{Digest, Sha256};
 
 use super::labels::{self, Component};
 use super::pod::{
-    container_security_context, pod_template, postgres_url_env, settings_env, tmp_mount,
+    container_security_context, pod_template, secret_env, settings_env, volume_mounts,
 };
 use super::BuildInput;
 use crate::status;
@@ -78,7 +78,7 @@ fn template(input: &BuildInput<'_>) -> PodTemplateSpec {
         .settings
         .clone()
         .with_log(LogSettings::json_info());
-    let mut env = vec![postgres_url_env(input)];
+    let mut env = secret_env(input, component);
     env.extend(settings_env(&settings));
     let container = Container {
         name: component.as_str().to_owned(),
@@ -87,7 +87,7 @@ fn template(input: &BuildInput<'_>) -> PodTemplateSpec {
         command: Some(vec![component.binary().to_owned(), "migrate".to_owned()]),
         env: Some(env),
         security_context: Some(container_security_context()),
-        volume_mounts: Some(vec![tmp_mount()]),
+        volume_mounts: Some(volume_mounts(input, component)),
         ..Container::default()
     };
     let annotations = BTreeMap::from([

@@ -8,14 +8,13 @@
 
 use std::collections::BTreeMap;
 
-use chatpipe_plan::Settings;
-use chatpipe_settings::common::{postgres_url_env as postgres_url_name, ServiceSettings};
-use chatpipe_settings::ingest::webhook_secrets_env;
+use chatpipe_plan::{Delivery, Settings};
+use chatpipe_settings::common::ServiceSettings;
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMapEnvSource, Container, ContainerPort, EmptyDirVolumeSource,
-    EnvFromSource, EnvVar, EnvVarSource, HTTPGetAction, PodSecurityContext, PodSpec,
-    PodTemplateSpec, Probe, SeccompProfile, SecretEnvSource, SecretKeySelector, SecurityContext,
-    Volume, VolumeMount,
+    EnvFromSource, EnvVar, EnvVarSource, HTTPGetAction, KeyToPath, PodSecurityContext, PodSpec,
+    PodTemplateSpec, Probe, ProjectedVolumeSource, SeccompProfile, SecretEnvSource,
+    SecretKeySelector, SecretProjection, SecurityContext, Volume, VolumeMount, VolumeProjection,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -48,10 +47,79 @@ pub fn settings_env(settings: &Settings) -> Vec<EnvVar> {
         .collect()
 }
 
-/// The Postgres URL variable (`CHATPIPE_POSTGRES_URL`), read from the
-/// Secret the plan names.
-pub fn postgres_url_env(input: &BuildInput<'_>) -> EnvVar {
-    secret_env_var(postgres_url_name(), &input.topology.postgres_url_secret)
+/// Where a pod's secret files (certificates and keys the plan delivers as
+/// files) are mounted, read-only.
+pub const SECRETS_DIR: &str = "/etc/chatpipe/secrets";
+/// Name of the projected volume that holds them.
+const SECRETS_VOLUME: &str = "secrets";
+
+/// The secret variables of `component` ([`chatpipe_plan::Topology::secrets_of`]):
+/// a value as a `secretKeyRef`, a file as its path under [`SECRETS_DIR`].
+/// No secret value ever appears in a pod spec.
+pub fn secret_env(input: &BuildInput<'_>, component: Component) -> Vec<EnvVar> {
+    input
+        .topology
+        .secrets_of(component)
+        .map(|s| match s.delivery {
+            Delivery::Value => secret_env_var(s.env.clone(), &s.secret),
+            Delivery::File(file) => env(&s.env, format!("{SECRETS_DIR}/{file}")),
+        })
+        .collect()
+}
+
+/// The projected volume of `component`'s secret files and its mount, when
+/// the plan delivers it any file.
+pub fn secrets_volume(
+    input: &BuildInput<'_>,
+    component: Component,
+) -> Option<(Volume, VolumeMount)> {
+    let sources: Vec<VolumeProjection> = input
+        .topology
+        .secrets_of(component)
+        .filter_map(|s| match s.delivery {
+            Delivery::File(file) => Some(VolumeProjection {
+                secret: Some(SecretProjection {
+                    name: s.secret.name.clone(),
+                    items: Some(vec![KeyToPath {
+                        key: s.secret.key.clone(),
+                        path: file.to_owned(),
+                        mode: None,
+                    }]),
+                    optional: Some(false),
+                }),
+                ..VolumeProjection::default()
+            }),
+            Delivery::Value => None,
+        })
+        .collect();
+    if sources.is_empty() {
+        return None;
+    }
+    Some((
+        Volume {
+            name: SECRETS_VOLUME.to_owned(),
+            projected: Some(ProjectedVolumeSource {
+                // Readable by the pod's group (fsGroup) only.
+                default_mode: Some(0o440),
+                sources: Some(sources),
+            }),
+            ..Volume::default()
+        },
+        VolumeMount {
+            name: SECRETS_VOLUME.to_owned(),
+            mount_path: SECRETS_DIR.to_owned(),
+            read_only: Some(true),
+            ..VolumeMount::default()
+        },
+    ))
+}
+
+/// The volume mounts of `component`'s container: `/tmp`, then its secret
+/// files when it has any.
+pub fn volume_mounts(input: &BuildInput<'_>, component: Component) -> Vec<VolumeMount> {
+    let mut v = vec![tmp_mount()];
+    v.extend(secrets_volume(input, component).map(|(_, m)| m));
+    v
 }
 
 /// The variable `name`, read from the Secret key `s` (which must exist).
@@ -68,18 +136,6 @@ fn secret_env_var(name: String, s: &SecretKeyRef) -> EnvVar {
             ..EnvVarSource::default()
         }),
     }
-}
-
-/// The webhook signing secrets variable ([`webhook_secrets_env`]) of
-/// ingest, read from the Secret `spec.ingest.auth.secretRef` names; `None`
-/// for the other components and when webhooks are not authenticated.
-pub fn webhook_secrets_env_var(input: &BuildInput<'_>, component: Component) -> Option<EnvVar> {
-    let s = input
-        .topology
-        .ingest_auth_secret
-        .as_ref()
-        .filter(|_| component == Component::Ingest)?;
-    Some(secret_env_var(webhook_secrets_env(), s))
 }
 
 /// `envFrom`: the component's ConfigMap, then the Kafka credentials Secret
@@ -186,8 +242,7 @@ pub fn service_container(
         ..ServiceSettings::default()
     });
     let mut env = settings_env(&listen);
-    env.push(postgres_url_env(input));
-    env.extend(webhook_secrets_env_var(input, component));
+    env.extend(secret_env(input, component));
     env.extend(settings_env(&pod_settings));
     Container {
         name: component.as_str().to_owned(),
@@ -206,7 +261,7 @@ pub fn service_container(
         liveness_probe: Some(liveness_probe()),
         resources: size.resources.clone(),
         security_context: Some(container_security_context()),
-        volume_mounts: Some(vec![tmp_mount()]),
+        volume_mounts: Some(volume_mounts(input, component)),
         ..Container::default()
     }
 }
@@ -269,7 +324,11 @@ pub fn pod_template(
             security_context: Some(pod_security_context()),
             termination_grace_period_seconds: Some(30),
             restart_policy: restart_policy.map(str::to_owned),
-            volumes: Some(vec![tmp_volume()]),
+            volumes: Some(
+                std::iter::once(tmp_volume())
+                    .chain(secrets_volume(input, component).map(|(v, _)| v))
+                    .collect(),
+            ),
             ..PodSpec::default()
         }),
     }
@@ -279,6 +338,7 @@ pub fn pod_template(
 #[cfg(test)]
 pub(crate) mod checks {
     use super::*;
+    use chatpipe_settings::ingest::webhook_secrets_env;
 
     /// The literal value of env var `name` in `c`.
     pub fn env_value<'a>(c: &'a Container, name: &str) -> Option<&'a str> {
@@ -393,5 +453,87 @@ pub(crate) mod checks {
             .as_ref()
             .unwrap();
         assert_eq!(live.path.as_deref(), Some("/healthz"));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::testing::*;
+    use super::*;
+    use crate::crd::{ApiAuthSpec, KafkaSaslSpec, KafkaTlsSpec};
+
+    fn key(name: &str, key: &str) -> SecretKeyRef {
+        SecretKeyRef {
+            name: name.into(),
+            key: key.into(),
+        }
+    }
+
+    fn secret_ref(e: &EnvVar) -> Option<(&str, &str)> {
+        let s = e.value_from.as_ref()?.secret_key_ref.as_ref()?;
+        Some((s.name.as_str(), s.key.as_str()))
+    }
+
+    /// Each component gets exactly its secrets: its own database URL,
+    /// Kafka credentials as Secret references and the CA as a mounted
+    /// file (Kafka readers only), the JWT secret (api only); no value ever
+    /// appears in the pod spec.
+    #[test]
+    fn secrets_reach_their_readers_as_references_and_files() {
+        let mut s = spec();
+        s.kafka.tls = Some(KafkaTlsSpec {
+            ca_secret_ref: Some(key("kafka", "ca.crt")),
+            ..KafkaTlsSpec::default()
+        });
+        s.kafka.sasl = Some(KafkaSaslSpec {
+            mechanism: "SCRAM-SHA-512".into(),
+            username_secret_ref: key("kafka", "username"),
+            password_secret_ref: key("kafka", "password"),
+        });
+        s.api.auth = Some(ApiAuthSpec {
+            jwt_secret_ref: key("api", "jwt"),
+            access_token_ttl: None,
+            refresh_token_ttl: None,
+            oidc: None,
+        });
+        s.api.postgres_url_secret = Some(key("pg-api", "url"));
+        for component in [Component::Ingest, Component::Processor, Component::Api] {
+            let (env, volume) = with_input(&s, |i| {
+                (secret_env(i, component), secrets_volume(i, component))
+            });
+            let by_name = |n: &str| env.iter().find(|e| e.name == n);
+            let pg = secret_ref(by_name("CHATPIPE_POSTGRES_URL").unwrap()).unwrap();
+            let jwt = by_name("CHATPIPE_API_JWT_SECRET");
+            let password = by_name("CHATPIPE_KAFKA_SASL_PASSWORD");
+            let ca = by_name("CHATPIPE_KAFKA_TLS_CA_FILE");
+            if component == Component::Api {
+                assert_eq!(pg, ("pg-api", "url"));
+                assert_eq!(secret_ref(jwt.unwrap()), Some(("api", "jwt")));
+                assert!(password.is_none() && ca.is_none() && volume.is_none());
+            } else {
+                assert_eq!(pg, ("pg", "url"), "{component:?}");
+                assert!(jwt.is_none());
+                assert_eq!(secret_ref(password.unwrap()), Some(("kafka", "password")));
+                let ca = ca.unwrap();
+                assert_eq!(
+                    ca.value.as_deref(),
+                    Some("/etc/chatpipe/secrets/kafka-ca.pem")
+                );
+                let (v, m) = volume.unwrap();
+                assert_eq!(m.mount_path, SECRETS_DIR);
+                assert_eq!(m.read_only, Some(true));
+                let sources = v.projected.unwrap().sources.unwrap();
+                let item = &sources[0].secret.as_ref().unwrap().items.as_ref().unwrap()[0];
+                assert_eq!(
+                    (item.key.as_str(), item.path.as_str()),
+                    ("ca.crt", "kafka-ca.pem")
+                );
+            }
+            for e in &env {
+                if e.name != "CHATPIPE_KAFKA_TLS_CA_FILE" {
+                    assert!(e.value.is_none(), "{} is a Secret reference", e.name);
+                }
+            }
+        }
     }
 }
