@@ -93,9 +93,52 @@ pub struct ControllerArgs {
     /// Name of this controller instance in Events (the pod name in a cluster).
     #[arg(long, env = "POD_NAME", default_value = "chatpipe-operator")]
     pub instance: String,
+    /// Namespaces whose ChatPipelines to reconcile, comma separated (one
+    /// watch per namespace; the chart's `watchNamespaces`, with namespaced
+    /// Roles). Empty: every namespace (needs the ClusterRole).
+    #[arg(long, env = WATCH_NAMESPACES_ENV, value_delimiter = ',')]
+    pub watch_namespaces: Vec<String>,
     /// Logging.
     #[command(flatten)]
     pub log: LogArgs,
+}
+
+/// Environment variable of [`ControllerArgs::watch_namespaces`].
+pub const WATCH_NAMESPACES_ENV: &str = "CHATPIPE_WATCH_NAMESPACES";
+
+/// The namespaces to watch from `--watch-namespaces`: trimmed, empty
+/// entries dropped, duplicates removed (first kept). Empty: every
+/// namespace. Fails on a name that is not a namespace name (a DNS label).
+pub fn watch_namespaces(list: &[String]) -> anyhow::Result<Vec<String>> {
+    let mut out: Vec<String> = Vec::new();
+    for ns in list.iter().map(|n| n.trim()).filter(|n| !n.is_empty()) {
+        let valid = ns.len() <= 63
+            && ns
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            && !ns.starts_with('-')
+            && !ns.ends_with('-');
+        if !valid {
+            anyhow::bail!(
+                "--watch-namespaces: {ns:?} is not a namespace name (lowercase letters, digits and '-', at most 63)"
+            );
+        }
+        if !out.iter().any(|o| o == ns) {
+            out.push(ns.to_owned());
+        }
+    }
+    Ok(out)
+}
+
+/// `Api::namespaced` in `ns`, or `Api::all` when `ns` is `None`.
+fn scoped<K>(client: &Client, ns: Option<&str>) -> Api<K>
+where
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
+{
+    match ns {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
 }
 
 /// Runs the controller until SIGTERM/SIGINT.
@@ -131,12 +174,22 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
         }
     });
 
+    let namespaces = watch_namespaces(&args.watch_namespaces)?;
+    // `None`: one watch over every namespace.
+    let scopes: Vec<Option<&str>> = if namespaces.is_empty() {
+        vec![None]
+    } else {
+        namespaces.iter().map(|n| Some(n.as_str())).collect()
+    };
     let client = client().await?;
-    let pipelines: Api<ChatPipeline> = Api::all(client.clone());
-    pipelines
-        .list(&ListParams::default().limit(1))
-        .await
-        .context("listing ChatPipelines failed; is the CRD installed? (chatpipe-operator crdgen | kubectl apply -f -)")?;
+    for ns in &scopes {
+        let pipelines: Api<ChatPipeline> = scoped(&client, *ns);
+        let scope = ns.map_or("every namespace".to_owned(), |n| format!("namespace {n}"));
+        pipelines
+            .list(&ListParams::default().limit(1))
+            .await
+            .with_context(|| format!("listing ChatPipelines in {scope} failed; is the CRD installed (chatpipe-operator crdgen | kubectl apply -f -) and may the operator list them there?"))?;
+    }
 
     let recorder = EventRecorder::new(client.clone(), FIELD_MANAGER, Some(&args.instance));
     let ctx = Arc::new(Context::new(
@@ -152,17 +205,25 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
     let metrics = ctx.metrics.clone();
     ready.store(true, Ordering::Relaxed);
     ControllerStarted.emit(&metrics);
-    Controller::new(pipelines, watcher::Config::default().any_semantic())
-        .owns(Api::<Deployment>::all(client.clone()), owned.clone())
-        .owns(Api::<StatefulSet>::all(client.clone()), owned.clone())
-        .owns(Api::<Job>::all(client.clone()), owned)
+    // One controller per watched scope: a ChatPipeline lives in exactly one
+    // namespace, so no two controllers ever reconcile the same object.
+    let controllers = scopes.iter().map(|ns| {
+        let metrics = metrics.clone();
+        Controller::new(
+            scoped::<ChatPipeline>(&client, *ns),
+            watcher::Config::default().any_semantic(),
+        )
+        .owns(scoped::<Deployment>(&client, *ns), owned.clone())
+        .owns(scoped::<StatefulSet>(&client, *ns), owned.clone())
+        .owns(scoped::<Job>(&client, *ns), owned.clone())
         .shutdown_on_signal()
-        .run(reconcile, error_policy, ctx)
-        .for_each(|res| {
+        .run(reconcile, error_policy, ctx.clone())
+        .for_each(move |res| {
             report_result(&res, &metrics);
             async {}
         })
-        .await;
+    });
+    futures::future::join_all(controllers).await;
     ControllerStopped.emit(&metrics);
     Ok(())
 }
@@ -209,6 +270,21 @@ mod tests {
             Action::await_change(),
         ));
         assert_eq!(log_level(&r), tracing::Level::DEBUG);
+    }
+
+    #[test]
+    fn watch_namespaces_are_cleaned_and_checked() {
+        let v = |l: &[&str]| l.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert!(watch_namespaces(&[]).unwrap().is_empty());
+        assert!(watch_namespaces(&v(&[""])).unwrap().is_empty());
+        assert_eq!(
+            watch_namespaces(&v(&[" chat", "team-b", "", "chat"])).unwrap(),
+            ["chat", "team-b"]
+        );
+        for bad in ["Chat", "a_b", "-a", "a-", "a/b", &"a".repeat(64)] {
+            let e = watch_namespaces(&v(&[bad])).unwrap_err().to_string();
+            assert!(e.contains("--watch-namespaces"), "{bad}: {e}");
+        }
     }
 
     /// Defect: requests carried no user agent.

@@ -21,6 +21,8 @@
 //! - [`reconcile`] — one reconcile run: validate, apply, status, finalizer.
 //! - [`controller`] — the controller process (watches, ops endpoints).
 //! - [`topic`] — ensuring the Kafka topic, behind a trait tests can fake.
+//! - [`kafka_access`] — the operator's own connection to a pipeline's
+//!   brokers (TLS, SASL from the Secrets it read).
 //! - [`events`] — what the operator says about itself: one type per
 //!   observable fact, which logs and updates its metric in one call.
 //! - [`metrics`], [`error`] — the operator's metrics and the error type.
@@ -30,6 +32,7 @@ pub mod controller;
 pub mod error;
 pub mod events;
 pub mod k8s_events;
+pub mod kafka_access;
 pub mod metrics;
 pub mod rbac;
 pub mod reconcile;

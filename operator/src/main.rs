@@ -73,6 +73,20 @@ mod tests {
             panic!("controller subcommand expected");
         };
         assert_eq!(args.listen.port(), 9000);
-        assert_eq!(args.kafka_admin_timeout, std::time::Duration::from_secs(3));
+        assert!(
+            args.watch_namespaces.is_empty(),
+            "every namespace by default"
+        );
+        let cli = Cli::try_parse_from([
+            "chatpipe-operator",
+            "controller",
+            "--watch-namespaces",
+            "team-a,team-b",
+        ])
+        .unwrap();
+        let Some(Command::Controller(args)) = cli.command else {
+            panic!("controller subcommand expected");
+        };
+        assert_eq!(args.watch_namespaces, ["team-a", "team-b"]);
     }
 }

@@ -76,6 +76,13 @@ pub const REQUIRED_PERMISSIONS: &[Permission] = &[
         resource: "ingresses",
         verbs: &["create", "delete", "get", "patch"],
     },
+    // NetworkPolicies (`spec.networkPolicy`): applied; the pipeline's own
+    // are listed by label to delete the ones no longer in the spec.
+    Permission {
+        api_group: "networking.k8s.io",
+        resource: "networkpolicies",
+        verbs: &["create", "delete", "list", "patch"],
+    },
     Permission {
         api_group: "policy",
         resource: "poddisruptionbudgets",

@@ -8,6 +8,8 @@
 //! 3. read the referenced Secrets (per-component checksums for the pod templates);
 //! 4. ensure the Kafka topic (never changes its partitions; a mismatch is `Degraded`);
 //! 5. server-side apply every object (field manager `chatpipe-operator`, forced);
+//!    the NetworkPolicies before the workloads, and the ones no longer
+//!    wanted (or an Ingress dropped from the spec) deleted;
 //! 6. the migration Job: created only when no other migration of the
 //!    pipeline runs, finished older ones deleted ([`build::job::plan`]);
 //! 7. status from the applied objects, written with server-side apply on
@@ -30,7 +32,7 @@ use chatpipe_core::kafka::TopicState;
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Secret;
-use k8s_openapi::api::networking::v1::Ingress;
+use k8s_openapi::api::networking::v1::{Ingress, NetworkPolicy};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::NamespaceResourceScope;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
@@ -354,11 +356,16 @@ async fn apply(cp: &ChatPipeline, ctx: &Context) -> Result<Action> {
     }
 
     // 3. Secrets.
-    let secrets = read_secrets(ctx, &ns, &pipeline).await?;
+    let topology = chatpipe_plan::plan(&pipeline);
+    let secrets = read_secrets(ctx, &ns, &pipeline, &topology).await?;
 
     // 4. Topic.
     let req = TopicRequest {
-        brokers: pipeline.kafka.bootstrap_servers.clone(),
+        kafka: crate::kafka_access::connection(
+            &pipeline.kafka,
+            &secrets,
+            &crate::kafka_access::default_dir(),
+        )?,
         topic: pipeline.kafka.topic.clone(),
         partitions: pipeline.kafka.partitions,
         replication_factor: pipeline.kafka.replication_factor,
@@ -401,7 +408,6 @@ async fn apply(cp: &ChatPipeline, ctx: &Context) -> Result<Action> {
     let owner = cp
         .controller_owner_ref(&())
         .ok_or(Error::MissingMetadata("uid"))?;
-    let topology = chatpipe_plan::plan(&pipeline);
     let input = BuildInput {
         name: &name,
         namespace: &ns,
@@ -418,6 +424,11 @@ async fn apply(cp: &ChatPipeline, ctx: &Context) -> Result<Action> {
     for s in &desired.services {
         apply_object(client, &ns, s).await?;
     }
+    // Before the workloads, so new pods start behind their policies.
+    for p in &desired.network_policies {
+        apply_object(client, &ns, p).await?;
+    }
+    prune_network_policies(ctx, cp, &ns, &name, &desired.network_policies).await?;
     let ingest = apply_object(client, &ns, &desired.ingest).await?;
     let api = apply_object(client, &ns, &desired.api).await?;
     let statefulset = apply_object(client, &ns, &desired.statefulset).await?;
@@ -741,6 +752,50 @@ async fn delete_stale_ingress(
     Ok(())
 }
 
+/// Deletes the NetworkPolicies this ChatPipeline made that are no longer
+/// in `keep` (all of them when the spec disables or drops
+/// `networkPolicy`): one list by the pipeline's labels, filtered by owner.
+async fn prune_network_policies(
+    ctx: &Context,
+    cp: &ChatPipeline,
+    ns: &str,
+    name: &str,
+    keep: &[NetworkPolicy],
+) -> Result<()> {
+    let api: Api<NetworkPolicy> = Api::namespaced(ctx.client.clone(), ns);
+    let selector = format!(
+        "app.kubernetes.io/instance={name},app.kubernetes.io/managed-by={}",
+        labels::MANAGED_BY
+    );
+    let existing = api
+        .list(&ListParams::default().labels(&selector))
+        .await
+        .context(|| format!("listing the NetworkPolicies of {name}"))?;
+    let uid = cp.metadata.uid.as_deref();
+    let stale = existing.items.iter().filter(|p| {
+        let ours = p
+            .owner_references()
+            .iter()
+            .any(|o| Some(o.uid.as_str()) == uid);
+        let wanted = keep.iter().any(|k| k.metadata.name == p.metadata.name);
+        ours && !wanted && p.metadata.deletion_timestamp.is_none()
+    });
+    for p in stale {
+        let policy = p.name_any();
+        match api.delete(&policy, &DeleteParams::default()).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.code == 404 => {}
+            Err(source) => {
+                return Err(Error::Kube {
+                    action: format!("deleting NetworkPolicy {policy}, no longer in the spec"),
+                    source,
+                })
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Reads one key of a Secret (`field` names the spec field that references
 /// it, for the error), as a Secret holding only that key: what goes into
 /// the checksums.
@@ -774,16 +829,24 @@ async fn read_secret_key(api: &Api<Secret>, r: &SecretKeyRef, field: &str) -> Re
     })
 }
 
-/// Reads the Secrets the pods reference: the Postgres URL key and the
-/// webhook signing secrets key (only those keys go into the checksums)
-/// and the Kafka credentials Secret.
-async fn read_secrets(ctx: &Context, ns: &str, p: &ValidatedPipeline) -> Result<ReferencedSecrets> {
+/// Reads the Secrets the pods reference: every Secret key of the plan
+/// (only those keys go into the checksums) and the Kafka credentials
+/// Secret. Only Secrets the pipeline names are read, each with `get`.
+async fn read_secrets(
+    ctx: &Context,
+    ns: &str,
+    p: &ValidatedPipeline,
+    topology: &chatpipe_plan::Topology,
+) -> Result<ReferencedSecrets> {
     let api: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
-    let mut out = ReferencedSecrets {
-        postgres: read_secret_key(&api, &p.postgres_url_secret, "postgres.urlSecret").await?,
-        kafka: None,
-        webhook: None,
-    };
+    let mut out = ReferencedSecrets::default();
+    for s in &topology.secrets {
+        if out.keys.contains_key(&s.secret) {
+            continue;
+        }
+        let value = read_secret_key(&api, &s.secret, s.field).await?;
+        out.keys.insert(s.secret.clone(), value);
+    }
     if let Some(c) = &p.kafka.credentials_secret {
         let s = api
             .get_opt(c)
@@ -801,9 +864,6 @@ async fn read_secrets(ctx: &Context, ns: &str, p: &ValidatedPipeline) -> Result<
             string_data: s.string_data,
             ..Secret::default()
         });
-    }
-    if let Some(r) = &p.ingest.auth {
-        out.webhook = Some(read_secret_key(&api, r, "ingest.auth.secretRef").await?);
     }
     Ok(out)
 }

@@ -1,6 +1,7 @@
 //! Render-free checks of the packaging: the Helm chart (every template and
 //! values file parses as YAML once template actions are stripped, blocks are
-//! balanced, values.yaml satisfies values.schema.json, the ClusterRole grants
+//! balanced, values.yaml satisfies values.schema.json, the RBAC rules shared
+//! by the ClusterRole and the per-namespace Roles (`watchNamespaces`) grant
 //! exactly `rbac::REQUIRED_PERMISSIONS`, the chart's CRD is the generated
 //! one), the examples' extra manifests, skaffold.yaml and the Dockerfile. No helm, docker or cluster is needed (or available).
 
@@ -123,6 +124,8 @@ fn every_template_parses_and_names_its_object() {
         "ClusterRole",
         "ClusterRoleBinding",
         "Deployment",
+        "Role",
+        "RoleBinding",
         "Service",
         "ServiceAccount",
         "ServiceMonitor",
@@ -190,6 +193,18 @@ fn values_satisfy_the_schema_and_the_schema_rejects_bad_values() {
         ),
         ("typo", bad(&|v| v["replicaCount"] = 2.into())),
         (
+            "namespace name",
+            bad(&|v| v["watchNamespaces"] = serde_json::json!(["Team_A"])),
+        ),
+        (
+            "repeated namespace",
+            bad(&|v| v["watchNamespaces"] = serde_json::json!(["a", "a"])),
+        ),
+        (
+            "namespace list",
+            bad(&|v| v["watchNamespaces"] = "a,b".into()),
+        ),
+        (
             "interval",
             bad(&|v| v["metrics"]["serviceMonitor"]["interval"] = "soon".into()),
         ),
@@ -206,15 +221,86 @@ fn default_values_are_locked_down() {
     assert_eq!(v["securityContext"]["allowPrivilegeEscalation"], false);
     assert_eq!(v["securityContext"]["capabilities"]["drop"][0], "ALL");
     assert_eq!(v["rbac"]["create"], true);
+    assert_eq!(v["watchNamespaces"], serde_json::json!([]));
     assert_eq!(v["metrics"]["serviceMonitor"]["enabled"], false);
+}
+
+/// The rules of `define "chatpipe.rules"` in _helpers.tpl, shared by the
+/// ClusterRole and the per-namespace Roles.
+fn chart_rules() -> Value {
+    let text = read(&chart().join("templates/_helpers.tpl"));
+    let start = text
+        .find(r#"{{- define "chatpipe.rules" -}}"#)
+        .expect("chatpipe.rules defined");
+    let body = &text[start..];
+    let body = &body[body.find('\n').unwrap() + 1..];
+    let body = &body[..body.find("{{- end }}").expect("end of chatpipe.rules")];
+    assert!(!body.contains("{{"), "chatpipe.rules is plain YAML");
+    serde_yaml::from_str(body).unwrap()
+}
+
+/// Both forms of the operator's RBAC include the shared rules, and only
+/// one form renders: the ClusterRole without `watchNamespaces`, a Role and
+/// RoleBinding per listed namespace with it.
+#[test]
+fn role_form_follows_watch_namespaces() {
+    for (file, kind) in [
+        ("clusterrole.yaml", "ClusterRole"),
+        ("clusterrolebinding.yaml", "ClusterRoleBinding"),
+        ("role.yaml", "Role"),
+        ("rolebinding.yaml", "RoleBinding"),
+    ] {
+        let text = read(&chart().join("templates").join(file));
+        let doc = template_doc(file);
+        assert_eq!(doc["kind"], kind, "{file}");
+        let first = text.lines().next().unwrap();
+        assert!(first.contains(".Values.rbac.create"), "{file}: {first}");
+        if kind.starts_with("Cluster") {
+            assert!(
+                first.contains("(not .Values.watchNamespaces)"),
+                "{file} renders only without watchNamespaces: {first}"
+            );
+        } else {
+            assert!(
+                text.contains("{{- range .Values.watchNamespaces }}"),
+                "{file}: one per namespace"
+            );
+            // Inside `range`, `.` is the namespace.
+            assert!(text.contains("namespace: {{ . | quote }}"), "{file}");
+            assert!(
+                !text.contains("include \"chatpipe.labels\" ."),
+                "{file}: use $"
+            );
+        }
+        if kind.ends_with("Role") {
+            assert!(
+                text.contains("rules:\n  {{- include \"chatpipe.rules\""),
+                "{file} uses the shared rules"
+            );
+        } else {
+            assert_eq!(doc["roleRef"]["kind"], kind.trim_end_matches("Binding"));
+            assert_eq!(doc["subjects"][0]["kind"], "ServiceAccount");
+        }
+    }
+    // The operator is told which namespaces to watch.
+    let text = read(&chart().join("templates/deployment.yaml"));
+    let with = text
+        .find("{{- with .Values.watchNamespaces }}")
+        .expect("watchNamespaces passed to the operator");
+    let env = &text[with..];
+    assert!(env.contains("- name: CHATPIPE_WATCH_NAMESPACES"));
+    assert!(env.contains(r#"value: {{ join "," . | quote }}"#));
+    assert_eq!(
+        chatpipe_operator::controller::WATCH_NAMESPACES_ENV,
+        "CHATPIPE_WATCH_NAMESPACES"
+    );
 }
 
 #[test]
 fn cluster_role_grants_exactly_the_controllers_permissions() {
-    let role = template_doc("clusterrole.yaml");
-    assert_eq!(role["kind"], "ClusterRole");
+    let rules = chart_rules();
     let mut granted = BTreeSet::new();
-    for rule in role["rules"].as_sequence().unwrap() {
+    for rule in rules.as_sequence().unwrap() {
         let groups = rule["apiGroups"].as_sequence().unwrap();
         let resources = rule["resources"].as_sequence().unwrap();
         let verbs: Vec<String> = rule["verbs"]
@@ -256,14 +342,14 @@ fn cluster_role_grants_exactly_the_controllers_permissions() {
             ));
         }
         panic!(
-            "charts/chatpipe/templates/clusterrole.yaml grants {granted:?}\n\
+            "chatpipe.rules in charts/chatpipe/templates/_helpers.tpl grants {granted:?}\n\
              but the controller needs exactly {required:?}; the rules should read:\n{expected}"
         );
     }
 
-    let binding = template_doc("clusterrolebinding.yaml");
-    assert_eq!(binding["roleRef"]["kind"], "ClusterRole");
-    assert_eq!(binding["subjects"][0]["kind"], "ServiceAccount");
+    // Secrets: read by name only, never listed or watched (RBAC cannot
+    // narrow `get` to the names the pipelines reference).
+    assert!(granted.contains(&("".into(), "secrets".into(), vec!["get".into()])));
 }
 
 #[test]

@@ -588,6 +588,7 @@ fn workload_steps(w: Workloads) -> Vec<Step> {
             },
             Reply::Echo(json!({})),
         ),
+        list_policies_step(Vec::new()),
         apply(
             "/apis/apps/v1/namespaces/chat/deployments/demo-ingest",
             "Deployment",
@@ -671,6 +672,27 @@ fn workload_steps(w: Workloads) -> Vec<Step> {
         ));
     }
     steps
+}
+
+const POLICIES: &str = "/apis/networking.k8s.io/v1/namespaces/chat/networkpolicies";
+
+/// The list of this pipeline's NetworkPolicies (by label), answered with
+/// `items`: every reconcile looks for the ones to delete.
+fn list_policies_step(items: Vec<Value>) -> Step {
+    step(
+        Method::GET,
+        POLICIES,
+        false,
+        ignore,
+        Reply::Json(json!({
+            "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicyList",
+            "metadata": {"resourceVersion": "9"}, "items": items
+        })),
+    )
+    .with_query(
+        "labelSelector",
+        "app.kubernetes.io/instance=demo,app.kubernetes.io/managed-by=chatpipe-operator",
+    )
 }
 
 const JOBS: &str = "/apis/batch/v1/namespaces/chat/jobs";
@@ -893,7 +915,7 @@ async fn first_create_ensures_topic_and_applies_every_object() {
     assert_eq!(
         topics.calls.lock().unwrap().as_slice(),
         [TopicRequest {
-            brokers: "kafka:9092".into(),
+            kafka: chatpipe_core::kafka::KafkaConnection::plaintext("kafka:9092"),
             topic: "chatpipe.events".into(),
             partitions: 6,
             replication_factor: 1,
@@ -1837,4 +1859,250 @@ async fn ingress_dropped_from_the_spec_is_deleted() {
     steps.push(event_step("Normal", "MigrationSucceeded"));
     let (result, _, _) = run(h, cp, steps).await;
     result.unwrap();
+}
+
+// ------------------------------------------------------ network policies
+
+/// The NetworkPolicy `demo-<component>` as the API server lists it, owned
+/// by `uid`.
+fn listed_policy(component: &str, uid: &str) -> Value {
+    json!({
+        "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+        "metadata": {
+            "name": format!("demo-{component}"), "namespace": "chat",
+            "labels": {
+                "app.kubernetes.io/instance": "demo",
+                "app.kubernetes.io/managed-by": "chatpipe-operator"
+            },
+            "ownerReferences": [{
+                "apiVersion": "chatpipe.dev/v1alpha1", "kind": "ChatPipeline",
+                "name": "demo", "uid": uid, "controller": true
+            }]
+        },
+        "spec": { "podSelector": {} }
+    })
+}
+
+/// The pod selector of `component`'s pods.
+fn pods_of(component: &str) -> Value {
+    json!({ "matchLabels": {
+        "app.kubernetes.io/component": component,
+        "app.kubernetes.io/instance": "demo",
+        "app.kubernetes.io/name": "chatpipe"
+    }})
+}
+
+/// A rule from the namespaces `from` to TCP `port`.
+fn rule(from: Value, port: i32) -> Value {
+    json!({
+        "from": [{ "namespaceSelector": from }],
+        "ports": [{ "port": port, "protocol": "TCP" }]
+    })
+}
+
+/// Checks one applied policy: selects `component`'s pods, ingress only,
+/// with exactly `ingress` as rules.
+fn policy_check(component: &'static str, ingress: Value) -> impl FnOnce(&Value) + Send {
+    move |b| {
+        assert_eq!(b["apiVersion"], "networking.k8s.io/v1");
+        assert_eq!(b["metadata"]["name"], format!("demo-{component}"));
+        assert_eq!(b["spec"]["podSelector"], pods_of(component));
+        assert_eq!(b["spec"]["policyTypes"], json!(["Ingress"]));
+        assert!(b["spec"].get("egress").is_none(), "egress stays open");
+        assert_eq!(b["spec"]["ingress"], ingress, "rules of demo-{component}");
+    }
+}
+
+/// A ready pipeline with `networkPolicy` set to `np` (`None`: absent).
+fn with_network_policy(np: Option<Value>) -> ChatPipeline {
+    pipeline(|v| {
+        if let Some(np) = np {
+            v["spec"]["networkPolicy"] = np;
+        }
+        v["status"] = ready_status(3);
+    })
+}
+
+/// The steps of a reconcile of a ready pipeline, with the NetworkPolicy
+/// list replaced by `policies` (spliced in where the list is), then the
+/// migration, the status and its events.
+fn steps_with_policies(policies: Vec<Step>) -> Vec<Step> {
+    let mut steps = workload_steps(Workloads {
+        ready: (2, 3, 1),
+        migrated: true,
+        processors: 3,
+        ingress: true,
+    });
+    let at = steps
+        .iter()
+        .position(|s| s.path == POLICIES)
+        .expect("the policy list step");
+    steps.splice(at..=at, policies);
+    steps.push(list_jobs_step(Vec::new()));
+    steps.push(create_job_step(true, ignore));
+    steps.push(status_step(ignore));
+    steps.push(event_step("Normal", "MigrationStarted"));
+    steps.push(event_step("Normal", "MigrationSucceeded"));
+    steps
+}
+
+#[tokio::test]
+async fn enabled_network_policies_are_applied_before_the_workloads() {
+    let cp = with_network_policy(Some(json!({ "enabled": true })));
+    let every = json!({});
+    let mut policies = vec![
+        apply(
+            &format!("{POLICIES}/demo-ingest"),
+            "NetworkPolicy",
+            policy_check(
+                "ingest",
+                json!([
+                    rule(
+                        json!({"matchLabels": {"kubernetes.io/metadata.name": "ingress-nginx"}}),
+                        8080
+                    ),
+                    rule(every.clone(), 8080)
+                ]),
+            ),
+            Reply::Echo(json!({})),
+        ),
+        apply(
+            &format!("{POLICIES}/demo-processor"),
+            "NetworkPolicy",
+            policy_check("processor", json!([rule(every.clone(), 8082)])),
+            Reply::Echo(json!({})),
+        ),
+        apply(
+            &format!("{POLICIES}/demo-api"),
+            "NetworkPolicy",
+            policy_check(
+                "api",
+                json!([
+                    rule(
+                        json!({"matchLabels": {"kubernetes.io/metadata.name": "chat"}}),
+                        8081
+                    ),
+                    rule(every, 8081)
+                ]),
+            ),
+            Reply::Echo(json!({})),
+        ),
+        apply(
+            &format!("{POLICIES}/demo-migrate"),
+            "NetworkPolicy",
+            policy_check("migrate", json!([])),
+            Reply::Echo(json!({})),
+        ),
+    ];
+    // Already there and all wanted: nothing is deleted.
+    policies.push(list_policies_step(
+        ["ingest", "processor", "api", "migrate"]
+            .iter()
+            .map(|c| listed_policy(c, "0f6c2f3e-uid"))
+            .collect(),
+    ));
+    let h = harness(Ok(TopicState::Exists));
+    let (result, seen, _) = run(h, cp, steps_with_policies(policies)).await;
+    result.unwrap();
+    // Policies before the pods they protect.
+    let first_policy = seen
+        .iter()
+        .position(|s| s.path.starts_with(POLICIES))
+        .unwrap();
+    let first_workload = seen
+        .iter()
+        .position(|s| s.path.contains("/deployments/") || s.path.contains("/statefulsets/"))
+        .unwrap();
+    assert!(first_policy < first_workload);
+}
+
+#[tokio::test]
+async fn custom_selectors_reach_the_policies() {
+    let monitoring = json!({"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}});
+    let edge = json!({"matchLabels": {"team": "edge"}});
+    let support =
+        json!({"matchExpressions": [{"key": "tier", "operator": "In", "values": ["support"]}]});
+    let cp = with_network_policy(Some(json!({
+        "enabled": true,
+        "ingressNamespaceSelector": edge,
+        "apiNamespaceSelector": support,
+        "metricsNamespaceSelector": monitoring,
+    })));
+    let policies = vec![
+        apply(
+            &format!("{POLICIES}/demo-ingest"),
+            "NetworkPolicy",
+            policy_check(
+                "ingest",
+                json!([rule(edge, 8080), rule(monitoring.clone(), 8080)]),
+            ),
+            Reply::Echo(json!({})),
+        ),
+        apply(
+            &format!("{POLICIES}/demo-processor"),
+            "NetworkPolicy",
+            policy_check("processor", json!([rule(monitoring.clone(), 8082)])),
+            Reply::Echo(json!({})),
+        ),
+        apply(
+            &format!("{POLICIES}/demo-api"),
+            "NetworkPolicy",
+            policy_check("api", json!([rule(support, 8081), rule(monitoring, 8081)])),
+            Reply::Echo(json!({})),
+        ),
+        apply(
+            &format!("{POLICIES}/demo-migrate"),
+            "NetworkPolicy",
+            policy_check("migrate", json!([])),
+            Reply::Echo(json!({})),
+        ),
+        list_policies_step(Vec::new()),
+    ];
+    let h = harness(Ok(TopicState::Exists));
+    let (result, _, _) = run(h, cp, steps_with_policies(policies)).await;
+    result.unwrap();
+}
+
+/// Disabling (or dropping) `networkPolicy` deletes the policies this
+/// pipeline made, and only those.
+async fn disabling_deletes(np: Option<Value>) {
+    let cp = with_network_policy(np);
+    let mut policies = vec![list_policies_step(vec![
+        listed_policy("ingest", "0f6c2f3e-uid"),
+        listed_policy("processor", "0f6c2f3e-uid"),
+        listed_policy("api", "0f6c2f3e-uid"),
+        listed_policy("migrate", "0f6c2f3e-uid"),
+        // Same labels, another owner: not ours to delete.
+        listed_policy("extra", "someone-else"),
+    ])];
+    for c in ["ingest", "processor", "api", "migrate"] {
+        policies.push(step(
+            Method::DELETE,
+            &format!("{POLICIES}/demo-{c}"),
+            false,
+            ignore,
+            // One already gone: a 404 is not an error.
+            if c == "api" {
+                Reply::NotFound
+            } else {
+                Reply::Json(json!({"kind": "Status", "apiVersion": "v1", "status": "Success"}))
+            },
+        ));
+    }
+    let h = harness(Ok(TopicState::Exists));
+    let (result, seen, _) = run(h, cp, steps_with_policies(policies)).await;
+    result.unwrap();
+    assert!(!seen
+        .iter()
+        .any(|s| s.method == Method::PATCH && s.path.starts_with(POLICIES)));
+}
+
+#[tokio::test]
+async fn disabling_network_policies_deletes_them() {
+    disabling_deletes(Some(json!({ "enabled": false }))).await;
+}
+
+#[tokio::test]
+async fn dropping_network_policies_from_the_spec_deletes_them() {
+    disabling_deletes(None).await;
 }

@@ -45,3 +45,59 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- define "chatpipe.image" -}}
 {{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
 {{- end }}
+
+{{/*
+The operator's rules: exactly the API calls the controller makes
+(chatpipe_operator::rbac::REQUIRED_PERMISSIONS; operator/tests/chart.rs
+fails when they differ). Every resource is namespaced, so the same rules
+serve the ClusterRole and each namespace's Role.
+*/}}
+{{- define "chatpipe.rules" -}}
+# The resource: watched; the finalizer added/removed with a patch.
+- apiGroups: ["chatpipe.dev"]
+  resources: ["chatpipelines"]
+  verbs: ["list", "patch", "watch"]
+# Status written with server-side apply.
+- apiGroups: ["chatpipe.dev"]
+  resources: ["chatpipelines/status"]
+  verbs: ["patch"]
+- apiGroups: [""]
+  resources: ["configmaps"]
+  verbs: ["create", "patch"]
+- apiGroups: [""]
+  resources: ["services"]
+  verbs: ["create", "patch"]
+# Read only, each by name (`get`, never `list`/`watch`), to checksum the
+# Secrets a pipeline references into its pod templates. RBAC cannot limit
+# `get` to "referenced" names: set watchNamespaces to confine it.
+- apiGroups: [""]
+  resources: ["secrets"]
+  verbs: ["get"]
+- apiGroups: ["apps"]
+  resources: ["deployments"]
+  verbs: ["create", "get", "list", "patch", "watch"]
+- apiGroups: ["apps"]
+  resources: ["statefulsets"]
+  verbs: ["create", "get", "list", "patch", "watch"]
+# The migration Job: watched so its completion updates the status, listed
+# to run migrations one at a time, finished older ones deleted.
+- apiGroups: ["batch"]
+  resources: ["jobs"]
+  verbs: ["create", "delete", "list", "patch", "watch"]
+# An Ingress dropped from the spec is looked up and deleted.
+- apiGroups: ["networking.k8s.io"]
+  resources: ["ingresses"]
+  verbs: ["create", "delete", "get", "patch"]
+# spec.networkPolicy: applied; the pipeline's own listed by label to delete
+# the ones no longer in the spec.
+- apiGroups: ["networking.k8s.io"]
+  resources: ["networkpolicies"]
+  verbs: ["create", "delete", "list", "patch"]
+- apiGroups: ["policy"]
+  resources: ["poddisruptionbudgets"]
+  verbs: ["create", "patch"]
+# Kubernetes Events.
+- apiGroups: ["events.k8s.io"]
+  resources: ["events"]
+  verbs: ["create", "patch"]
+{{- end }}

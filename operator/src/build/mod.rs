@@ -15,6 +15,7 @@
 //! - [`service`] — regular Services for ingest and api, the headless one of the processors.
 //! - [`ingress`] — the optional Ingress of the webhook endpoint.
 //! - [`pdb`] — a PodDisruptionBudget per workload.
+//! - [`networkpolicy`] — the optional NetworkPolicies around every component.
 //! - [`job`] — the schema migration Job.
 
 pub mod configmap;
@@ -22,6 +23,7 @@ pub mod deployment;
 pub mod ingress;
 pub mod job;
 pub mod labels;
+pub mod networkpolicy;
 pub mod pdb;
 pub mod pod;
 pub mod service;
@@ -31,7 +33,7 @@ use chatpipe_plan::Topology;
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{ConfigMap, Service};
-use k8s_openapi::api::networking::v1::Ingress;
+use k8s_openapi::api::networking::v1::{Ingress, NetworkPolicy};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 
@@ -98,6 +100,9 @@ pub struct DesiredObjects {
     pub pdbs: Vec<PodDisruptionBudget>,
     /// The webhook Ingress, when requested.
     pub ingress: Option<Ingress>,
+    /// One NetworkPolicy per component when `spec.networkPolicy.enabled`,
+    /// else empty (the reconciler then deletes the ones it made).
+    pub network_policies: Vec<NetworkPolicy>,
     /// Schema migration.
     pub migration_job: Job,
 }
@@ -123,6 +128,7 @@ pub fn desired(input: &BuildInput<'_>) -> DesiredObjects {
             pdb::pdb(input, Component::Api),
         ],
         ingress: ingress::ingress(input),
+        network_policies: networkpolicy::policies(input),
         migration_job: job::migration(input),
     }
 }
@@ -256,6 +262,22 @@ mod tests {
         assert!(objs.migration_job.metadata.name.unwrap().len() <= 63);
         for s in objs.services {
             assert!(s.metadata.name.unwrap().len() <= 63);
+        }
+    }
+
+    #[test]
+    fn network_policies_only_when_enabled() {
+        assert!(with_input(&spec(), desired).network_policies.is_empty());
+        let mut s = spec();
+        s.network_policy = Some(crate::crd::NetworkPolicySpec {
+            enabled: true,
+            ..Default::default()
+        });
+        let objs = with_input(&s, desired);
+        assert_eq!(objs.network_policies.len(), 4);
+        for p in objs.network_policies {
+            assert_eq!(p.metadata.owner_references, Some(vec![owner()]));
+            assert!(p.metadata.name.unwrap().starts_with("demo-"));
         }
     }
 
