@@ -5,7 +5,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use crate::env::{EnvValue, EnvWriter};
+use crate::env::EnvWriter;
 
 /// The variable of every service's HTTP listener (`--listen`): declared by
 /// each service's own flag (their defaults differ), meaning the same.
@@ -151,13 +151,6 @@ impl std::str::FromStr for KafkaSaslMechanism {
     }
 }
 
-impl EnvValue for KafkaSaslMechanism {
-    /// The mechanism's name.
-    fn env_value(&self) -> String {
-        self.name().to_owned()
-    }
-}
-
 /// Logging settings.
 #[derive(Debug, Clone, clap::Args)]
 pub struct LogArgs {
@@ -184,15 +177,6 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 }
 
 pub use crate::env::format_duration;
-
-impl EnvValue for LogFormat {
-    /// The value name clap accepts (`text`, `json`).
-    fn env_value(&self) -> String {
-        clap::ValueEnum::to_possible_value(self)
-            .map(|v| v.get_name().to_owned())
-            .unwrap_or_default()
-    }
-}
 
 /// The environment variable argument `id` of the group `A` reads (see
 /// [`crate::env::env_name`]; panics on an unknown id).
@@ -354,6 +338,7 @@ pub fn kafka_sasl_username_env() -> String {
 #[cfg(test)]
 mod kafka_args_tests {
     use super::*;
+    use crate::env::EnvValue;
 
     #[derive(Debug, clap::Parser)]
     struct Bin {

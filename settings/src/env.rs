@@ -29,6 +29,26 @@ macro_rules! display_env_value {
 
 display_env_value!(String, u32, u64, usize, i64, bool, SocketAddr);
 
+/// Choices of a flag (`clap::ValueEnum`) are written as the name clap
+/// accepts (`json`, `SCRAM-SHA-512`, `forwarded-for`).
+macro_rules! value_enum_env_value {
+    ($($t:ty),*) => {$(
+        impl EnvValue for $t {
+            fn env_value(&self) -> String {
+                clap::ValueEnum::to_possible_value(self)
+                    .map(|v| v.get_name().to_owned())
+                    .unwrap_or_default()
+            }
+        }
+    )*};
+}
+
+value_enum_env_value!(
+    crate::common::LogFormat,
+    crate::common::KafkaSaslMechanism,
+    crate::ingest::RateLimitClient
+);
+
 /// Formats a duration the way `parse_duration` reads it (`5s`, `1m 30s`).
 pub fn format_duration(d: Duration) -> String {
     humantime::format_duration(d).to_string()

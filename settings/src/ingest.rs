@@ -290,14 +290,6 @@ pub enum RateLimitClient {
     ForwardedFor,
 }
 
-impl crate::env::EnvValue for RateLimitClient {
-    fn env_value(&self) -> String {
-        clap::ValueEnum::to_possible_value(self)
-            .map(|v| v.get_name().to_owned())
-            .unwrap_or_default()
-    }
-}
-
 impl IngestSettings {
     /// The environment that gives `chatpipe-ingest` these settings.
     pub fn to_env(&self) -> Vec<(String, String)> {
