@@ -148,7 +148,7 @@ pub fn app_with_auth(state: AppState, metrics: Metrics, auth: Option<Arc<Auth>>)
 /// Runs the api until SIGINT/SIGTERM.
 pub async fn run(config: Config) -> anyhow::Result<()> {
     let pool = store::readonly_pool(
-        &config.postgres.postgres_url,
+        &config.postgres.url(),
         config.postgres.postgres_pool_size,
         config.statement_timeout,
         &config.db_role,
@@ -223,7 +223,7 @@ pub fn auth_of(config: &Config, metrics: &Metrics) -> anyhow::Result<Option<Arc<
         })
         .transpose()?;
     let pool = store::readwrite_pool(
-        &config.postgres.postgres_url,
+        &config.postgres.url(),
         store::READWRITE_POOL_SIZE,
         config.statement_timeout,
         &config.db_role,

@@ -79,7 +79,7 @@ impl Ingest {
         args.validate()
             .map_err(anyhow::Error::msg)
             .context("invalid ingest settings")?;
-        let url = &args.postgres.postgres_url;
+        let url = &args.postgres.url();
         if args.migrate {
             // A component's own least-privileged login cannot migrate (V500).
             async {

@@ -286,18 +286,20 @@ async fn ensure_broker(
 /// component, run here rather than as a process) and ensures the topic.
 async fn prepare(spec: &LocalPipeline) -> anyhow::Result<()> {
     let kafka = &spec.topology.kafka;
-    let db = chatpipe_core::db::redact(&spec.postgres_url);
-    chatpipe_core::db::ensure_database(&spec.postgres_url)
+    // Certificate files (the Postgres and Kafka CAs) first: both steps
+    // below read them.
+    write_secret_files(spec)?;
+    let url = spec.migration_url();
+    let db = chatpipe_core::db::redact(&url);
+    chatpipe_core::db::ensure_database(&url)
         .await
         .with_context(|| format!("Postgres at {db} (is it running? is the Secret's URL right?)"))?;
-    let applied = chatpipe_core::db::migrate(&spec.postgres_url)
-        .await
-        .with_context(|| {
-            format!(
-                "migrating {db} (a local database made by a build whose migrations have since \
+    let applied = chatpipe_core::db::migrate(&url).await.with_context(|| {
+        format!(
+            "migrating {db} (a local database made by a build whose migrations have since \
                  changed is refused; drop it or point the Secret at a new one)"
-            )
-        })?;
+        )
+    })?;
     say(format!(
         "database {db}: {} migration(s) applied",
         applied.len()
@@ -305,7 +307,6 @@ async fn prepare(spec: &LocalPipeline) -> anyhow::Result<()> {
 
     // The broker may still be starting: retry for a while.
     // The topic is made with the services' own Kafka settings (TLS, SASL).
-    write_secret_files(spec)?;
     let connection = kafka_connection(spec)?;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     let state = loop {

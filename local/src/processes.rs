@@ -98,6 +98,17 @@ impl LocalPipeline {
             .collect()
     }
 
+    /// The URL migrations run with: the shared one, with the Postgres CA
+    /// file (`spec.postgres.caSecretRef`) as its `sslrootcert`, as the
+    /// services get it through `--postgres-ca-file`.
+    pub fn migration_url(&self) -> String {
+        let ca_env = chatpipe_settings::common::postgres_ca_file_env();
+        match self.secret_env(Component::Migrate).get(&ca_env) {
+            Some(ca) => chatpipe_settings::common::with_root_cert(&self.postgres_url, ca),
+            None => self.postgres_url.clone(),
+        }
+    }
+
     /// The files the processes read secrets from, with their contents
     /// (written by the supervisor before it starts anything, mode 0600).
     pub fn secret_files(&self) -> BTreeMap<PathBuf, &str> {
@@ -518,6 +529,33 @@ api: { replicas: 1 }
     /// Each service gets its own database URL when the spec names one, and
     /// the Kafka CA as a file path (the file named by the value's digest)
     /// when Kafka is reached over TLS; the api reads neither Kafka secret.
+    /// A Postgres CA reaches every process as a file, and the migration's
+    /// URL names it as its `sslrootcert`.
+    #[test]
+    fn the_postgres_ca_reaches_every_process_and_the_migration() {
+        let mut s = spec();
+        s.postgres.ca_secret_ref = Some(chatpipe_plan::crd::SecretKeyRef {
+            name: "pg-ca".into(),
+            key: "ca.crt".into(),
+        });
+        let p = pipeline_with(&s, |i| match i.secret.name.as_str() {
+            "pg-ca" => "-----BEGIN CERTIFICATE-----\nMIIB\n".into(),
+            _ => value_of(i),
+        });
+        let files = p.secret_files();
+        assert_eq!(files.len(), 1);
+        let path = files.keys().next().unwrap().display().to_string();
+        for proc in desired(&p, &Ports::default(), &bins()).unwrap() {
+            assert_eq!(proc.env["CHATPIPE_POSTGRES_CA_FILE"], path, "{}", proc.name);
+        }
+        assert_eq!(p.migration_url(), format!("{PG}?sslrootcert={path}"));
+        assert_eq!(
+            pipeline(&spec()).migration_url(),
+            PG,
+            "no CA, the URL as is"
+        );
+    }
+
     #[test]
     fn component_urls_and_certificate_files_reach_their_readers() {
         let mut s = spec();

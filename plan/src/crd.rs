@@ -211,8 +211,14 @@ fn default_topic() -> String {
 #[derive(JsonSchema, Serialize, Deserialize, Debug, Clone, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct PostgresSpec {
-    /// Secret key holding the connection URL (`postgres://…`).
+    /// Secret key holding the connection URL (`postgres://…`; TLS per
+    /// libpq's `sslmode`, e.g. `?sslmode=verify-full`).
     pub url_secret: SecretKeyRef,
+    /// Secret key holding the PEM CA bundle that verifies the server: mounted
+    /// into every component as a file and used as the URLs' `sslrootcert`
+    /// (unless a URL names its own). The system roots when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_secret_ref: Option<SecretKeyRef>,
 }
 
 /// A key of a Secret in the resource's namespace.

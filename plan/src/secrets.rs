@@ -8,7 +8,8 @@
 
 use chatpipe_settings::api::jwt_secret_env;
 use chatpipe_settings::common::{
-    env_of, kafka_sasl_password_env, kafka_sasl_username_env, postgres_url_env, KafkaArgs,
+    env_of, kafka_sasl_password_env, kafka_sasl_username_env, postgres_ca_file_env,
+    postgres_url_env, KafkaArgs,
 };
 use chatpipe_settings::ingest::webhook_secrets_env;
 
@@ -44,6 +45,8 @@ pub struct SecretInput {
     pub example: &'static str,
 }
 
+/// File name of the Postgres CA bundle in a component's secret directory.
+pub const POSTGRES_CA_FILE: &str = "postgres-ca.pem";
 /// File name of the Kafka CA bundle in a component's secret directory.
 pub const KAFKA_CA_FILE: &str = "kafka-ca.pem";
 /// File name of the Kafka client certificate.
@@ -104,6 +107,17 @@ pub fn inputs(p: &ValidatedPipeline) -> Vec<SecretInput> {
                 Delivery::Value,
                 "postgres://…",
             ),
+        }
+        // Every component talks to Postgres, so every one gets its CA.
+        if let Some(r) = &p.postgres_ca_secret {
+            add(
+                component,
+                postgres_ca_file_env(),
+                r,
+                "spec.postgres.caSecretRef",
+                Delivery::File(POSTGRES_CA_FILE),
+                "-----BEGIN CERTIFICATE-----…",
+            );
         }
         if component.reads_kafka() {
             if let Some(tls) = &p.kafka.tls {
@@ -244,7 +258,7 @@ kafka:
     mechanism: SCRAM-SHA-512
     usernameSecretRef: { name: kafka-user, key: username }
     passwordSecretRef: { name: kafka-user, key: password }
-postgres: { urlSecret: { name: pg, key: url } }
+postgres: { urlSecret: { name: pg, key: url }, caSecretRef: { name: pg-ca, key: ca.crt } }
 ingest:
   replicas: 1
   auth: { secretRef: { name: wh, key: secrets } }
@@ -258,9 +272,10 @@ api:
         )
         .unwrap();
         let i = inputs(&validate(&spec).unwrap());
+        let pg_ca = t("CHATPIPE_POSTGRES_CA_FILE", "pg-ca", "ca.crt");
         assert_eq!(
             of(&i, Component::Migrate),
-            [t("CHATPIPE_POSTGRES_URL", "pg", "url")],
+            [t("CHATPIPE_POSTGRES_URL", "pg", "url"), pg_ca.clone()],
             "the migration runs as the owner"
         );
         let kafka = [
@@ -268,17 +283,24 @@ api:
             t("CHATPIPE_KAFKA_SASL_USERNAME", "kafka-user", "username"),
             t("CHATPIPE_KAFKA_SASL_PASSWORD", "kafka-user", "password"),
         ];
-        let mut ingest = vec![t("CHATPIPE_POSTGRES_URL", "pg-ingest", "url")];
+        let mut ingest = vec![
+            t("CHATPIPE_POSTGRES_URL", "pg-ingest", "url"),
+            pg_ca.clone(),
+        ];
         ingest.extend(kafka.clone());
         ingest.push(t("CHATPIPE_WEBHOOK_SECRETS", "wh", "secrets"));
         assert_eq!(of(&i, Component::Ingest), ingest);
-        let mut processor = vec![t("CHATPIPE_POSTGRES_URL", "pg-processor", "url")];
+        let mut processor = vec![
+            t("CHATPIPE_POSTGRES_URL", "pg-processor", "url"),
+            pg_ca.clone(),
+        ];
         processor.extend(kafka);
         assert_eq!(of(&i, Component::Processor), processor);
         assert_eq!(
             of(&i, Component::Api),
             [
                 t("CHATPIPE_POSTGRES_URL", "pg-api", "url"),
+                pg_ca,
                 t("CHATPIPE_API_JWT_SECRET", "api-jwt", "secret")
             ]
         );
@@ -287,5 +309,10 @@ api:
             .find(|x| x.env == "CHATPIPE_KAFKA_TLS_CA_FILE")
             .unwrap();
         assert_eq!(ca.delivery, Delivery::File(KAFKA_CA_FILE));
+        let pg_ca = i
+            .iter()
+            .find(|x| x.env == "CHATPIPE_POSTGRES_CA_FILE")
+            .unwrap();
+        assert_eq!(pg_ca.delivery, Delivery::File(POSTGRES_CA_FILE));
     }
 }

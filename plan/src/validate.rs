@@ -64,6 +64,8 @@ pub struct ValidatedPipeline {
     pub kafka: ValidatedKafka,
     /// Secret key with the Postgres URL.
     pub postgres_url_secret: SecretKeyRef,
+    /// Secret key with the Postgres CA bundle, when set.
+    pub postgres_ca_secret: Option<SecretKeyRef>,
     /// Grouping gap G.
     pub grouping_gap: Duration,
     /// Late-arrival tolerance L.
@@ -551,6 +553,7 @@ pub fn validate(spec: &ChatPipelineSpec) -> Result<ValidatedPipeline, Vec<Valida
         }
     };
     for (field, r) in [
+        ("spec.postgres.caSecretRef", &spec.postgres.ca_secret_ref),
         (
             "spec.ingest.postgresUrlSecret",
             &spec.ingest.postgres_url_secret,
@@ -711,6 +714,7 @@ pub fn validate(spec: &ChatPipelineSpec) -> Result<ValidatedPipeline, Vec<Valida
             sasl: spec.kafka.sasl.clone(),
         },
         postgres_url_secret: spec.postgres.url_secret.clone(),
+        postgres_ca_secret: spec.postgres.ca_secret_ref.clone(),
         grouping_gap,
         late_arrival_tolerance,
         watermark_allowance,

@@ -19,7 +19,7 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     chatpipe_core::telemetry::init_tracing(&cli.log);
     let args = &cli.processor;
-    let url = &cli.postgres.postgres_url;
+    let url = &cli.postgres.url();
     if args.migrate {
         // A component's own least-privileged login cannot migrate (V500).
         async {

@@ -45,18 +45,71 @@ impl std::str::FromStr for Redacted {
 }
 
 /// Postgres connection settings.
-#[derive(Debug, Clone, clap::Args)]
+#[derive(Clone, clap::Args)]
 pub struct PostgresArgs {
-    /// Postgres connection URL.
+    /// Postgres connection URL (`postgres://…` or `key=value` form; TLS per
+    /// libpq's `sslmode`, `sslrootcert`, `sslcert`, `sslkey`). Use
+    /// [`PostgresArgs::url`], which adds `--postgres-ca-file`.
     #[arg(
         long = "postgres-url",
         env = "CHATPIPE_POSTGRES_URL",
         default_value = "postgres://postgres@127.0.0.1:5432/chatpipe"
     )]
     pub postgres_url: String,
+    /// PEM bundle of the CAs that verify the server, used as the URL's
+    /// `sslrootcert` when the URL names none (how a deployment hands over a
+    /// CA kept in a Secret: `spec.postgres.caSecretRef`).
+    #[arg(long, env = "CHATPIPE_POSTGRES_CA_FILE")]
+    pub postgres_ca_file: Option<String>,
     /// Largest number of pooled Postgres connections.
     #[arg(long, env = "CHATPIPE_POSTGRES_POOL_SIZE", default_value_t = 16)]
     pub postgres_pool_size: usize,
+}
+
+impl PostgresArgs {
+    /// The connection URL with `--postgres-ca-file` as its `sslrootcert`
+    /// (see [`with_root_cert`]).
+    pub fn url(&self) -> String {
+        match &self.postgres_ca_file {
+            Some(ca) if !ca.trim().is_empty() => with_root_cert(&self.postgres_url, ca.trim()),
+            _ => self.postgres_url.clone(),
+        }
+    }
+}
+
+/// The URL may hold a password: `Debug` never prints it.
+impl std::fmt::Debug for PostgresArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresArgs")
+            .field("postgres_url", &"<redacted>")
+            .field("postgres_ca_file", &self.postgres_ca_file)
+            .field("postgres_pool_size", &self.postgres_pool_size)
+            .finish()
+    }
+}
+
+/// `url` (URL or `key=value` form) with `sslrootcert` set to `ca_file`,
+/// unless it names one itself (the URL's own setting wins).
+pub fn with_root_cert(url: &str, ca_file: &str) -> String {
+    if url.contains("sslrootcert") {
+        return url.to_owned();
+    }
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        let encoded: String = ca_file
+            .bytes()
+            .map(|b| match b {
+                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' | b'/' => {
+                    char::from(b).to_string()
+                }
+                other => format!("%{other:02X}"),
+            })
+            .collect();
+        let sep = if url.contains('?') { '&' } else { '?' };
+        format!("{url}{sep}sslrootcert={encoded}")
+    } else {
+        let quoted = ca_file.replace('\\', "\\\\").replace('\'', "\\'");
+        format!("{url} sslrootcert='{quoted}'")
+    }
 }
 
 /// Kafka connection settings: where the brokers are, the topic, and how
@@ -188,6 +241,11 @@ pub fn env_of<A: clap::Args>(id: &str) -> String {
 /// hands it over from elsewhere (a Kubernetes Secret reference).
 pub fn postgres_url_env() -> String {
     env_of::<PostgresArgs>("postgres_url")
+}
+
+/// The environment variable of the Postgres CA file (`--postgres-ca-file`).
+pub fn postgres_ca_file_env() -> String {
+    env_of::<PostgresArgs>("postgres_ca_file")
 }
 
 /// The environment variable of the log filter.
@@ -482,6 +540,41 @@ mod tests {
         }
         assert!(parse_duration("five").is_err());
         assert_eq!(parse_duration("4999ms").unwrap().as_millis(), 4999);
+    }
+
+    #[test]
+    fn the_ca_file_becomes_the_root_cert_unless_the_url_names_one() {
+        assert_eq!(
+            with_root_cert("postgres://u@h/db", "/etc/chatpipe/secrets/postgres-ca.pem"),
+            "postgres://u@h/db?sslrootcert=/etc/chatpipe/secrets/postgres-ca.pem"
+        );
+        assert_eq!(
+            with_root_cert("postgresql://u@h/db?sslmode=verify-full", "/a b/c&d.pem"),
+            "postgresql://u@h/db?sslmode=verify-full&sslrootcert=/a%20b/c%26d.pem"
+        );
+        assert_eq!(
+            with_root_cert("host=h sslmode=verify-ca", "/it's.pem"),
+            "host=h sslmode=verify-ca sslrootcert='/it\\'s.pem'"
+        );
+        let own = "postgres://u@h/db?sslrootcert=/mine.pem";
+        assert_eq!(with_root_cert(own, "/other.pem"), own);
+        let args = <crate::api::ApiArgs as clap::Parser>::try_parse_from([
+            "chatpipe-api",
+            "--postgres-url",
+            "postgres://u:pw-s3cret@h/db",
+            "--postgres-ca-file",
+            "/ca.pem",
+        ])
+        .unwrap();
+        assert_eq!(
+            args.postgres.url(),
+            "postgres://u:pw-s3cret@h/db?sslrootcert=/ca.pem"
+        );
+        assert!(
+            !format!("{args:?}").contains("pw-s3cret"),
+            "Debug hides the URL"
+        );
+        assert_eq!(postgres_ca_file_env(), "CHATPIPE_POSTGRES_CA_FILE");
     }
 
     #[test]

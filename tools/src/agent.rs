@@ -86,7 +86,7 @@ async fn create(args: CreateArgs) -> anyhow::Result<()> {
     // Judge the input before touching the database.
     agents::validate_username(&args.username)?;
     agents::validate_password(password)?;
-    let url = &args.postgres.postgres_url;
+    let url = &args.postgres.url();
     let client = chatpipe_core::db::connect(url)
         .await
         .with_context(|| format!("connecting to {}", chatpipe_core::db::redact(url)))?;

@@ -301,7 +301,7 @@ pub async fn run(command: DbUserCommand) -> anyhow::Result<()> {
                 .context("reading the password from stdin")?;
             let password = password_from_input(&input).map_err(anyhow::Error::msg)?;
             let outcome = create(
-                &args.postgres.postgres_url,
+                &args.postgres.url(),
                 args.component,
                 &args.username,
                 password,

@@ -536,4 +536,41 @@ mod tests {
             }
         }
     }
+
+    /// A Postgres CA reaches every component, the migration included, as a
+    /// file in the secrets volume.
+    #[test]
+    fn the_postgres_ca_is_mounted_into_every_component() {
+        let mut s = spec();
+        s.postgres.ca_secret_ref = Some(key("pg-ca", "ca.crt"));
+        for component in Component::ALL {
+            let (env, volume, mounts) = with_input(&s, |i| {
+                (
+                    secret_env(i, component),
+                    secrets_volume(i, component),
+                    volume_mounts(i, component),
+                )
+            });
+            let ca = env
+                .iter()
+                .find(|e| e.name == "CHATPIPE_POSTGRES_CA_FILE")
+                .unwrap_or_else(|| panic!("{component:?} gets the CA"));
+            assert_eq!(
+                ca.value.as_deref(),
+                Some("/etc/chatpipe/secrets/postgres-ca.pem")
+            );
+            let (v, m) = volume.unwrap();
+            assert!(mounts.contains(&m), "{component:?} mounts it");
+            let sources = v.projected.unwrap().sources.unwrap();
+            let item = &sources[0].secret.as_ref().unwrap().items.as_ref().unwrap()[0];
+            assert_eq!(
+                (
+                    sources[0].secret.as_ref().unwrap().name.as_str(),
+                    item.key.as_str(),
+                    item.path.as_str()
+                ),
+                ("pg-ca", "ca.crt", "postgres-ca.pem")
+            );
+        }
+    }
 }

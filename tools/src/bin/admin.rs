@@ -62,8 +62,9 @@ async fn main() -> anyhow::Result<()> {
         Command::Agent { command } => chatpipe_tools::agent::run(command).await?,
         Command::DbUser { command } => chatpipe_tools::db_user::run(command).await?,
         Command::Migrate { postgres } => {
-            chatpipe_core::db::ensure_database(&postgres.postgres_url).await?;
-            let applied = chatpipe_core::db::migrate(&postgres.postgres_url).await?;
+            let url = postgres.url();
+            chatpipe_core::db::ensure_database(&url).await?;
+            let applied = chatpipe_core::db::migrate(&url).await?;
             println!("migrations applied: {}", applied.len());
         }
         Command::EnsureTopic {
