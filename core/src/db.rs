@@ -204,6 +204,24 @@ pub async fn migrate(url: &str) -> anyhow::Result<Vec<String>> {
     Ok(applied)
 }
 
+/// What a service's `--migrate` (`CHATPIPE_MIGRATE`) does at start:
+/// [`ensure_database`] then [`migrate`]. A failure says what usually
+/// causes it: a component's own least-privileged login (migration V500)
+/// may not change the schema.
+pub async fn migrate_at_start(url: &str) -> anyhow::Result<()> {
+    async {
+        ensure_database(url).await?;
+        migrate(url).await
+    }
+    .await
+    .context(
+        "--migrate (CHATPIPE_MIGRATE) failed: a component's own restricted login cannot \
+         apply migrations; run migrations with the owner's URL (chatpipe-admin migrate) \
+         and start without --migrate",
+    )?;
+    Ok(())
+}
+
 /// The names of all migrations compiled into this binary, in order.
 pub fn known_migrations() -> Vec<String> {
     embedded::migrations::runner()

@@ -81,17 +81,7 @@ impl Ingest {
             .context("invalid ingest settings")?;
         let url = &args.postgres.url();
         if args.migrate {
-            // A component's own least-privileged login cannot migrate (V500).
-            async {
-                chatpipe_core::db::ensure_database(url).await?;
-                chatpipe_core::db::migrate(url).await
-            }
-            .await
-            .context(
-                "--migrate (CHATPIPE_MIGRATE) failed: a component's own restricted login cannot \
-                 apply migrations; run migrations with the owner's URL (chatpipe-admin migrate) \
-                 and start without --migrate",
-            )?;
+            chatpipe_core::db::migrate_at_start(url).await?;
         }
         let metrics = Metrics::new().context("registering metrics")?;
         // The error names a secret by position only, never by value.

@@ -321,47 +321,44 @@ impl Drop for InFlight<'_> {
     }
 }
 
+/// Admission, before the body is read: the client's rate limit, then a
+/// concurrency permit. A refusal is emitted (logged and counted) and is the
+/// answer.
+fn admit(
+    state: &AppState,
+    parts: &axum::http::request::Parts,
+) -> Result<OwnedSemaphorePermit, Reply> {
+    if let Some(rl) = &state.rate_limit {
+        let peer = parts.extensions.get::<Peer>().map(|p| p.0.ip());
+        if let Err(limited) = rl.check(peer, &parts.headers) {
+            RateLimited {
+                client: limited.client,
+                wait: limited.wait,
+            }
+            .emit(&state.metrics);
+            return Err(Reply::RateLimited {
+                retry_after_secs: retry_after_secs(limited.wait),
+                per_second: rl.per_second(),
+            });
+        }
+    }
+    let limit = state.max_concurrent_requests;
+    Arc::clone(&state.admission)
+        .try_acquire_owned()
+        .map_err(|_| {
+            RequestShed { limit }.emit(&state.metrics);
+            Reply::Overloaded { limit }
+        })
+}
+
 /// The `POST /webhook/` handler.
 pub async fn webhook(State(state): State<Arc<AppState>>, request: Request) -> Response {
     let started = Instant::now();
     let _in_flight = InFlight::enter(&state.metrics);
     let (parts, body) = request.into_parts();
-    let limited = state.rate_limit.as_ref().and_then(|rl| {
-        let peer = parts.extensions.get::<Peer>().map(|p| p.0.ip());
-        let limited = rl.check(peer, &parts.headers).err()?;
-        RateLimited {
-            client: limited.client,
-            wait: limited.wait,
-        }
-        .emit(&state.metrics);
-        Some(Reply::RateLimited {
-            retry_after_secs: retry_after_secs(limited.wait),
-            per_second: rl.per_second(),
-        })
-    });
-    let admitted = match limited {
-        Some(reply) => Err(reply),
-        None => Arc::clone(&state.admission)
-            .try_acquire_owned()
-            .map_err(|_| Reply::Overloaded {
-                limit: state.max_concurrent_requests,
-            }),
-    };
-    let (event_type, reply) = match admitted {
+    let (event_type, reply) = match admit(&state, &parts) {
         Ok(permit) => handle(&state, &parts.headers, body, permit).await,
-        Err(reply @ Reply::RateLimited { .. }) => (None, reply),
-        Err(_) => {
-            RequestShed {
-                limit: state.max_concurrent_requests,
-            }
-            .emit(&state.metrics);
-            (
-                None,
-                Reply::Overloaded {
-                    limit: state.max_concurrent_requests,
-                },
-            )
-        }
+        Err(reply) => (None, reply),
     };
     let response = into_response(&reply, state.retry_after_secs);
     let type_label = match event_type {

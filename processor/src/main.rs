@@ -21,17 +21,7 @@ async fn main() -> anyhow::Result<()> {
     let args = &cli.processor;
     let url = &cli.postgres.url();
     if args.migrate {
-        // A component's own least-privileged login cannot migrate (V500).
-        async {
-            chatpipe_core::db::ensure_database(url).await?;
-            chatpipe_core::db::migrate(url).await
-        }
-        .await
-        .context(
-            "--migrate (CHATPIPE_MIGRATE) failed: a component's own restricted login cannot \
-             apply migrations; run migrations with the owner's URL (chatpipe-admin migrate) \
-             and start without --migrate",
-        )?;
+        chatpipe_core::db::migrate_at_start(url).await?;
     }
     let pool = chatpipe_processor::store::pool_with(
         url,

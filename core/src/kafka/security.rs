@@ -117,6 +117,20 @@ fn describe(id: &str) -> String {
     format!("--{} ({})", id.replace('_', "-"), env_of::<KafkaArgs>(id))
 }
 
+/// The SASL user name and/or password flags (those `username` and
+/// `password` select), described and joined with "and".
+fn credentials(username: bool, password: bool) -> String {
+    [
+        (username, "kafka_sasl_username"),
+        (password, "kafka_sasl_password"),
+    ]
+    .into_iter()
+    .filter(|(selected, _)| *selected)
+    .map(|(_, id)| describe(id))
+    .collect::<Vec<_>>()
+    .join(" and ")
+}
+
 /// `Some` non-empty text (a variable set to the empty string counts as
 /// unset: a deployment may write an optional secret that way).
 fn given(v: Option<&str>) -> Option<&str> {
@@ -172,31 +186,15 @@ impl KafkaConnection {
                 password: Redacted(password.to_owned()),
             }),
             (Some(mechanism), username, password) => {
-                let missing: Vec<String> = [
-                    (username.is_none(), "kafka_sasl_username"),
-                    (password.is_none(), "kafka_sasl_password"),
-                ]
-                .into_iter()
-                .filter(|(absent, _)| *absent)
-                .map(|(_, id)| describe(id))
-                .collect();
                 return Err(KafkaSecurityError::SaslIncomplete {
                     mechanism,
-                    missing: missing.join(" and "),
+                    missing: credentials(username.is_none(), password.is_none()),
                 });
             }
             (None, None, None) => None,
             (None, username, password) => {
-                let set: Vec<String> = [
-                    (username.is_some(), "kafka_sasl_username"),
-                    (password.is_some(), "kafka_sasl_password"),
-                ]
-                .into_iter()
-                .filter(|(present, _)| *present)
-                .map(|(_, id)| describe(id))
-                .collect();
                 return Err(KafkaSecurityError::SaslWithoutMechanism {
-                    given: set.join(" and "),
+                    given: credentials(username.is_some(), password.is_some()),
                 });
             }
         };
