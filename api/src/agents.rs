@@ -167,9 +167,9 @@ pub fn validate_display_name(name: &str) -> Result<(), AgentError> {
 /// Hashes `password` off the async runtime.
 async fn hash(password: &str) -> Result<String, AgentError> {
     let password = password.to_owned();
-    tokio::task::spawn_blocking(move || hash_password(&password))
+    crate::auth::password::off_runtime(move || hash_password(&password))
         .await
-        .map_err(|e| AgentError::Hash(e.to_string()))?
+        .map_err(AgentError::Hash)?
         .map_err(|e| AgentError::Hash(e.to_string()))
 }
 

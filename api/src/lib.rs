@@ -72,7 +72,8 @@ async fn not_configured() -> (StatusCode, Json<error::ErrorBody>) {
 }
 
 /// The complete HTTP application: query endpoints, OpenAPI, viewer, the
-/// operational endpoints (readiness = Postgres answers) and, with `auth`,
+/// operational endpoints (readiness = Postgres answers, and with password
+/// sign-in the role may use the agents tables) and, with `auth`,
 /// bearer tokens on the data endpoints, `/auth/token…` and `/agents…`.
 /// `/healthz`, `/readyz`, `/metrics`, `/openapi.json`, `/docs…` and the
 /// viewer's files never need a token.
@@ -81,9 +82,22 @@ pub fn app_with_auth(state: AppState, metrics: Metrics, auth: Option<Arc<Auth>>)
     let guard = axum::middleware::from_fn_with_state(auth.clone(), auth::authenticate);
     let (default_limit, max_limit) = (state.default_limit, state.max_limit);
     let pool = state.pool.clone();
+    // With password sign-in, ready also means the role may use the agents
+    // tables.
+    let agents_pool = auth
+        .as_ref()
+        .filter(|a| a.local.is_some())
+        .map(|a| a.pool.clone());
     let readiness: chatpipe_core::ops::ReadinessCheck = Arc::new(move || {
         let pool = pool.clone();
-        Box::pin(async move { store::ping(&pool).await })
+        let agents_pool = agents_pool.clone();
+        Box::pin(async move {
+            store::ping(&pool).await?;
+            match agents_pool {
+                Some(p) => store::agents_usable(&p).await,
+                None => Ok(()),
+            }
+        })
     });
     let api = Router::new()
         .route("/conversations/", get(c::list_conversations))

@@ -321,6 +321,32 @@ pub async fn list_rejected(
 }
 
 /// Readiness: a pooled connection answers a query.
+/// Whether the read-write pool's role may use the agents tables (password
+/// sign-in needs them): the readiness check of an api with password
+/// sign-in, so a role that cannot (e.g. `chatpipe_api_readonly`) shows as
+/// not ready with the fix, not as `503`s at sign-in.
+pub async fn agents_usable(pool: &Pool) -> Result<(), String> {
+    let client = pool.get().await.map_err(|e| e.to_string())?;
+    let row = client
+        .query_one(
+            "SELECT current_user::text, \
+                    has_table_privilege('agents', 'SELECT, INSERT, UPDATE, DELETE') \
+                AND has_table_privilege('agent_refresh_tokens', 'SELECT, INSERT, UPDATE, DELETE')",
+            &[],
+        )
+        .await
+        .map_err(|e| format!("the agents tables (is the schema migrated?): {e}"))?;
+    let (role, usable): (String, bool) = (row.get(0), row.get(1));
+    if usable {
+        Ok(())
+    } else {
+        Err(format!(
+            "role {role} may not use the agents tables, which password sign-in needs: run the api \
+             as chatpipe_api (CHATPIPE_API_DB_ROLE=chatpipe_api, or a login in that group)"
+        ))
+    }
+}
+
 pub async fn ping(pool: &Pool) -> Result<(), String> {
     let client = pool.get().await.map_err(|e| e.to_string())?;
     client

@@ -1161,3 +1161,30 @@ async fn the_api_role_runs_authentication_and_the_readonly_role_cannot_see_agent
         api.pg.batch_execute("ROLLBACK").await.unwrap();
     }
 }
+
+/// With password sign-in, an api whose database role cannot use the agents
+/// tables (`chatpipe_api_readonly`) is not ready, and says how to fix it;
+/// as `chatpipe_api` it is.
+#[tokio::test]
+async fn readiness_says_when_the_role_cannot_use_the_agents_tables() {
+    for (role, ready) in [("chatpipe_api_readonly", false), ("chatpipe_api", true)] {
+        let api = start(Setup::Flags(vec![
+            "--jwt-secret".into(),
+            SECRET.into(),
+            "--db-role".into(),
+            role.into(),
+        ]))
+        .await;
+        let (status, body) = api.get("/readyz", None).await;
+        if ready {
+            assert_eq!(status, 200, "{role}: {body}");
+        } else {
+            assert_eq!(status, 503, "{role}: {body}");
+            assert!(
+                body.to_string()
+                    .contains("CHATPIPE_API_DB_ROLE=chatpipe_api"),
+                "{role}: {body}"
+            );
+        }
+    }
+}

@@ -15,7 +15,7 @@ use utoipa::ToSchema;
 use super::body::{json_object, required_string};
 use crate::agents::{self, Agent, RefreshUse, MAX_PASSWORD_BYTES};
 use crate::auth::jwt::{new_refresh_token, refresh_token_hash, AccessClaims, LocalTokens};
-use crate::auth::password::{verify_dummy, verify_password};
+use crate::auth::password::{off_runtime, verify_dummy, verify_password};
 use crate::auth::{Auth, AuthFailure, Role};
 use crate::error::{ApiError, ErrorBody};
 use crate::events::{AuthSucceeded, InternalEvent};
@@ -134,10 +134,13 @@ pub async fn token(
     if password.len() > MAX_PASSWORD_BYTES || username.len() > 1024 {
         return Err(ApiError::Unauthorized(AuthFailure::BadCredentials));
     }
-    let client = state.auth.pool.get().await?;
-    let found = agents::for_sign_in(&**client, &username).await?;
-    // Argon2 on a blocking thread; a missing user costs the same time.
-    let agent = tokio::task::spawn_blocking(move || match found {
+    let found = {
+        let client = state.auth.pool.get().await?;
+        agents::for_sign_in(&**client, &username).await?
+    };
+    // Argon2 off the runtime, without holding a pooled connection while it
+    // waits for a slot; a missing user costs the same time.
+    let agent = off_runtime(move || match found {
         Some((agent, hash)) => {
             (verify_password(&hash, &password) && !agent.disabled).then_some(agent)
         }
@@ -147,8 +150,9 @@ pub async fn token(
         }
     })
     .await
-    .map_err(|e| ApiError::Internal(format!("password verification task: {e}")))?
+    .map_err(ApiError::Internal)?
     .ok_or(ApiError::Unauthorized(AuthFailure::BadCredentials))?;
+    let client = state.auth.pool.get().await?;
     let response = issue(local, &**client, &agent).await?;
     AuthSucceeded { method: "password" }.emit(&state.auth.metrics);
     Ok(Json(response))
