@@ -61,7 +61,8 @@ struct Args {
     /// Ingest processes (the load goes to the first).
     #[arg(long, default_value_t = 1)]
     ingests: u32,
-    /// Postgres server (a database `chatpipe_bench_<pid>` is created and
+    /// Postgres server, optionally with query parameters such as
+    /// `?sslmode=disable` (a database `chatpipe_bench_<pid>` is created and
     /// dropped).
     #[arg(long, default_value = "postgres://postgres@127.0.0.1:5432")]
     postgres: String,
@@ -239,8 +240,13 @@ async fn run(a: Args) -> anyhow::Result<()> {
     let api_port = free_port()?;
     let processor_port = free_port_run(a.processors as u16)?;
     let database = format!("chatpipe_bench_{}", std::process::id());
-    let base = a.postgres.trim_end_matches('/');
-    let database_url = format!("{base}/{database}");
+    // Query parameters of the server URL (`?sslmode=disable`) go to every
+    // database URL made from it.
+    let (base, query) = match a.postgres.split_once('?') {
+        Some((base, query)) => (base.trim_end_matches('/'), format!("?{query}")),
+        None => (a.postgres.trim_end_matches('/'), String::new()),
+    };
+    let database_url = format!("{base}/{database}{query}");
     let manifest_path = work.path().join("pipeline.yaml");
     std::fs::write(&manifest_path, manifest(&a, broker, &database_url))?;
     let log_path = work.path().join("local-mode.log");
@@ -404,7 +410,7 @@ async fn run(a: Args) -> anyhow::Result<()> {
     drop(db);
     local.stop();
     if !a.keep_database {
-        let admin_url = format!("{base}/postgres");
+        let admin_url = format!("{base}/postgres{query}");
         if let Ok(admin) = chatpipe_core::db::connect(&admin_url).await {
             let _ = admin
                 .execute(
