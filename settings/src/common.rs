@@ -204,6 +204,8 @@ impl std::str::FromStr for KafkaSaslMechanism {
     }
 }
 
+crate::env::value_enum_env_value!(KafkaSaslMechanism, LogFormat);
+
 /// Logging settings.
 #[derive(Debug, Clone, clap::Args)]
 pub struct LogArgs {

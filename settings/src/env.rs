@@ -29,11 +29,12 @@ macro_rules! display_env_value {
 
 display_env_value!(String, u32, u64, usize, i64, bool, SocketAddr);
 
-/// Choices of a flag (`clap::ValueEnum`) are written as the name clap
-/// accepts (`json`, `SCRAM-SHA-512`, `forwarded-for`).
+/// Implements [`EnvValue`] for choices of a flag (`clap::ValueEnum`): the
+/// name clap accepts (`json`, `SCRAM-SHA-512`, `forwarded-for`). Invoked
+/// next to each such type.
 macro_rules! value_enum_env_value {
     ($($t:ty),*) => {$(
-        impl EnvValue for $t {
+        impl $crate::env::EnvValue for $t {
             fn env_value(&self) -> String {
                 clap::ValueEnum::to_possible_value(self)
                     .map(|v| v.get_name().to_owned())
@@ -42,12 +43,7 @@ macro_rules! value_enum_env_value {
         }
     )*};
 }
-
-value_enum_env_value!(
-    crate::common::LogFormat,
-    crate::common::KafkaSaslMechanism,
-    crate::ingest::RateLimitClient
-);
+pub(crate) use value_enum_env_value;
 
 /// Formats a duration the way `parse_duration` reads it (`5s`, `1m 30s`).
 pub fn format_duration(d: Duration) -> String {

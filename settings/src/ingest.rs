@@ -290,6 +290,8 @@ pub enum RateLimitClient {
     ForwardedFor,
 }
 
+crate::env::value_enum_env_value!(RateLimitClient);
+
 impl IngestSettings {
     /// The environment that gives `chatpipe-ingest` these settings.
     pub fn to_env(&self) -> Vec<(String, String)> {
