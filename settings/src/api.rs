@@ -5,6 +5,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use crate::channels::{ChannelArgs, Channels};
 use crate::common::{parse_duration, LogArgs, PostgresArgs, Redacted, ServiceSettings, LISTEN_ENV};
 use crate::env::EnvWriter;
 
@@ -83,6 +84,10 @@ pub struct ApiArgs {
     /// `chatpipe-api`.
     #[arg(long, env = "CHATPIPE_API_OIDC_AUDIENCE")]
     pub oidc_audience: Option<String>,
+    /// The pipeline's messenger channels (`GET /channels` lists them with
+    /// their counts). The api reads no channel credentials.
+    #[command(flatten)]
+    pub channels: ChannelArgs,
     /// Logging.
     #[command(flatten)]
     pub log: LogArgs,
@@ -104,6 +109,8 @@ pub struct ApiSettings {
     pub oidc_jwks_url: Option<String>,
     /// `--oidc-audience`.
     pub oidc_audience: Option<String>,
+    /// `--channels` (names and types only; no credential).
+    pub channels: Option<Channels>,
 }
 
 impl ApiSettings {
@@ -117,7 +124,8 @@ impl ApiSettings {
             .set("refresh_token_ttl", self.refresh_token_ttl.as_ref())
             .set("oidc_issuer", self.oidc_issuer.as_ref())
             .set("oidc_jwks_url", self.oidc_jwks_url.as_ref())
-            .set("oidc_audience", self.oidc_audience.as_ref());
+            .set("oidc_audience", self.oidc_audience.as_ref())
+            .set("channels", self.channels.as_ref());
         w.finish()
     }
 
@@ -130,6 +138,7 @@ impl ApiSettings {
             oidc_issuer: a.oidc_issuer.clone(),
             oidc_jwks_url: a.oidc_jwks_url.clone(),
             oidc_audience: a.oidc_audience.clone(),
+            channels: Some(a.channels.channels.clone()),
         }
     }
 }
@@ -154,5 +163,30 @@ mod tests {
         assert!(env
             .iter()
             .all(|(k, v)| k != &jwt_secret_env() && !v.contains("s3cr3t")));
+    }
+
+    #[test]
+    fn channels_are_read_and_written_without_credentials() {
+        let a = ApiArgs::try_parse_from(["chatpipe-api"]).unwrap();
+        assert!(a.channels.channels.is_empty());
+        let a = ApiArgs::try_parse_from([
+            "chatpipe-api",
+            "--channels",
+            r#"[{"name":"tg","type":"telegram"},{"name":"wa","type":"whatsappCloud"}]"#,
+        ])
+        .unwrap();
+        assert_eq!(a.channels.channels.0.len(), 2);
+        let settings = ApiSettings::from_args(&a);
+        let env = settings.to_env();
+        let (_, value) = env
+            .iter()
+            .find(|(k, _)| k == crate::channels::CHANNELS_ENV)
+            .expect("the channels are written");
+        assert_eq!(
+            crate::channels::parse_channels(value).unwrap(),
+            a.channels.channels
+        );
+        assert!(env.iter().all(|(k, _)| !k.starts_with("CHATPIPE_CHANNEL_")));
+        assert!(ApiArgs::try_parse_from(["chatpipe-api", "--channels", "[{}]"]).is_err());
     }
 }

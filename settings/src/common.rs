@@ -9,6 +9,9 @@ use crate::env::EnvWriter;
 
 /// The variable of every service's HTTP listener (`--listen`): declared by
 /// each service's own flag (their defaults differ), meaning the same.
+/// The variable naming a replica (its pod name on Kubernetes), declared
+/// by ingest and delivery alike.
+pub const REPLICA_NAME_ENV: &str = "CHATPIPE_REPLICA_NAME";
 pub const LISTEN_ENV: &str = "CHATPIPE_LISTEN";
 /// The variable of the migrate-at-start switch (`--migrate`) of ingest and
 /// the processor.

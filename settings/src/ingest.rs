@@ -5,6 +5,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use crate::channels::{ChannelArgs, Channels};
 use crate::common::{
     parse_duration, KafkaArgs, KafkaSettings, LogArgs, PostgresArgs, Redacted, ServiceSettings,
     LISTEN_ENV, MIGRATE_ENV,
@@ -45,6 +46,11 @@ pub struct IngestArgs {
     /// Kafka connection (brokers and topic).
     #[command(flatten)]
     pub kafka: KafkaArgs,
+
+    /// Messenger channels whose webhooks ingest receives
+    /// (`POST /channels/{name}/webhook`).
+    #[command(flatten)]
+    pub channels: ChannelArgs,
 
     /// Logging.
     #[command(flatten)]
@@ -191,7 +197,7 @@ pub struct IngestArgs {
 
     /// This replica's name in `ingest_inflight` (unique per replica).
     /// Default: `$HOSTNAME` (the pod name), else `ingest-<pid>`.
-    #[arg(long, env = "CHATPIPE_REPLICA_NAME")]
+    #[arg(long, env = crate::common::REPLICA_NAME_ENV)]
     pub replica_name: Option<String>,
 }
 
@@ -279,6 +285,8 @@ pub struct IngestSettings {
     pub rate_limit_burst: Option<u32>,
     /// `--rate-limit-client`.
     pub rate_limit_client: Option<RateLimitClient>,
+    /// `--channels`.
+    pub channels: Option<Channels>,
 }
 
 /// Who a client is for ingest's rate limit (`--rate-limit-client`).
@@ -303,7 +311,8 @@ impl IngestSettings {
             .set("produce_timeout", self.produce_timeout.as_ref())
             .set("rate_limit", self.rate_limit.as_ref())
             .set("rate_limit_burst", self.rate_limit_burst.as_ref())
-            .set("rate_limit_client", self.rate_limit_client.as_ref());
+            .set("rate_limit_client", self.rate_limit_client.as_ref())
+            .set("channels", self.channels.as_ref());
         w.finish()
     }
 
@@ -318,6 +327,7 @@ impl IngestSettings {
             rate_limit: Some(a.rate_limit),
             rate_limit_burst: a.rate_limit_burst,
             rate_limit_client: Some(a.rate_limit_client),
+            channels: Some(a.channels.channels.clone()),
         }
     }
 }

@@ -9,7 +9,7 @@
 //! twice, and `tests/round_trip.rs` parses what `to_env()` writes with
 //! the binary's own parser, for every setting.
 //!
-//! The crate depends on clap and humantime only, so the plan (and both
+//! The crate depends on clap, humantime and serde(_json) only, so the plan (and both
 //! deployments) can use it without pulling in the services.
 //!
 //! # Layout
@@ -22,10 +22,15 @@
 //! - [`processor`] — `chatpipe-processor`: [`processor::Cli`], [`processor::ProcessorSettings`],
 //!   and the default windows.
 //! - [`api`] — `chatpipe-api`: [`api::ApiArgs`], [`api::ApiSettings`].
+//! - [`delivery`] — `chatpipe-delivery`: [`delivery::DeliveryArgs`], [`delivery::DeliverySettings`].
+//! - [`channels`] — the messenger channels (`CHATPIPE_CHANNELS`) and the
+//!   variables of their credentials.
 //! - [`migrate`] — `chatpipe-admin migrate`: [`migrate::MigrateArgs`], [`migrate::MigrateSettings`].
 
 pub mod api;
+pub mod channels;
 pub mod common;
+pub mod delivery;
 pub mod env;
 pub mod ingest;
 pub mod migrate;
@@ -50,6 +55,7 @@ mod tests {
             ("processor", names(crate::processor::Cli::command())),
             ("api", names(crate::api::ApiArgs::command())),
             ("migrate", names(crate::migrate::MigrateArgs::command())),
+            ("delivery", names(crate::delivery::DeliveryArgs::command())),
         ])
     }
 
@@ -63,14 +69,19 @@ mod tests {
             <crate::common::PostgresArgs as clap::Args>::augment_args(clap::Command::new("p")),
             <crate::common::KafkaArgs as clap::Args>::augment_args(clap::Command::new("k")),
             <crate::common::LogArgs as clap::Args>::augment_args(clap::Command::new("l")),
+            <crate::channels::ChannelArgs as clap::Args>::augment_args(clap::Command::new("c")),
         ] {
             for a in c.get_arguments().filter_map(|a| a.get_env()) {
                 shared_groups.insert(a.to_string_lossy().into_owned());
             }
         }
-        // The listener and the migrate-at-start switch: declared by each
+        // The listener, the migrate-at-start switch and the replica name: declared by each
         // service (their defaults differ), with one meaning and one name.
-        let alike = [crate::common::LISTEN_ENV, crate::common::MIGRATE_ENV];
+        let alike = [
+            crate::common::LISTEN_ENV,
+            crate::common::MIGRATE_ENV,
+            crate::common::REPLICA_NAME_ENV,
+        ];
 
         let mut owners: BTreeMap<String, Vec<&str>> = BTreeMap::new();
         for (bin, names) in env_names() {
@@ -100,5 +111,6 @@ mod tests {
         crate::processor::Cli::command().debug_assert();
         crate::api::ApiArgs::command().debug_assert();
         crate::migrate::MigrateArgs::command().debug_assert();
+        crate::delivery::DeliveryArgs::command().debug_assert();
     }
 }

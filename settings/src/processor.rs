@@ -6,8 +6,8 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use crate::common::{
-    parse_duration, KafkaArgs, KafkaSettings, LogArgs, PostgresArgs, ServiceSettings, LISTEN_ENV,
-    MIGRATE_ENV,
+    parse_duration, KafkaArgs, KafkaSettings, LogArgs, PostgresArgs, Redacted, ServiceSettings,
+    LISTEN_ENV, MIGRATE_ENV,
 };
 use crate::env::EnvWriter;
 
@@ -17,6 +17,18 @@ pub const DEFAULT_GROUPING_GAP: &str = "5s";
 pub const DEFAULT_LATE_TOLERANCE: &str = "6s";
 /// Default largest number of messages in one group.
 pub const DEFAULT_MAX_GROUP_MESSAGES: usize = 100;
+/// Default reply template (minijinja): the original automatic reply,
+/// `"Mensagens recebidas:\n"` followed by each inbound id and `"\n"`.
+pub const DEFAULT_REPLY_TEMPLATE: &str =
+    "Mensagens recebidas:\n{% for id in ids %}{{ id }}\n{% endfor %}";
+
+/// The variable the reply bot's bearer token is read from
+/// ([`ProcessorArgs::reply_bot_token`]): set from a Secret by the operator
+/// and by local mode, never written to a ConfigMap (so
+/// [`ProcessorSettings::to_env`] never writes it).
+pub fn reply_bot_token_env() -> String {
+    crate::env::env_name(&<Cli as clap::CommandFactory>::command(), "reply_bot_token")
+}
 
 /// Command line of `chatpipe-processor`.
 #[derive(Debug, Clone, clap::Parser)]
@@ -126,6 +138,42 @@ pub struct ProcessorArgs {
     /// counts without a fresh heartbeat.
     #[arg(long, env = "CHATPIPE_INFLIGHT_LEASE", default_value = "3s", value_parser = parse_duration)]
     pub inflight_lease: Duration,
+    /// Template of the automatic reply when neither the bot nor a rule
+    /// answers (minijinja syntax; variables `ids`: the group's message ids,
+    /// `messages`: their contents, both in arrival order, `count`: how many,
+    /// `conversation_id`). Default: the original reply,
+    /// `Mensagens recebidas:\n{% for id in ids %}{{ id }}\n{% endfor %}`.
+    /// Checked at start: a template that does not compile or render refuses
+    /// the start.
+    #[arg(long, env = "CHATPIPE_REPLY_TEMPLATE", default_value = DEFAULT_REPLY_TEMPLATE, hide_default_value = true)]
+    pub reply_template: String,
+    /// JSON file of FAQ rules, `{"rules":[{"keyword":"price","answer":"…"},
+    /// {"regex":"(?i)open(ing)? hours","answer":"…"}]}`: going from the
+    /// group's newest message to its oldest, the first rule (in file order)
+    /// that matches a message answers (a keyword matches case-insensitively
+    /// as a whole word, a regex anywhere). Checked at start; re-read when
+    /// its content changes (a file that no longer parses keeps the rules in
+    /// use, with an error and a `/readyz` warning).
+    #[arg(long, env = "CHATPIPE_REPLY_RULES_FILE")]
+    pub reply_rules_file: Option<String>,
+    /// How often the FAQ rules file is checked for changes.
+    #[arg(long, env = "CHATPIPE_REPLY_RULES_REFRESH", default_value = "1s", value_parser = parse_duration)]
+    pub reply_rules_refresh: Duration,
+    /// URL of a reply bot, asked first for every reply: `POST` with
+    /// `{"conversation_id","reply_id","messages":[{"id","content","timestamp"}]}`,
+    /// answering `200 {"content":"…"}`. A failure (timeout, non-2xx, bad
+    /// JSON, empty or longer than 4,096 characters, NUL) falls back to the
+    /// rules, then the template.
+    #[arg(long, env = "CHATPIPE_REPLY_BOT_URL")]
+    pub reply_bot_url: Option<String>,
+    /// How long the reply bot may take to answer one reply.
+    #[arg(long, env = "CHATPIPE_REPLY_BOT_TIMEOUT", default_value = "2s", value_parser = parse_duration)]
+    pub reply_bot_timeout: Duration,
+    /// Bearer token sent to the reply bot (`Authorization: Bearer …`).
+    /// Deployments hand it over from a Secret ([`reply_bot_token_env`]),
+    /// never through a ConfigMap.
+    #[arg(long, env = "CHATPIPE_REPLY_BOT_TOKEN", hide_env_values = true)]
+    pub reply_bot_token: Option<Redacted>,
 }
 
 /// What a deployment sets for `chatpipe-processor`; `None` leaves the
@@ -152,10 +200,22 @@ pub struct ProcessorSettings {
     pub replicas: Option<u32>,
     /// `--ordinal`: this processor's index (else from `HOSTNAME`).
     pub ordinal: Option<u32>,
+    /// `--reply-template`.
+    pub reply_template: Option<String>,
+    /// `--reply-rules-file`.
+    pub reply_rules_file: Option<String>,
+    /// `--reply-rules-refresh`.
+    pub reply_rules_refresh: Option<Duration>,
+    /// `--reply-bot-url`.
+    pub reply_bot_url: Option<String>,
+    /// `--reply-bot-timeout`.
+    pub reply_bot_timeout: Option<Duration>,
 }
 
 impl ProcessorSettings {
-    /// The environment that gives `chatpipe-processor` these settings.
+    /// The environment that gives `chatpipe-processor` these settings. The
+    /// reply bot's token is not among them: it comes from a Secret
+    /// ([`reply_bot_token_env`]).
     pub fn to_env(&self) -> Vec<(String, String)> {
         let mut w = EnvWriter::new::<Cli>();
         self.service.write(&mut w);
@@ -167,7 +227,12 @@ impl ProcessorSettings {
             .set("max_group_messages", self.max_group_messages.as_ref())
             .set("max_clock_skew", self.max_clock_skew.as_ref())
             .set("replicas", self.replicas.as_ref())
-            .set("ordinal", self.ordinal.as_ref());
+            .set("ordinal", self.ordinal.as_ref())
+            .set("reply_template", self.reply_template.as_ref())
+            .set("reply_rules_file", self.reply_rules_file.as_ref())
+            .set("reply_rules_refresh", self.reply_rules_refresh.as_ref())
+            .set("reply_bot_url", self.reply_bot_url.as_ref())
+            .set("reply_bot_timeout", self.reply_bot_timeout.as_ref());
         w.finish()
     }
 
@@ -186,6 +251,51 @@ impl ProcessorSettings {
             max_clock_skew: Some(a.max_clock_skew),
             replicas: Some(a.replicas),
             ordinal: a.ordinal,
+            reply_template: Some(a.reply_template.clone()),
+            reply_rules_file: a.reply_rules_file.clone(),
+            reply_rules_refresh: Some(a.reply_rules_refresh),
+            reply_bot_url: a.reply_bot_url.clone(),
+            reply_bot_timeout: Some(a.reply_bot_timeout),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[test]
+    fn the_bot_token_is_read_from_its_variable_and_never_written() {
+        assert_eq!(reply_bot_token_env(), "CHATPIPE_REPLY_BOT_TOKEN");
+        let cli = Cli::try_parse_from([
+            "chatpipe-processor",
+            "--reply-bot-url",
+            "http://bot.example/reply",
+            "--reply-bot-token",
+            "s3cret",
+        ])
+        .unwrap();
+        assert_eq!(
+            cli.processor.reply_bot_token.as_ref().map(Redacted::expose),
+            Some("s3cret")
+        );
+        assert!(!format!("{cli:?}").contains("s3cret"));
+        let env = ProcessorSettings::from_args(&cli).to_env();
+        assert!(env
+            .iter()
+            .all(|(k, v)| k != &reply_bot_token_env() && v != "s3cret"));
+        assert!(env
+            .iter()
+            .any(|(k, v)| k == "CHATPIPE_REPLY_BOT_URL" && v == "http://bot.example/reply"));
+    }
+
+    #[test]
+    fn the_default_template_is_written_as_parsed() {
+        let cli = Cli::try_parse_from(["chatpipe-processor"]).unwrap();
+        assert_eq!(cli.processor.reply_template, DEFAULT_REPLY_TEMPLATE);
+        assert_eq!(cli.processor.reply_rules_refresh, Duration::from_secs(1));
+        assert_eq!(cli.processor.reply_bot_timeout, Duration::from_secs(2));
+        assert!(cli.processor.reply_rules_file.is_none() && cli.processor.reply_bot_url.is_none());
     }
 }

@@ -13,9 +13,11 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use chatpipe_settings::api::{ApiArgs, ApiSettings};
+use chatpipe_settings::channels::{parse_channels, Channels};
 use chatpipe_settings::common::{
     KafkaSaslMechanism, KafkaSettings, LogFormat, LogSettings, ServiceSettings,
 };
+use chatpipe_settings::delivery::{DeliveryArgs, DeliverySettings};
 use chatpipe_settings::ingest::{IngestArgs, IngestSettings};
 use chatpipe_settings::migrate::{MigrateArgs, MigrateSettings};
 use chatpipe_settings::processor::{Cli, ProcessorSettings};
@@ -30,6 +32,15 @@ fn service(port: u16) -> ServiceSettings {
             log_format: Some(LogFormat::Json),
         },
     }
+}
+
+fn channels() -> Channels {
+    parse_channels(
+        r#"[{"name":"tg","type":"telegram","apiBaseUrl":"http://127.0.0.1:9999"},
+            {"name":"wa-main","type":"whatsappCloud","webhookUrl":"https://hooks.example.com/channels/wa-main/webhook"},
+            {"name":"sms","type":"twilio"}]"#,
+    )
+    .unwrap()
 }
 
 fn kafka() -> KafkaSettings {
@@ -102,6 +113,7 @@ fn every_setting_round_trips_through_the_binarys_parser() {
         rate_limit: Some(50),
         rate_limit_burst: Some(100),
         rate_limit_client: Some(chatpipe_settings::ingest::RateLimitClient::ForwardedFor),
+        channels: Some(channels()),
     };
     check("chatpipe-ingest", &ingest, IngestSettings::to_env, || {
         IngestSettings::from_args(&IngestArgs::try_parse_from(["chatpipe-ingest"]).unwrap())
@@ -118,6 +130,11 @@ fn every_setting_round_trips_through_the_binarys_parser() {
         max_clock_skew: Some(Duration::ZERO),
         replicas: Some(3),
         ordinal: Some(2),
+        reply_template: Some("Got {{ count }}: {{ ids | join(\", \") }}".to_owned()),
+        reply_rules_file: Some("/etc/chatpipe/reply-rules.json".to_owned()),
+        reply_rules_refresh: Some(Duration::from_secs(10)),
+        reply_bot_url: Some("http://bot.example:8080/reply".to_owned()),
+        reply_bot_timeout: Some(Duration::from_millis(750)),
     };
     check(
         "chatpipe-processor",
@@ -133,10 +150,33 @@ fn every_setting_round_trips_through_the_binarys_parser() {
         oidc_issuer: Some("https://idp.example.com/realms/rt".to_owned()),
         oidc_jwks_url: Some("https://idp.example.com/jwks".to_owned()),
         oidc_audience: Some("rt-api".to_owned()),
+        channels: Some(channels()),
     };
     check("chatpipe-api", &api, ApiSettings::to_env, || {
         ApiSettings::from_args(&ApiArgs::try_parse_from(["chatpipe-api"]).unwrap())
     });
+
+    let delivery = DeliverySettings {
+        service: service(9104),
+        channels: Some(channels()),
+        concurrency: Some(7),
+        lease: Some(Duration::from_secs(45)),
+        max_attempts: Some(4),
+        backoff_base: Some(Duration::from_millis(250)),
+        backoff_max: Some(Duration::from_secs(90)),
+        channel_rate: Some(80),
+        chat_rate: Some(2),
+    };
+    check(
+        "chatpipe-delivery",
+        &delivery,
+        DeliverySettings::to_env,
+        || {
+            DeliverySettings::from_args(
+                &DeliveryArgs::try_parse_from(["chatpipe-delivery"]).unwrap(),
+            )
+        },
+    );
 
     let migrate = MigrateSettings {
         postgres_url: Some("postgres://m@db/x".to_owned()),
@@ -157,4 +197,5 @@ fn every_setting_round_trips_through_the_binarys_parser() {
     assert!(ProcessorSettings::default().to_env().is_empty());
     assert!(ApiSettings::default().to_env().is_empty());
     assert!(MigrateSettings::default().to_env().is_empty());
+    assert!(DeliverySettings::default().to_env().is_empty());
 }
