@@ -95,6 +95,29 @@ impl PgConnectOptions {
         })?;
         Ok(client)
     }
+
+    /// Connects one client whose notifications (`LISTEN`) arrive on the
+    /// returned receiver, which closes when the connection ends; TLS as
+    /// [`PgConnectOptions::connect`].
+    pub async fn connect_listening(
+        &self,
+    ) -> anyhow::Result<(
+        tokio_postgres::Client,
+        tokio::sync::mpsc::UnboundedReceiver<tokio_postgres::Notification>,
+    )> {
+        let (client, rx, _connection) =
+            self.tls
+                .open_listening(&self.config)
+                .await
+                .with_context(|| {
+                    format!(
+                        "connecting to Postgres at {} ({})",
+                        self.redacted,
+                        self.tls.describe()
+                    )
+                })?;
+        Ok((client, rx))
+    }
 }
 
 /// Builds a connection pool of at most `max_size` connections for `url`

@@ -157,6 +157,32 @@ impl PgTls {
         &self,
         config: &tokio_postgres::Config,
     ) -> Result<(Client, JoinHandle<()>), tokio_postgres::Error> {
+        self.open_forwarding(config, None).await
+    }
+
+    /// As [`PgTls::open`], and the connection's notifications (`LISTEN`)
+    /// are sent to the returned receiver instead of being dropped.
+    pub async fn open_listening(
+        &self,
+        config: &tokio_postgres::Config,
+    ) -> Result<
+        (
+            Client,
+            tokio::sync::mpsc::UnboundedReceiver<tokio_postgres::Notification>,
+            JoinHandle<()>,
+        ),
+        tokio_postgres::Error,
+    > {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let (client, handle) = self.open_forwarding(config, Some(tx)).await?;
+        Ok((client, rx, handle))
+    }
+
+    async fn open_forwarding(
+        &self,
+        config: &tokio_postgres::Config,
+        notifications: Option<Notifications>,
+    ) -> Result<(Client, JoinHandle<()>), tokio_postgres::Error> {
         let tcp = config
             .get_hosts()
             .iter()
@@ -164,7 +190,7 @@ impl PgTls {
             || !config.get_hostaddrs().is_empty();
         let mut reported: Option<tokio_postgres::Error> = None;
         for &attempt in attempts(self.mode, tcp) {
-            match self.attempt(config, attempt).await {
+            match self.attempt(config, attempt, notifications.clone()).await {
                 Ok(connected) => return Ok(connected),
                 Err(e) => {
                     if reported.is_none() || attempt != Attempt::Plain {
@@ -176,7 +202,7 @@ impl PgTls {
         match reported {
             Some(e) => Err(e),
             // `attempts` is never empty; connect once more to get an error.
-            None => self.attempt(config, Attempt::Plain).await,
+            None => self.attempt(config, Attempt::Plain, notifications).await,
         }
     }
 
@@ -184,6 +210,7 @@ impl PgTls {
         &self,
         config: &tokio_postgres::Config,
         attempt: Attempt,
+        notifications: Option<Notifications>,
     ) -> Result<(Client, JoinHandle<()>), tokio_postgres::Error> {
         let mut config = config.clone();
         match (attempt, &self.connector) {
@@ -194,15 +221,50 @@ impl PgTls {
                     WireSslMode::Prefer
                 });
                 let (client, connection) = config.connect(tls.clone()).await?;
-                Ok((client, drive(connection)))
+                Ok((client, drive_with(connection, notifications)))
             }
             _ => {
                 config.ssl_mode(WireSslMode::Disable);
                 let (client, connection) = config.connect(NoTls).await?;
-                Ok((client, drive(connection)))
+                Ok((client, drive_with(connection, notifications)))
             }
         }
     }
+}
+
+/// Where a listening connection's notifications go.
+type Notifications = tokio::sync::mpsc::UnboundedSender<tokio_postgres::Notification>;
+
+/// Runs a connection until it ends: plainly, or forwarding its
+/// notifications to `notifications` (the receiver sees the channel close
+/// when the connection ends).
+fn drive_with<S, T>(
+    connection: tokio_postgres::Connection<S, T>,
+    notifications: Option<Notifications>,
+) -> JoinHandle<()>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let Some(tx) = notifications else {
+        return drive(connection);
+    };
+    let mut connection = connection;
+    tokio::spawn(async move {
+        loop {
+            match std::future::poll_fn(|cx| connection.poll_message(cx)).await {
+                Some(Ok(tokio_postgres::AsyncMessage::Notification(n))) => {
+                    let _ = tx.send(n);
+                }
+                Some(Ok(_)) => {}
+                Some(Err(e)) => {
+                    tracing::warn!(error = %e, "Postgres connection ended");
+                    return;
+                }
+                None => return,
+            }
+        }
+    })
 }
 
 /// Runs a connection until it ends, logging how it ended badly.
