@@ -50,6 +50,12 @@
 //! | [`WebhookAuthConfigured`] | warn without secrets ("webhooks are not authenticated"), else info | `webhook_auth_secrets` (gauge, set once) |
 //! | [`WebhookAuthFailed`] | debug | `webhook_auth_failures_total{reason}` |
 //! | [`WebhookAuthenticated`] | trace | `webhook_auth_successes_total{secret}` |
+//! | [`ChannelsConfigured`] | info | `channels` (gauge, set once) |
+//! | [`ChannelWebhookAnswered`] | debug; warn when answered `503` unavailable | `channel_requests_total{channel,method,status}`, `channel_request_duration_seconds{channel}` |
+//! | [`ChannelAuthFailed`] | info | `channel_auth_failures_total{channel,header}` |
+//! | [`ChannelMessageDecided`] | debug | `channel_messages_total{channel,kind,outcome}` (`opened`, `appended`, `duplicate`) |
+//! | [`ChannelStatusStored`] | debug | `channel_statuses_total{channel,status,applied}` |
+//! | [`ChannelItemIgnored`] | debug | `channel_ignored_total{channel}` |
 
 use std::fmt::Display;
 use std::time::Duration;
@@ -784,6 +790,145 @@ impl InternalEvent for WebhookAuthenticated {
         let secret = secret_label(self.secret);
         tracing::trace!(secret, "webhook signature verified");
         m.webhook_auth_successes.with_label_values(&[secret]).inc();
+    }
+}
+
+/// The channels ingest receives, at start.
+pub struct ChannelsConfigured<'a> {
+    /// Their names and types.
+    pub channels: &'a [(String, &'static str)],
+}
+
+impl InternalEvent for ChannelsConfigured<'_> {
+    fn emit(self, m: &Metrics) {
+        m.channels.set(self.channels.len() as i64);
+        for (name, kind) in self.channels {
+            tracing::info!(channel = %name, kind, path = %format!("/channels/{name}/webhook"), "receiving channel webhooks");
+        }
+    }
+}
+
+/// A channel webhook was answered.
+pub struct ChannelWebhookAnswered<'a> {
+    /// The channel (`unknown` for a name that is not declared).
+    pub channel: &'a str,
+    /// `POST` or `GET`.
+    pub method: &'static str,
+    /// The answer's status.
+    pub status: StatusCode,
+    /// Time to answer.
+    pub seconds: f64,
+    /// The reason of a `503` for an unavailable dependency.
+    pub unavailable: Option<&'a str>,
+}
+
+impl InternalEvent for ChannelWebhookAnswered<'_> {
+    fn emit(self, m: &Metrics) {
+        m.channel_requests
+            .with_label_values(&[self.channel, self.method, self.status.as_str()])
+            .inc();
+        m.channel_request_duration
+            .with_label_values(&[self.channel])
+            .observe(self.seconds);
+        match self.unavailable {
+            Some(reason) => {
+                tracing::warn!(channel = %self.channel, status = %self.status.as_u16(), reason, "channel webhook answered 503: the provider will retry")
+            }
+            None => {
+                tracing::debug!(channel = %self.channel, method = self.method, status = %self.status.as_u16(), seconds = self.seconds, "channel webhook answered")
+            }
+        }
+    }
+}
+
+/// A channel webhook whose secret or signature did not verify (`401`), or
+/// a failed WhatsApp subscription check (`403`).
+pub struct ChannelAuthFailed<'a> {
+    /// The channel.
+    pub channel: &'a str,
+    /// The header (or query parameter) that did not verify.
+    pub header: &'a str,
+}
+
+impl InternalEvent for ChannelAuthFailed<'_> {
+    fn emit(self, m: &Metrics) {
+        m.channel_auth_failures
+            .with_label_values(&[self.channel, self.header])
+            .inc();
+        tracing::info!(channel = %self.channel, header = %self.header, "channel webhook refused: not authenticated");
+    }
+}
+
+/// A contact's message was decided: in the log (opening its conversation
+/// or appended to the open one), or a provider's retry of a stored one.
+pub struct ChannelMessageDecided<'a> {
+    /// The channel.
+    pub channel: &'a str,
+    /// The NEW_MESSAGE id.
+    pub message_id: Uuid,
+    /// Its conversation.
+    pub conversation_id: Uuid,
+    /// It opened the conversation.
+    pub opened: bool,
+    /// A retry of a stored message.
+    pub duplicate: bool,
+    /// Its kind (`text`, `image`, …).
+    pub kind: &'a str,
+}
+
+impl InternalEvent for ChannelMessageDecided<'_> {
+    fn emit(self, m: &Metrics) {
+        let outcome = match (self.duplicate, self.opened) {
+            (true, _) => "duplicate",
+            (false, true) => "opened",
+            (false, false) => "appended",
+        };
+        m.channel_messages
+            .with_label_values(&[self.channel, self.kind, outcome])
+            .inc();
+        tracing::debug!(channel = %self.channel, message_id = %self.message_id, conversation_id = %self.conversation_id, outcome, kind = %self.kind, "channel message decided");
+    }
+}
+
+/// A provider's status report was stored (and applied when its delivery
+/// is known).
+pub struct ChannelStatusStored<'a> {
+    /// The channel.
+    pub channel: &'a str,
+    /// The provider's message id.
+    pub provider_message_id: &'a str,
+    /// The reported status.
+    pub status: &'a str,
+    /// The status the delivery moved to, if it moved.
+    pub applied: Option<&'a str>,
+}
+
+impl InternalEvent for ChannelStatusStored<'_> {
+    fn emit(self, m: &Metrics) {
+        let applied = if self.applied.is_some() {
+            "true"
+        } else {
+            "false"
+        };
+        m.channel_statuses
+            .with_label_values(&[self.channel, self.status, applied])
+            .inc();
+        tracing::debug!(channel = %self.channel, provider_message_id = %self.provider_message_id, status = %self.status, applied = ?self.applied, "delivery status report stored");
+    }
+}
+
+/// An item of a channel webhook that chatpipe does not act on.
+pub struct ChannelItemIgnored<'a> {
+    /// The channel.
+    pub channel: &'a str,
+    /// What it was.
+    pub what: &'a str,
+}
+
+impl InternalEvent for ChannelItemIgnored<'_> {
+    fn emit(self, m: &Metrics) {
+        m.channel_ignored.with_label_values(&[self.channel]).inc();
+        tracing::debug!(channel = %self.channel, what = %self.what, "channel webhook item acknowledged without action");
     }
 }
 

@@ -22,11 +22,22 @@
 //! - [`inflight`]: the registry of records waiting for the broker and the
 //!   task that publishes this replica's oldest one to `ingest_inflight`.
 //! - [`signature`]: Standard Webhooks signature verification (`401`).
+//! - [`channels`]: `POST /channels/{name}/webhook` (and WhatsApp's `GET`
+//!   check): a messenger's webhook verified and normalised by
+//!   `chatpipe-channels`, answered after every item was decided.
+//! - [`channel_routes`]: the channels received, by name.
+//! - [`channel_store`]: what a channel message changes in Postgres — the
+//!   contact, the conversation it opens (one OPEN per contact and channel,
+//!   under the contact's row lock), the message's facts — and provider
+//!   status reports.
 //! - [`rate_limit`]: the per-client rate limit (`429` + `Retry-After`).
 //! - [`metrics`]: Prometheus metrics.
 //! - [`server`]: wiring, the HTTP/1.1 server (header read timeout),
 //!   graceful shutdown, in-process [`spawn`].
 
+pub mod channel_routes;
+pub mod channel_store;
+pub mod channels;
 pub mod config;
 pub mod events;
 pub mod inflight;

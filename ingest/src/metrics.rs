@@ -130,6 +130,24 @@ pub struct Metrics {
     /// `chatpipe_ingest_webhook_auth_secrets`: configured webhook signing
     /// secrets; `0` when webhooks are not authenticated.
     pub webhook_auth_secrets: IntGauge,
+    /// `chatpipe_ingest_channels`: messenger channels received.
+    pub channels: IntGauge,
+    /// `chatpipe_ingest_channel_requests_total{channel,method,status}`.
+    pub channel_requests: IntCounterVec,
+    /// `chatpipe_ingest_channel_request_duration_seconds{channel}`.
+    pub channel_request_duration: HistogramVec,
+    /// `chatpipe_ingest_channel_auth_failures_total{channel,header}`:
+    /// channel webhooks refused `401` (or a WhatsApp check refused `403`).
+    pub channel_auth_failures: IntCounterVec,
+    /// `chatpipe_ingest_channel_messages_total{channel,kind,outcome}`:
+    /// contacts' messages decided (`opened`, `appended`, `duplicate`).
+    pub channel_messages: IntCounterVec,
+    /// `chatpipe_ingest_channel_statuses_total{channel,status,applied}`:
+    /// provider status reports stored.
+    pub channel_statuses: IntCounterVec,
+    /// `chatpipe_ingest_channel_ignored_total{channel}`: webhook items
+    /// acknowledged without action.
+    pub channel_ignored: IntCounterVec,
 }
 
 impl Metrics {
@@ -309,6 +327,57 @@ impl Metrics {
             "chatpipe_ingest_webhook_auth_secrets",
             "Configured webhook signing secrets (0: webhooks are not authenticated).",
         )?;
+        let channels = IntGauge::new("chatpipe_ingest_channels", "Messenger channels received.")?;
+        let channel_requests = IntCounterVec::new(
+            Opts::new(
+                "chatpipe_ingest_channel_requests_total",
+                "Channel webhook requests answered.",
+            ),
+            &["channel", "method", "status"],
+        )?;
+        let channel_request_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "chatpipe_ingest_channel_request_duration_seconds",
+                "Time to answer a channel webhook.",
+            )
+            .buckets(exponential_buckets(0.0005, 2.0, 16)?),
+            &["channel"],
+        )?;
+        let channel_auth_failures = IntCounterVec::new(
+            Opts::new(
+                "chatpipe_ingest_channel_auth_failures_total",
+                "Channel webhooks whose secret or signature did not verify.",
+            ),
+            &["channel", "header"],
+        )?;
+        let channel_messages = IntCounterVec::new(
+            Opts::new(
+                "chatpipe_ingest_channel_messages_total",
+                "Contacts' messages decided (opened, appended, duplicate).",
+            ),
+            &["channel", "kind", "outcome"],
+        )?;
+        let channel_statuses = IntCounterVec::new(
+            Opts::new(
+                "chatpipe_ingest_channel_statuses_total",
+                "Provider delivery status reports stored.",
+            ),
+            &["channel", "status", "applied"],
+        )?;
+        let channel_ignored = IntCounterVec::new(
+            Opts::new(
+                "chatpipe_ingest_channel_ignored_total",
+                "Channel webhook items acknowledged without action.",
+            ),
+            &["channel"],
+        )?;
+        registry.register(Box::new(channels.clone()))?;
+        registry.register(Box::new(channel_requests.clone()))?;
+        registry.register(Box::new(channel_request_duration.clone()))?;
+        registry.register(Box::new(channel_auth_failures.clone()))?;
+        registry.register(Box::new(channel_messages.clone()))?;
+        registry.register(Box::new(channel_statuses.clone()))?;
+        registry.register(Box::new(channel_ignored.clone()))?;
         registry.register(Box::new(webhook_auth_failures.clone()))?;
         registry.register(Box::new(webhook_auth_successes.clone()))?;
         registry.register(Box::new(webhook_auth_secrets.clone()))?;
@@ -371,6 +440,13 @@ impl Metrics {
             webhook_auth_failures,
             webhook_auth_successes,
             webhook_auth_secrets,
+            channels,
+            channel_requests,
+            channel_request_duration,
+            channel_auth_failures,
+            channel_messages,
+            channel_statuses,
+            channel_ignored,
         })
     }
 }

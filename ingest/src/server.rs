@@ -28,6 +28,11 @@ use tokio::net::TcpListener;
 use tokio::sync::{oneshot, Semaphore};
 use tokio::task::JoinHandle;
 
+use chatpipe_channels::{Channel, CredentialReader};
+
+use crate::channel_routes::ChannelRoutes;
+use crate::channel_store::ChannelStore;
+use crate::channels::{channel_webhook, verify_subscription};
 use crate::config::IngestArgs;
 use crate::events::{self, InternalEvent};
 use crate::inflight::Publisher;
@@ -104,6 +109,18 @@ impl Ingest {
         let lookup_pool = lifecycle::pool(url, args.status_lookup_workers.max(1), &options)
             .context("the lookup pool")?;
         let floor_pool = lifecycle::pool(url, 1, &options).context("the in-flight floor pool")?;
+        let channel_pool = lifecycle::pool(url, args.postgres.postgres_pool_size, &options)
+            .context("the channel pool")?;
+        let channels = Channel::from_env(&args.channels.channels, CredentialReader::Ingest)
+            .map_err(anyhow::Error::msg)
+            .context("--channels")?;
+        events::ChannelsConfigured {
+            channels: &channels
+                .iter()
+                .map(|c| (c.name().to_owned(), c.kind().as_str()))
+                .collect::<Vec<_>>(),
+        }
+        .emit(&metrics);
         let extra = args
             .producer_extra()
             .map_err(anyhow::Error::msg)
@@ -149,6 +166,8 @@ impl Ingest {
             max_concurrent_requests: args.max_concurrent_requests,
             verifier,
             rate_limit: rate_limit(args),
+            channels: ChannelRoutes::new(channels),
+            channel_store: ChannelStore::new(channel_pool, args.db_timeout),
         };
         Ok(Ingest {
             state: Arc::new(state),
@@ -176,6 +195,10 @@ impl Ingest {
         Router::new()
             .route("/webhook/", post(webhook))
             .route("/webhook", post(webhook))
+            .route(
+                "/channels/{name}/webhook",
+                post(channel_webhook).get(verify_subscription),
+            )
             .with_state(Arc::clone(&self.state))
             .merge(ops::router(
                 self.state.metrics.registry.clone(),

@@ -92,6 +92,10 @@ pub struct AppState {
     pub verifier: Option<Verifier>,
     /// The per-client rate limit; `None`: off.
     pub rate_limit: Option<RateLimit>,
+    /// The messenger channels whose webhooks are received.
+    pub channels: crate::channel_routes::ChannelRoutes,
+    /// Their Postgres decisions.
+    pub channel_store: crate::channel_store::ChannelStore,
 }
 
 /// The peer address of a request's connection (a request extension the
@@ -324,7 +328,7 @@ impl Drop for InFlight<'_> {
 /// Admission, before the body is read: the client's rate limit, then a
 /// concurrency permit. A refusal is emitted (logged and counted) and is the
 /// answer.
-fn admit(
+pub(crate) fn admit(
     state: &AppState,
     parts: &axum::http::request::Parts,
 ) -> Result<OwnedSemaphorePermit, Reply> {
@@ -430,7 +434,15 @@ pub fn refusal_reason(rejection: Rejection) -> RefusalReason {
 
 /// Reads the whole body within the body timeout and the size limit.
 async fn read_body(state: &AppState, body: Body) -> Result<bytes::Bytes, Reply> {
-    let limit = state.limits.max_body_bytes;
+    read_body_limited(state, body, state.limits.max_body_bytes).await
+}
+
+/// Reads the whole body within the body timeout and `limit` bytes.
+pub(crate) async fn read_body_limited(
+    state: &AppState,
+    body: Body,
+    limit: usize,
+) -> Result<bytes::Bytes, Reply> {
     let timeout = state.body_read_timeout;
     match tokio::time::timeout(timeout, axum::body::to_bytes(body, limit)).await {
         Ok(Ok(b)) => Ok(b),
