@@ -26,7 +26,12 @@
 //! | [`InflightReadFailed`] | warn (first of a run) | `inflight_floor_failures_total` |
 //! | [`ReplyIdsSalted`] | debug | `reply_id_collisions_total` |
 //! | [`BatchWritten`] | debug | `batches_total`, `records_total`, `batch_write_seconds` |
-//! | [`ReplyWritten`] | trace | `replies_total`, `reply_delta_seconds` |
+//! | [`ReplyWritten`] | trace | `replies_total`, `replies_by_policy_total{policy}`, `reply_delta_seconds` |
+//! | [`DeliveriesQueued`] | debug | `deliveries_queued_total` |
+//! | [`ReplyBotFellBack`] | warn | `reply_bot_failures_total{reason}` (one per reply) |
+//! | [`ReplyTemplateFailed`] | error | `reply_template_failures_total` |
+//! | [`ReplyRulesLoaded`] | info | `reply_rules_reloads_total`, `reply_rules` |
+//! | [`ReplyRulesRejected`] | error | `reply_rules_reload_failures_total` |
 //! | [`RecordRejected`] | trace | `rejections_total{reason}` |
 //! | [`EngineCounted`] | trace | `late_records_total`, `late_new_groups_total`, `duplicates_total`, `capped_groups_total`, `lifecycle_duplicates_total` |
 //! | [`BatchFenced`] | error | `fenced_batches_total`, `fenced_partitions_total` |
@@ -45,8 +50,9 @@
 
 use std::fmt::Display;
 
-use crate::engine::effects::Reason;
+use crate::engine::effects::{AnsweredBy, Reason};
 use crate::engine::logcheck::PositionCheck;
+use crate::engine::policy::BotFailure;
 use crate::engine::retry::FailureKind;
 use crate::engine::window::EngineStats;
 use crate::metrics::Metrics;
@@ -348,6 +354,8 @@ pub struct ReplyWritten {
     /// δ = written − its timestamp (s); `None` for a group flushed by
     /// CLOSE_CONVERSATION (answered before its window ended).
     pub delta_seconds: Option<f64>,
+    /// What answered it.
+    pub answered_by: AnsweredBy,
 }
 
 impl InternalEvent for ReplyWritten {
@@ -355,12 +363,137 @@ impl InternalEvent for ReplyWritten {
         tracing::trace!(
             partition = self.partition,
             delta_seconds = self.delta_seconds,
+            policy = self.answered_by.as_str(),
             "reply written"
         );
         m.replies.inc();
+        m.replies_by_policy
+            .with_label_values(&[self.answered_by.as_str()])
+            .inc();
         if let Some(d) = self.delta_seconds {
             m.reply_delta.observe(d);
         }
+    }
+}
+
+/// A committed transaction queued deliveries for replies of channel
+/// conversations.
+#[derive(Debug, Clone, Copy)]
+pub struct DeliveriesQueued {
+    /// How many.
+    pub count: u64,
+}
+
+impl InternalEvent for DeliveriesQueued {
+    fn emit(self, m: &Metrics) {
+        if self.count == 0 {
+            return;
+        }
+        tracing::debug!(count = self.count, "deliveries queued");
+        m.deliveries_queued.inc_by(self.count);
+    }
+}
+
+/// The reply bot did not answer some replies of a batch; they fell back to
+/// the FAQ rules or the template. One event per batch (one log line), one
+/// count per reply.
+#[derive(Debug, Clone, Copy)]
+pub struct ReplyBotFellBack<'a> {
+    /// Each failure and what went wrong, in reply order.
+    pub failures: &'a [(BotFailure, String)],
+    /// Replies the bot was asked for in the batch.
+    pub asked: usize,
+}
+
+impl InternalEvent for ReplyBotFellBack<'_> {
+    fn emit(self, m: &Metrics) {
+        let Some((first, detail)) = self.failures.first() else {
+            return;
+        };
+        tracing::warn!(
+            failed = self.failures.len(),
+            asked = self.asked,
+            reason = first.reason(),
+            error = %detail,
+            "the reply bot did not answer; replies fell back to the FAQ rules or the template"
+        );
+        for (f, _) in self.failures {
+            m.reply_bot_failures.with_label_values(&[f.reason()]).inc();
+        }
+    }
+}
+
+/// The reply template failed to render a group (it rendered the sample
+/// group at start); the original text answered.
+#[derive(Debug, Clone, Copy)]
+pub struct ReplyTemplateFailed<'a> {
+    /// The reply's conversation.
+    pub conversation_id: uuid::Uuid,
+    /// What went wrong.
+    pub error: &'a str,
+}
+
+impl InternalEvent for ReplyTemplateFailed<'_> {
+    fn emit(self, m: &Metrics) {
+        tracing::error!(
+            conversation_id = %self.conversation_id,
+            error = %self.error,
+            "the reply template failed to render; the original text answered"
+        );
+        m.reply_template_failures.inc();
+    }
+}
+
+/// The FAQ rules file was loaded (at start, or after it changed): its
+/// rules are in use now.
+#[derive(Debug, Clone, Copy)]
+pub struct ReplyRulesLoaded<'a> {
+    /// The file.
+    pub path: &'a str,
+    /// Rules in use.
+    pub rules: usize,
+}
+
+impl InternalEvent for ReplyRulesLoaded<'_> {
+    fn emit(self, m: &Metrics) {
+        tracing::info!(path = %self.path, rules = self.rules, "FAQ rules file loaded");
+        m.reply_rules_reloads.inc();
+        m.reply_rules
+            .set(i64::try_from(self.rules).unwrap_or(i64::MAX));
+    }
+}
+
+/// The FAQ rules file changed but cannot be read or parsed: the rules in
+/// use are kept (and `/readyz` warns until a good file is loaded).
+#[derive(Debug, Clone, Copy)]
+pub struct ReplyRulesRejected<'a> {
+    /// The file.
+    pub path: &'a str,
+    /// What is wrong.
+    pub error: &'a str,
+    /// Rules still in use.
+    pub kept: usize,
+}
+
+impl ReplyRulesRejected<'_> {
+    /// The warning `/readyz` lists for it.
+    pub fn warning(&self) -> String {
+        format!(
+            "FAQ rules file {}: {}; keeping the {} rules loaded before",
+            self.path, self.error, self.kept
+        )
+    }
+}
+
+impl InternalEvent for ReplyRulesRejected<'_> {
+    fn emit(self, m: &Metrics) {
+        tracing::error!(
+            path = %self.path,
+            error = %self.error,
+            kept = self.kept,
+            "FAQ rules file cannot be used; keeping the rules loaded before"
+        );
+        m.reply_rules_reload_failures.inc();
     }
 }
 
@@ -845,15 +978,19 @@ mod tests {
         ReplyWritten {
             partition: 0,
             delta_seconds: Some(0.02),
+            answered_by: AnsweredBy::Template,
         }
         .emit(&m);
         ReplyWritten {
             partition: 0,
             delta_seconds: None,
+            answered_by: AnsweredBy::Faq,
         }
         .emit(&m);
         assert_eq!(m.replies.get(), 2);
         assert_eq!(m.reply_delta.get_sample_count(), 1);
+        let by = |p: &str| m.replies_by_policy.with_label_values(&[p]).get();
+        assert_eq!((by("bot"), by("faq"), by("template")), (0, 1, 1));
         for reason in Reason::ALL {
             RecordRejected {
                 partition: 0,
@@ -975,5 +1112,58 @@ mod tests {
         }
         .emit(&m);
         assert_eq!(m.partition_reset_failures.get(), 2);
+    }
+
+    #[test]
+    fn reply_policy_events_count() {
+        let m = fresh();
+        DeliveriesQueued { count: 0 }.emit(&m);
+        DeliveriesQueued { count: 3 }.emit(&m);
+        assert_eq!(m.deliveries_queued.get(), 3);
+        ReplyBotFellBack {
+            failures: &[],
+            asked: 2,
+        }
+        .emit(&m);
+        ReplyBotFellBack {
+            failures: &[
+                (BotFailure::Timeout, "no answer".into()),
+                (BotFailure::Status(502), "502".into()),
+                (BotFailure::Timeout, "no answer".into()),
+            ],
+            asked: 4,
+        }
+        .emit(&m);
+        let failures = |r: &str| m.reply_bot_failures.with_label_values(&[r]).get();
+        assert_eq!(
+            (failures("timeout"), failures("status"), failures("nul")),
+            (2, 1, 0)
+        );
+        ReplyTemplateFailed {
+            conversation_id: uuid::Uuid::nil(),
+            error: "boom",
+        }
+        .emit(&m);
+        assert_eq!(m.reply_template_failures.get(), 1);
+        ReplyRulesLoaded {
+            path: "/r.json",
+            rules: 4,
+        }
+        .emit(&m);
+        assert_eq!((m.reply_rules_reloads.get(), m.reply_rules.get()), (1, 4));
+        let rejected = ReplyRulesRejected {
+            path: "/r.json",
+            error: "reply rule 1: has neither `keyword` nor `regex`",
+            kept: 4,
+        };
+        assert_eq!(
+            rejected.warning(),
+            "FAQ rules file /r.json: reply rule 1: has neither `keyword` nor `regex`; keeping the 4 rules loaded before"
+        );
+        rejected.emit(&m);
+        assert_eq!(
+            (m.reply_rules_reload_failures.get(), m.reply_rules.get()),
+            (1, 4)
+        );
     }
 }

@@ -5,7 +5,9 @@
 //! processing them and is never ready again), or a partition's writes
 //! failed [`crate::engine::retry::RetryPolicy::stuck_after`] times in a row. It
 //! stays ready, with a warning, after it found a stored position outside
-//! the log and moved on (the skipped range is in `partition_resets`).
+//! the log and moved on (the skipped range is in `partition_resets`), and
+//! while its FAQ rules file cannot be used (the rules loaded before stay
+//! in use).
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -23,6 +25,8 @@ struct State {
     /// partition → (failures in a row, last error), only while stuck.
     stuck: BTreeMap<i32, (u32, String)>,
     warnings: Vec<String>,
+    /// Warnings that last while a condition holds, by key.
+    conditions: BTreeMap<String, String>,
 }
 
 /// Most warnings kept (the newest).
@@ -75,6 +79,19 @@ impl Health {
         });
     }
 
+    /// A warning that lasts while a condition holds: `Some` sets (or
+    /// replaces) the warning under `key`, `None` clears it.
+    pub fn set_condition(&self, key: &str, warning: Option<String>) {
+        self.with(|s| match warning {
+            Some(w) => {
+                s.conditions.insert(key.to_owned(), w);
+            }
+            None => {
+                s.conditions.remove(key);
+            }
+        });
+    }
+
     /// `Ok` when ready, else every reason it is not.
     pub fn readiness(&self) -> Result<(), String> {
         self.with(|s| {
@@ -99,9 +116,10 @@ impl Health {
         })
     }
 
-    /// Current warnings, oldest first.
+    /// Current warnings: the conditions that hold (by key), then the
+    /// others, oldest first.
     pub fn warnings(&self) -> Vec<String> {
-        self.with(|s| s.warnings.clone())
+        self.with(|s| s.conditions.values().chain(&s.warnings).cloned().collect())
     }
 }
 
@@ -134,5 +152,21 @@ mod tests {
         let w = h.warnings();
         assert_eq!(w.len(), MAX_WARNINGS);
         assert_eq!(w.last().map(String::as_str), Some("w29"));
+    }
+
+    #[test]
+    fn conditions_warn_while_they_hold_and_keep_readiness() {
+        let h = Health::default();
+        h.set_claimed(true);
+        h.warn("reset".into());
+        h.set_condition("rules", Some("bad rules".into()));
+        h.set_condition("rules", Some("still bad".into()));
+        assert_eq!(
+            h.warnings(),
+            vec!["still bad".to_owned(), "reset".to_owned()]
+        );
+        assert_eq!(h.readiness(), Ok(()));
+        h.set_condition("rules", None);
+        assert_eq!(h.warnings(), vec!["reset".to_owned()]);
     }
 }

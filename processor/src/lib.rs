@@ -18,10 +18,13 @@
 //!     effects.rs     what the engine decides; rejection reasons
 //!     visibility.rs  when INBOUND rows are written
 //!     stranded.rs    replies for messages whose records are gone
+//!     policy.rs      what a reply says: bot answer, FAQ rules, template
 //!     window.rs      PartitionEngine: the session windows of one partition
 //!     memstore.rs    in-memory model of the store (tests, replay checks)
 //!   pipeline.rs      the consume loop: Kafka in, engine, Postgres out
 //!   store.rs         Postgres: pre-loads and one transaction per poll batch
+//!                    (with the outbox: deliveries of channel replies)
+//!   reply_policy.rs  the reply policy's I/O: bot calls, the FAQ rules file
 //!   ownership.rs     static partition assignment, owner-epoch fencing
 //!   events.rs        every observable fact of the shell: one log line + its metric
 //!   metrics.rs       the Prometheus registry and metric definitions
@@ -33,8 +36,10 @@
 //!
 //! Dependencies point one way: the shell uses the engine, never the other
 //! way round (see [`engine`] for the order inside it); in the shell,
-//! `pipeline` uses `store`, `ownership`, `events`, `metrics` and `health`;
-//! `store` uses `ownership`; `events` uses `metrics`.
+//! `pipeline` uses `store`, `reply_policy`, `ownership`, `events`,
+//! `metrics` and `health`; `store` uses `ownership` and `reply_policy`;
+//! `reply_policy` uses `events`, `metrics` and `health`; `events` uses
+//! `metrics`.
 //!
 //! # Where to look
 //! - [`engine::window`]: the grouping rule and the whole pure engine of a
@@ -49,7 +54,10 @@
 //! - [`engine::retry`]: what a failed write means and when to try again.
 //! - [`engine::logcheck`]: whether a stored position is still inside the log.
 //! - [`engine::stranded`]: replies for messages whose records are gone.
-//! - [`store`]: the Postgres writes (one transaction per poll batch).
+//! - [`engine::policy`]: what a reply says (bot, FAQ rules, template).
+//! - [`store`]: the Postgres writes (one transaction per poll batch), and
+//!   the outbox of channel replies.
+//! - [`reply_policy`]: asking the reply bot, keeping the FAQ rules file.
 //! - [`ownership`]: static partition assignment and owner-epoch fencing.
 //! - [`pipeline`]: the consume loop (I/O shell around the engine).
 //! - [`events`]: what the processor logs and counts, one type per fact.
@@ -64,4 +72,5 @@ pub mod health;
 pub mod metrics;
 pub mod ownership;
 pub mod pipeline;
+pub mod reply_policy;
 pub mod store;

@@ -11,6 +11,7 @@ use chatpipe_processor::config::{self, Cli};
 use chatpipe_processor::engine::retry::RetryPolicy;
 use chatpipe_processor::metrics::Metrics;
 use chatpipe_processor::pipeline::{Processor, Settings};
+use chatpipe_processor::reply_policy::{PolicyConfig, ReplyPolicy};
 use clap::Parser;
 use rdkafka::consumer::Consumer;
 
@@ -32,6 +33,11 @@ async fn main() -> anyhow::Result<()> {
         },
     )?;
     let metrics = Metrics::new().context("registering metrics")?;
+    // Checked before anything starts: a template, rules file or bot URL
+    // that cannot be used refuses the start with the reason.
+    let policy_config = PolicyConfig::from_args(args);
+    let policy =
+        ReplyPolicy::new(&policy_config, metrics.clone()).context("the reply policy settings")?;
     let ordinal = config::resolved_ordinal(args);
     let settings = Settings {
         kafka: chatpipe_core::kafka::KafkaConnection::from_args(&cli.kafka)
@@ -61,9 +67,11 @@ async fn main() -> anyhow::Result<()> {
             std::process::id()
         ),
     };
-    tracing::info!(?settings, "starting chatpipe-processor");
+    tracing::info!(?settings, ?policy, "starting chatpipe-processor");
 
     let mut processor = Processor::new(settings.clone(), pool.clone(), metrics.clone())?;
+    processor.set_reply_policy(policy.clone());
+    let _rules_refresh = policy.spawn_rules_refresh(processor.health());
     let ready = Arc::new(AtomicBool::new(false));
     let health = processor.health();
     let warnings: WarningsFn = {

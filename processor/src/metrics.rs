@@ -104,6 +104,21 @@ pub struct Metrics {
     /// Batches Postgres refused (data failure): the partition then writes
     /// record by record to find the record.
     pub refused_batches: IntCounter,
+    /// Deliveries queued for replies of channel conversations.
+    pub deliveries_queued: IntCounter,
+    /// Replies written, by what answered them (`bot`, `faq`, `template`).
+    pub replies_by_policy: IntCounterVec,
+    /// Replies the bot did not answer (they fell back), by reason.
+    pub reply_bot_failures: IntCounterVec,
+    /// Replies the template failed to render (the original text answered).
+    pub reply_template_failures: IntCounter,
+    /// FAQ rules files loaded (at start and after each change).
+    pub reply_rules_reloads: IntCounter,
+    /// Changed FAQ rules files that could not be read or parsed (the rules
+    /// in use were kept).
+    pub reply_rules_reload_failures: IntCounter,
+    /// FAQ rules in use.
+    pub reply_rules: IntGauge,
 }
 
 impl Metrics {
@@ -300,6 +315,50 @@ impl Metrics {
             "refused_batches_total",
             "batches Postgres refused (data failure); the partition then writes record by record",
         ))?;
+        let deliveries_queued = IntCounter::with_opts(p(
+            "deliveries_queued_total",
+            "deliveries queued for replies of channel conversations",
+        ))?;
+        let replies_by_policy = IntCounterVec::new(
+            p(
+                "replies_by_policy_total",
+                "replies written, by what answered them",
+            ),
+            &["policy"],
+        )?;
+        let reply_bot_failures = IntCounterVec::new(
+            p(
+                "reply_bot_failures_total",
+                "replies the reply bot did not answer (they fell back to the rules or the template), by reason",
+            ),
+            &["reason"],
+        )?;
+        let reply_template_failures = IntCounter::with_opts(p(
+            "reply_template_failures_total",
+            "replies the template failed to render (the original text answered)",
+        ))?;
+        let reply_rules_reloads = IntCounter::with_opts(p(
+            "reply_rules_reloads_total",
+            "FAQ rules files loaded (at start and after each change)",
+        ))?;
+        let reply_rules_reload_failures = IntCounter::with_opts(p(
+            "reply_rules_reload_failures_total",
+            "changed FAQ rules files that could not be read or parsed (the rules in use were kept)",
+        ))?;
+        let reply_rules = IntGauge::with_opts(p("reply_rules", "FAQ rules in use"))?;
+        registry.register(Box::new(deliveries_queued.clone()))?;
+        registry.register(Box::new(replies_by_policy.clone()))?;
+        registry.register(Box::new(reply_bot_failures.clone()))?;
+        registry.register(Box::new(reply_template_failures.clone()))?;
+        registry.register(Box::new(reply_rules_reloads.clone()))?;
+        registry.register(Box::new(reply_rules_reload_failures.clone()))?;
+        registry.register(Box::new(reply_rules.clone()))?;
+        for a in crate::engine::effects::AnsweredBy::ALL {
+            replies_by_policy.with_label_values(&[a.as_str()]);
+        }
+        for r in crate::engine::policy::BotFailure::REASONS {
+            reply_bot_failures.with_label_values(&[r]);
+        }
         registry.register(Box::new(startup_waits.clone()))?;
         registry.register(Box::new(starts_without_partitions.clone()))?;
         registry.register(Box::new(partition_claims.clone()))?;
@@ -368,6 +427,13 @@ impl Metrics {
             partition_reset_failures,
             log_bounds_read_failures,
             refused_batches,
+            deliveries_queued,
+            replies_by_policy,
+            reply_bot_failures,
+            reply_template_failures,
+            reply_rules_reloads,
+            reply_rules_reload_failures,
+            reply_rules,
         })
     }
 }

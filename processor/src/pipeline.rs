@@ -11,10 +11,14 @@
 //!    — for partitions that reached their end (partition EOF, no backlog) —
 //!    advances the watermark to wall clock minus allowance, never past the
 //!    oldest record an ingest replica is still producing.
-//! 3. The batch's effects, resume positions and fencing check are written
-//!    in one transaction. Fenced partitions are dropped (never reclaimed,
-//!    and the replica reports not ready). A partition whose write failed is
-//!    rebuilt from its committed state and paused for a backoff; until it
+//! 3. The reply policy answers the batch's replies (the bot, asked
+//!    concurrently, then the FAQ rules, then the template;
+//!    [`crate::reply_policy`]). The batch's effects, resume positions and
+//!    fencing check, and the deliveries of its replies to channel
+//!    conversations, are written in one transaction. Fenced partitions
+//!    are dropped (never reclaimed, and the replica reports not ready). A
+//!    partition whose write failed is rebuilt from its committed state and
+//!    paused for a backoff; until it
 //!    succeeds again it is written in a transaction of its own, so it
 //!    cannot hold up the others. When Postgres refuses its data, it goes
 //!    record by record and a record refused `poison_attempts` times is set
@@ -51,17 +55,18 @@ use crate::engine::watermark::clock_target;
 use crate::engine::window::{EngineStats, PartitionEngine};
 use crate::events::{
     BatchFenced, BatchRefused, BatchWriteFailed, BatchWritten, BrokerUnreachable, ConsumerError,
-    EngineCounted, InflightReadFailed, InternalEvent, LibrdkafkaError, LogBoundsReadFailed,
-    PartitionClaimed, PartitionFenced, PartitionRebuildFailed, PartitionRecovered, PartitionReset,
-    PartitionResetFailed, PartitionResetPostponed, PartitionStalled, PositionOutsideLog,
-    ReassignFailed, RecordClamped, RecordRejected, RecordSetAside, RecordUndecodable,
-    RefusedRecordsPassed, ReplicaOwnsNoPartitions, ReplyIdsSalted, ReplyWritten, ShutdownComplete,
-    TopicMissing, WatermarkHeld,
+    DeliveriesQueued, EngineCounted, InflightReadFailed, InternalEvent, LibrdkafkaError,
+    LogBoundsReadFailed, PartitionClaimed, PartitionFenced, PartitionRebuildFailed,
+    PartitionRecovered, PartitionReset, PartitionResetFailed, PartitionResetPostponed,
+    PartitionStalled, PositionOutsideLog, ReassignFailed, RecordClamped, RecordRejected,
+    RecordSetAside, RecordUndecodable, RefusedRecordsPassed, ReplicaOwnsNoPartitions,
+    ReplyIdsSalted, ReplyWritten, ShutdownComplete, TopicMissing, WatermarkHeld,
 };
 use crate::health::Health;
 use crate::metrics::Metrics;
 use crate::ownership::{claim, owned_partitions, positions_if_owner, Claim, PositionUpdate};
-use crate::store::{self, PartitionBatch, StoreError};
+use crate::reply_policy::ReplyPolicy;
+use crate::store::{self, PartitionBatch, StoreError, Written};
 
 /// Client context that does not report partition EOF (the normal "caught
 /// up" signal) as an error, and reports the other errors as
@@ -276,6 +281,8 @@ pub struct Processor {
     /// rktp->rktp_started`) when assignments follow each other before the
     /// previous one has started its partitions.
     reassign: bool,
+    /// What replies say (bot, FAQ rules, template).
+    policy: ReplyPolicy,
 }
 
 fn now_ms() -> i64 {
@@ -303,7 +310,6 @@ impl Processor {
             settings,
             consumer: Arc::new(consumer),
             pool,
-            metrics,
             parts: BTreeMap::new(),
             health: Health::default(),
             inflight_floor: Arc::new(AtomicI64::new(i64::MAX)),
@@ -311,7 +317,15 @@ impl Processor {
             readings: Arc::new(Mutex::new(Vec::new())),
             check_logs_now: false,
             reassign: false,
+            policy: ReplyPolicy::original(metrics.clone()),
+            metrics,
         })
+    }
+
+    /// Replaces the reply policy (default: [`ReplyPolicy::original`], the
+    /// original text for every reply).
+    pub fn set_reply_policy(&mut self, policy: ReplyPolicy) {
+        self.policy = policy;
     }
 
     /// What `/readyz` reports (shared with the ops server).
@@ -801,6 +815,11 @@ impl Processor {
         records: u64,
         single: Option<(i32, i64)>,
     ) -> bool {
+        // What each reply says (the bot may take up to its timeout), before
+        // the ids are checked: a stored reply is compared by content.
+        self.policy
+            .answer_effects(batches.iter_mut().flat_map(|b| b.effects.iter_mut()))
+            .await;
         let started = Instant::now();
         // Accepted messages still held by any partition own their ids.
         let held: HashSet<Uuid> = self
@@ -861,7 +880,7 @@ impl Processor {
     async fn settle(
         &mut self,
         groups: Vec<Vec<PartitionBatch>>,
-        results: Vec<Result<(), StoreError>>,
+        results: Vec<Result<Written, StoreError>>,
         started: Instant,
         records: u64,
         single: Option<(i32, i64)>,
@@ -872,8 +891,12 @@ impl Processor {
         for (g, r) in groups.iter().zip(results) {
             let parts: Vec<i32> = g.iter().map(|b| b.position.partition).collect();
             match r {
-                Ok(()) => {
+                Ok(w) => {
                     any_ok = true;
+                    DeliveriesQueued {
+                        count: w.deliveries_queued,
+                    }
+                    .emit(&self.metrics);
                     for b in g {
                         self.observe_effects(b.position.partition, written, &b.effects);
                         self.succeeded(b.position.partition);
@@ -1239,11 +1262,16 @@ impl Processor {
             (r.start, r.end),
             &self.settings.owner,
             &self.settings.engine,
+            &self.policy,
         )
         .await;
         drop(client);
         match result {
             Ok(reset) => {
+                DeliveriesQueued {
+                    count: reset.deliveries_queued,
+                }
+                .emit(&self.metrics);
                 let event = PartitionReset {
                     partition: r.partition,
                     kind: check,
@@ -1288,6 +1316,7 @@ impl Processor {
                     partition: p,
                     delta_seconds: (!o.flushed_by_close)
                         .then(|| (written_ms - o.timestamp_ms) as f64 / 1000.0),
+                    answered_by: o.answered_by,
                 }
                 .emit(&self.metrics),
                 Effect::Rejected(r) => RecordRejected {

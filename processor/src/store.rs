@@ -9,6 +9,15 @@
 //! OUTBOUND sets `reply_id` on the group's rows where it is still `NULL`
 //! (in the insert itself when the rows are written by the same batch).
 //! Nothing is overwritten once set, so a replayed batch changes nothing.
+//!
+//! **The outbox.** A reply (OUTBOUND) the batch wrote whose conversation
+//! is a channel conversation (`channel_conversations`) is queued for
+//! delivery in the same transaction: its `deliveries` row (status
+//! `queued`), a `delivery_events` row `queued` (source `processor`) and
+//! its `message_meta` row (author `bot`), in one statement per batch. A
+//! reply row the batch met already stored (a replay) queues nothing, and
+//! the inserts skip what exists (`ON CONFLICT DO NOTHING`), so a replay
+//! after a crash never queues a delivery twice.
 
 use std::collections::{HashMap, HashSet};
 
@@ -23,6 +32,7 @@ use crate::engine::logcheck::PositionCheck;
 use crate::engine::reply::reply_id_salted;
 use crate::engine::stranded::{answer_stranded, StrandedRow};
 use crate::ownership::{fence_and_advance, Claim, PositionUpdate};
+use crate::reply_policy::ReplyPolicy;
 
 /// Errors of a batch write.
 #[derive(Debug, thiserror::Error)]
@@ -464,17 +474,25 @@ impl Columns {
     }
 }
 
+/// What a committed batch wrote besides its effects.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Written {
+    /// Deliveries queued for the batch's replies of channel conversations.
+    pub deliveries_queued: u64,
+}
+
 /// Writes a poll batch in one transaction: the fencing check and positions
 /// of every partition, then conversations, conversation log positions,
 /// messages (INBOUND rows of accepted messages, OUTBOUND rows), `reply_id`
 /// on the INBOUND rows of the groups replied in this batch (set where still
-/// `NULL`), and rejected events. All statements are idempotent, so
+/// `NULL`), the deliveries of the replies it wrote to channel
+/// conversations, and rejected events. All statements are idempotent, so
 /// replaying a batch changes nothing.
 pub async fn write_batch(
     client: &mut tokio_postgres::Client,
     topic: &str,
     batches: &[PartitionBatch],
-) -> Result<(), StoreError> {
+) -> Result<Written, StoreError> {
     let mut c = Columns::default();
     for b in batches {
         c.add(b.position.partition, &b.effects);
@@ -489,9 +507,9 @@ pub async fn write_batch(
         tx.rollback().await?;
         return Err(StoreError::Fenced(fenced));
     }
-    write_columns(&tx, topic, &c).await?;
+    let written = write_columns(&tx, topic, &c).await?;
     tx.commit().await?;
-    Ok(())
+    Ok(written)
 }
 
 /// Runs the statements that write `c` inside the caller's transaction.
@@ -499,7 +517,7 @@ async fn write_columns(
     tx: &tokio_postgres::Transaction<'_>,
     topic: &str,
     c: &Columns,
-) -> Result<(), StoreError> {
+) -> Result<Written, StoreError> {
     if !c.msg_collisions.is_empty() {
         // Two partitions of this batch gave one id to different rows.
         // Written alone after this refusal, the first to commit keeps the
@@ -581,6 +599,8 @@ async fn write_columns(
     // the others met a row of the same id.
     let mut conflicted: Vec<usize> = Vec::new();
     let mut taken: Vec<Uuid> = Vec::new();
+    // Replies (id, conversation) this batch inserted: the ones to queue.
+    let mut new_replies: (Vec<Uuid>, Vec<Uuid>) = (Vec::new(), Vec::new());
     if !c.msg_ids.is_empty() {
         let dirs: Vec<String> = c.msg_dirs.iter().map(|s| s.to_string()).collect();
         let written = tx
@@ -608,6 +628,14 @@ async fn write_columns(
         conflicted = (0..c.msg_ids.len())
             .filter(|i| !written.contains(&c.msg_ids[*i]))
             .collect();
+        // An OUTBOUND row is returned only when inserted (the upsert's
+        // update is for INBOUND rows), never when it met a stored row.
+        for i in 0..c.msg_ids.len() {
+            if c.msg_dirs[i] == "OUTBOUND" && written.contains(&c.msg_ids[i]) {
+                new_replies.0.push(c.msg_ids[i]);
+                new_replies.1.push(c.msg_convs[i]);
+            }
+        }
     }
     if !c.upd_ids.is_empty() {
         // Only the key in WHERE: with `reply_id IS NULL` there as well, a
@@ -668,6 +696,7 @@ async fn write_columns(
         // else's: deciding its records again sees those rows.
         return Err(StoreError::IdTaken(taken));
     }
+    let deliveries_queued = queue_deliveries(tx, &new_replies.0, &new_replies.1).await?;
     if !c.rej_offsets.is_empty() {
         let reasons: Vec<String> = c.rej_reasons.iter().map(|s| s.to_string()).collect();
         tx.execute(
@@ -693,7 +722,51 @@ async fn write_columns(
         )
         .await?;
     }
-    Ok(())
+    Ok(Written { deliveries_queued })
+}
+
+/// Queues the delivery of the replies `ids` (of conversations `convs`,
+/// element by element) that belong to channel conversations: a
+/// `deliveries` row, its `queued` event and the reply's `message_meta`
+/// (author `bot`), in one statement. Replies of other conversations are
+/// left alone; a delivery that exists is kept (`ON CONFLICT DO NOTHING`,
+/// so a replay queues nothing twice). Each reply's conversation is one
+/// primary-key probe of `channel_conversations` (the lateral subquery
+/// keeps the planner from joining the whole table). Returns how many
+/// deliveries were queued; no statement when there are no replies.
+pub async fn queue_deliveries(
+    client: &impl GenericClient,
+    ids: &[Uuid],
+    convs: &[Uuid],
+) -> Result<u64, tokio_postgres::Error> {
+    if ids.is_empty() {
+        return Ok(0);
+    }
+    let row = client
+        .query_one(
+            "WITH q AS (
+                 INSERT INTO deliveries (message_id, conversation_id, channel, contact_id)
+                 SELECT u.id, cc.conversation_id, cc.channel, cc.contact_id
+                   FROM unnest($1::uuid[], $2::uuid[]) WITH ORDINALITY AS u(id, c, n)
+                  CROSS JOIN LATERAL (
+                        SELECT conversation_id, channel, contact_id FROM channel_conversations
+                         WHERE conversation_id = u.c) AS cc
+                  ORDER BY u.n
+                 ON CONFLICT (message_id) DO NOTHING
+                 RETURNING id, message_id, conversation_id, channel),
+             e AS (
+                 INSERT INTO delivery_events (delivery_id, event, source)
+                 SELECT id, 'queued', 'processor' FROM q),
+             m AS (
+                 INSERT INTO message_meta (message_id, conversation_id, channel, author_kind)
+                 SELECT message_id, conversation_id, channel, 'bot' FROM q
+                 ON CONFLICT DO NOTHING)
+             SELECT count(*) FROM q",
+            &[&ids, &convs],
+        )
+        .await?;
+    let n: i64 = row.try_get(0)?;
+    Ok(u64::try_from(n).unwrap_or_default())
 }
 
 /// Message ids of NEW_MESSAGE events among `events` (deduplicated).
@@ -819,6 +892,8 @@ pub struct Reset {
     /// Stored INBOUND messages without reply that were answered from their
     /// rows (their records are gone).
     pub stranded_answered: usize,
+    /// Deliveries queued for those replies (channel conversations).
+    pub deliveries_queued: u64,
     /// Offsets `[from, to)` that could not be read again.
     pub skipped: (i64, i64),
 }
@@ -832,8 +907,9 @@ pub struct Reset {
 ///   log's records are judged as after everything the old one decided and
 ///   their rejections are stored under their own offsets;
 /// - either way, INBOUND rows of its conversations still without reply are
-///   answered from the rows ([`answer_stranded`]): their groups' records
-///   cannot be read again;
+///   answered from the rows ([`answer_stranded`], contents by `policy`):
+///   their groups' records cannot be read again; the replies of channel
+///   conversations are queued for delivery;
 /// - a `partition_resets` row records what was skipped.
 #[allow(clippy::too_many_arguments)]
 pub async fn reset_partition(
@@ -846,6 +922,7 @@ pub async fn reset_partition(
     (start, end): (i64, i64),
     owner: &str,
     cfg: &EngineConfig,
+    policy: &ReplyPolicy,
 ) -> Result<Reset, StoreError> {
     let tx = client.transaction().await?;
     let position = PositionUpdate {
@@ -879,7 +956,8 @@ pub async fn reset_partition(
     }
     let rows = tx
         .query(
-            "SELECT m.id, m.conversation_id, (extract(epoch FROM m.arrival) * 1000)::int8
+            "SELECT m.id, m.conversation_id, (extract(epoch FROM m.arrival) * 1000)::int8,
+                    m.content, m.\"timestamp\"
                FROM processor_conversation_log l
                JOIN messages m ON m.conversation_id = l.conversation_id
               WHERE l.topic = $1 AND l.partition = $2
@@ -893,18 +971,23 @@ pub async fn reset_partition(
             id: r.get(0),
             conversation_id: r.get(1),
             arrival_ms: r.get(2),
+            content: r.get(3),
+            timestamp: r.get(4),
         })
         .collect();
     let stranded_answered = stranded.len();
-    let effects: Vec<Effect> = answer_stranded(cfg, stranded)
+    let mut effects: Vec<Effect> = answer_stranded(cfg, stranded)
         .into_iter()
         .map(Effect::Outbound)
         .collect();
+    // The reply policy may ask the bot: this transaction then waits up to
+    // its timeout (a reset is rare, and only this partition waits).
+    policy.answer_effects(effects.iter_mut()).await;
     let mut batch = [PartitionBatch { position, effects }];
     resolve_reply_ids(&tx, &mut batch, &HashSet::new()).await?;
     let mut c = Columns::default();
     c.add(partition, &batch[0].effects);
-    write_columns(&tx, topic, &c).await?;
+    let written = write_columns(&tx, topic, &c).await?;
     let skipped = (stored.resume_offset.min(start), start);
     let skipped = match kind {
         // A new log: nothing of it was skipped (the old one's records
@@ -954,6 +1037,7 @@ pub async fn reset_partition(
             watermark_ms: None,
         },
         stranded_answered,
+        deliveries_queued: written.deliveries_queued,
         skipped,
     })
 }

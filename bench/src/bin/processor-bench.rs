@@ -154,6 +154,36 @@ async fn count(pool: &deadpool_postgres::Pool, sql: &str) -> anyhow::Result<i64>
     Ok(pool.get().await?.query_one(sql, &[]).await?.get(0))
 }
 
+/// Runs `processor` until `stop` is set, on a thread with a runtime of its
+/// own (the processor's loop is driven in place, as its binary does, not
+/// spawned), and resolves with its result.
+fn run_on_thread(
+    processor: Processor,
+    ready: Arc<AtomicBool>,
+    stop: Arc<AtomicBool>,
+) -> impl std::future::Future<Output = anyhow::Result<()>> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::spawn(move || {
+        let result = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .map_err(anyhow::Error::from)
+            .and_then(|rt| {
+                rt.block_on(processor.run(ready, async move {
+                    while !stop.load(Ordering::SeqCst) {
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                }))
+            });
+        let _ = tx.send(result);
+    });
+    async move {
+        rx.await
+            .map_err(|_| anyhow::anyhow!("the processor thread ended abnormally"))?
+    }
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let a = Args::parse();
@@ -243,11 +273,7 @@ async fn catchup(a: &Args) -> anyhow::Result<()> {
     processor.start().await?;
     let ready = Arc::new(AtomicBool::new(false));
     let stop = done.clone();
-    let handle = tokio::spawn(processor.run(ready, async move {
-        while !stop.load(Ordering::SeqCst) {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }));
+    let handle = run_on_thread(processor, ready, stop);
     while (metrics.records.get() as usize) < total {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -268,7 +294,7 @@ async fn catchup(a: &Args) -> anyhow::Result<()> {
     };
     let all_s = started.elapsed().as_secs_f64();
     done.store(true, Ordering::SeqCst);
-    handle.await??;
+    handle.await?;
     let replies = count(
         &pool,
         "SELECT count(*) FROM messages WHERE direction = 'OUTBOUND'",
@@ -303,11 +329,7 @@ async fn live(a: &Args) -> anyhow::Result<()> {
     processor.start().await?;
     let done = Arc::new(AtomicBool::new(false));
     let stop = done.clone();
-    let handle = tokio::spawn(processor.run(Arc::new(AtomicBool::new(false)), async move {
-        while !stop.load(Ordering::SeqCst) {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }));
+    let handle = run_on_thread(processor, Arc::new(AtomicBool::new(false)), stop);
     let producer: FutureProducer =
         producer_config(&kafka, Duration::from_secs(30), Duration::from_millis(5)).create()?;
     let convs: Vec<Uuid> = (0..a.conversations).map(|_| Uuid::new_v4()).collect();
@@ -374,7 +396,7 @@ async fn live(a: &Args) -> anyhow::Result<()> {
     let rate = sent as f64 / started.elapsed().as_secs_f64();
     tokio::time::sleep(Duration::from_secs(7)).await;
     done.store(true, Ordering::SeqCst);
-    handle.await??;
+    handle.await?;
     let (h, replies, early) = micros_histogram(
         &pool,
         "SELECT (extract(epoch from (written_at - \"timestamp\")) * 1000000)::int8 FROM messages WHERE direction = 'OUTBOUND'",

@@ -98,6 +98,43 @@ pub struct Inbound {
     pub offset: i64,
 }
 
+/// One message of a replied group, as the reply policy sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplyMessage {
+    /// Message id.
+    pub id: Uuid,
+    /// Message text.
+    pub content: String,
+    /// Provider event time.
+    pub timestamp: DateTime<Utc>,
+}
+
+/// What answered a reply (see [`crate::engine::policy`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum AnsweredBy {
+    /// The reply bot.
+    Bot,
+    /// A FAQ rule.
+    Faq,
+    /// The reply template (the engine's default: the original text).
+    #[default]
+    Template,
+}
+
+impl AnsweredBy {
+    /// Every policy, for metrics.
+    pub const ALL: [AnsweredBy; 3] = [AnsweredBy::Bot, AnsweredBy::Faq, AnsweredBy::Template];
+
+    /// Label value (`bot`, `faq`, `template`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AnsweredBy::Bot => "bot",
+            AnsweredBy::Faq => "faq",
+            AnsweredBy::Template => "template",
+        }
+    }
+}
+
 /// The single OUTBOUND reply of a closed group.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Outbound {
@@ -105,8 +142,17 @@ pub struct Outbound {
     pub id: Uuid,
     /// Its conversation.
     pub conversation_id: Uuid,
-    /// `"Mensagens recebidas:\n" + ids + "\n"`.
+    /// The reply's text. The engine writes the original text
+    /// (`"Mensagens recebidas:\n" + ids + "\n"`, [`crate::engine::reply::reply_text`]);
+    /// the shell replaces it with what the reply policy answers before the
+    /// reply is written.
     pub content: String,
+    /// What answered: [`AnsweredBy::Template`] until the shell applies the
+    /// reply policy.
+    pub answered_by: AnsweredBy,
+    /// The group's messages in arrival order (the same order as
+    /// `inbound_ids`): what the reply policy answers.
+    pub messages: Vec<ReplyMessage>,
     /// `last_arrival + G` (ms).
     pub timestamp_ms: i64,
     /// Arrival of the group's last message (ms).

@@ -20,6 +20,8 @@
 //!   their reply while behind).
 //! - [`stranded`]: replies for messages whose records are gone from the
 //!   log, answered from their rows.
+//! - [`policy`]: what a reply says: the bot's checked answer, else the
+//!   first matching FAQ rule, else the reply template.
 //! - [`window`]: [`window::PartitionEngine`], the session windows, late
 //!   arrivals, close and duplicates of one partition.
 //! - [`memstore`]: an in-memory model of the store (the second backend of
@@ -33,6 +35,7 @@
 //!   <- effects      (domain)
 //!   <- visibility   (effects)
 //!   <- stranded     (domain, effects, reply)
+//!   <- policy       (effects, reply)
 //!   <- window       (domain, effects, reply, watermark)
 //!   <- memstore     (domain, effects, window)
 //! ```
@@ -43,6 +46,7 @@ pub mod domain;
 pub mod effects;
 pub mod logcheck;
 pub mod memstore;
+pub mod policy;
 pub mod reply;
 pub mod retry;
 pub mod stranded;

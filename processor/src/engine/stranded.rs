@@ -11,14 +11,15 @@
 
 use std::collections::BTreeMap;
 
+use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use crate::engine::domain::EngineConfig;
-use crate::engine::effects::Outbound;
+use crate::engine::effects::{AnsweredBy, Outbound, ReplyMessage};
 use crate::engine::reply::{reply_id, reply_text};
 
 /// A stored INBOUND row without reply.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StrandedRow {
     /// Message id.
     pub id: Uuid,
@@ -26,6 +27,10 @@ pub struct StrandedRow {
     pub conversation_id: Uuid,
     /// Its arrival (ms).
     pub arrival_ms: i64,
+    /// Its text (the reply policy's input).
+    pub content: String,
+    /// Its provider event time.
+    pub timestamp: DateTime<Utc>,
 }
 
 /// The replies that answer `rows`, one per group, conversations in id
@@ -61,10 +66,20 @@ fn reply(cfg: &EngineConfig, conv: Uuid, group: Vec<StrandedRow>) -> Outbound {
     let ids: Vec<Uuid> = group.iter().map(|r| r.id).collect();
     let first = group.first().map_or(0, |r| r.arrival_ms);
     let last = group.last().map_or(0, |r| r.arrival_ms);
+    let messages = group
+        .into_iter()
+        .map(|r| ReplyMessage {
+            id: r.id,
+            content: r.content,
+            timestamp: r.timestamp,
+        })
+        .collect();
     Outbound {
         id: reply_id(&ids),
         conversation_id: conv,
         content: reply_text(&ids),
+        answered_by: AnsweredBy::Template,
+        messages,
         timestamp_ms: cfg.group_deadline(first, last),
         last_arrival_ms: last,
         inbound_ids: ids,
@@ -83,6 +98,8 @@ mod tests {
             id: Uuid::from_u128(id),
             conversation_id: Uuid::from_u128(conv),
             arrival_ms,
+            content: format!("text {id}"),
+            timestamp: DateTime::UNIX_EPOCH,
         }
     }
 
@@ -107,6 +124,8 @@ mod tests {
         assert_eq!(out[1].inbound_ids, vec![Uuid::from_u128(13)]);
         assert_eq!(out[2].conversation_id, Uuid::from_u128(2));
         assert_eq!(out[0].content, reply_text(&out[0].inbound_ids));
+        let texts: Vec<&str> = out[0].messages.iter().map(|m| m.content.as_str()).collect();
+        assert_eq!(texts, ["text 11", "text 12"]);
     }
 
     #[test]

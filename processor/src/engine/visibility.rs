@@ -153,6 +153,8 @@ mod tests {
             id: crate::engine::reply::reply_id(&ids),
             conversation_id: Uuid::from_u128(1000),
             content: crate::engine::reply::reply_text(&ids),
+            answered_by: Default::default(),
+            messages: Vec::new(),
             timestamp_ms: 0,
             last_arrival_ms: 0,
             inbound_ids: ids,

@@ -52,10 +52,13 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use chatpipe_core::Event;
+use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use crate::engine::domain::{ConversationLog, EngineConfig, LogPos, Record, StoredMessage};
-use crate::engine::effects::{Effect, Inbound, Outbound, Reason, Rejection, ReplyCause};
+use crate::engine::effects::{
+    AnsweredBy, Effect, Inbound, Outbound, Reason, Rejection, ReplyCause, ReplyMessage,
+};
 use crate::engine::reply::{reply_id, reply_text};
 use crate::engine::watermark::Watermark;
 
@@ -81,6 +84,8 @@ struct Member {
     id: Uuid,
     offset: i64,
     arrival_ms: i64,
+    /// Provider event time (the reply policy's input).
+    timestamp: DateTime<Utc>,
 }
 
 #[derive(Debug, Clone)]
@@ -516,6 +521,7 @@ impl PartitionEngine {
             id,
             offset: record.offset,
             arrival_ms: arrival,
+            timestamp,
         };
         if let Some(group) = self.groups.get(&conv) {
             let deadline = self.cfg.group_deadline(group.first_ms, group.last_ms);
@@ -650,9 +656,16 @@ impl PartitionEngine {
         // id on them (same transaction), which makes them final.
         let ids: Vec<Uuid> = group.members.iter().map(|m| m.id).collect();
         let id = reply_id(&ids);
+        let mut messages = Vec::with_capacity(group.members.len());
         for m in group.members {
             self.unpin(m.offset);
-            if let Some((_, content)) = self.in_window.remove(&m.id) {
+            let window = self.in_window.remove(&m.id);
+            messages.push(ReplyMessage {
+                id: m.id,
+                content: window.as_ref().map(|w| w.1.clone()).unwrap_or_default(),
+                timestamp: m.timestamp,
+            });
+            if let Some((_, content)) = window {
                 self.stored.insert(
                     m.id,
                     StoredMessage {
@@ -675,6 +688,8 @@ impl PartitionEngine {
             id,
             conversation_id: conv,
             content: reply_text(&ids),
+            answered_by: AnsweredBy::Template,
+            messages,
             timestamp_ms,
             last_arrival_ms: group.last_ms,
             inbound_ids: ids,
