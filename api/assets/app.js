@@ -1,6 +1,10 @@
 // chatpipe conversation viewer: plain JavaScript, no dependencies, served
 // by the api. Routes (location.hash): #/ (list), #/conversations/<id>,
-// #/rejected. Polls the JSON endpoints so new messages appear live.
+// #/contacts, #/contacts/<id>, #/deliveries (dead letters), #/rejected.
+// Polls the JSON endpoints so new messages, authors and delivery statuses
+// appear live. An agent answers an OPEN conversation from the reply box
+// (POST /conversations/{id}/messages with an Idempotency-Key, so a resent
+// click never stores the message twice).
 //
 // Sign-in: when the api answers 401 (authentication on), a sign-in form
 // replaces the viewer. The tokens from POST /auth/token live in the `auth`
@@ -25,6 +29,12 @@ const state = {
   seenMessages: new Set(),
   lastDetailJson: "",
   rejectedCursor: null,
+  contactsCursor: null,
+  deliveriesCursor: null,
+  contactsExtended: false,   // "Load more" clicked: stop refreshing page 1
+  deliveriesExtended: false,
+  replyKey: null,      // Idempotency-Key of the draft being sent
+  replyKeyText: null,  // the text that key was made for
 };
 
 // ---- authentication (memory only) -------------------------------------------
@@ -141,16 +151,23 @@ function refreshTokens() {
   return attempt;
 }
 
-// GET `url` as JSON with the bearer token (when signed in). A 401 renews the
-// token once and retries; if that fails the sign-in form is shown and the
-// returned error has status 401.
-async function getJson(url) {
+// Calls the api with the bearer token (when signed in) and reads the JSON
+// answer. A 401 renews the token once and retries; if that fails the
+// sign-in form is shown and the returned error has status 401. `options`:
+// method, body (sent as JSON), headers. Resolves { body, res }.
+async function apiCall(url, options) {
+  const opts = options || {};
   const epoch = auth.epoch;
   for (let attempt = 0; ; attempt++) {
     const used = auth.access;
-    const headers = { accept: "application/json" };
+    const headers = Object.assign({ accept: "application/json" }, opts.headers || {});
     if (used) headers.authorization = "Bearer " + used;
-    const res = await fetch(url, { headers, cache: "no-store", credentials: "omit" });
+    const init = { method: opts.method || "GET", headers, cache: "no-store", credentials: "omit" };
+    if (opts.body !== undefined) {
+      headers["content-type"] = "application/json";
+      init.body = JSON.stringify(opts.body);
+    }
+    const res = await fetch(url, init);
     const body = await readJson(res);
     if (epoch !== auth.epoch) {
       const err = new Error("signed out");
@@ -165,9 +182,26 @@ async function getJson(url) {
     if (res.status === 401) {
       showSignIn(used ? "Your session has ended; please sign in again." : "");
     }
-    if (!res.ok) throw apiError(res, body);
-    return body;
+    if (!res.ok) {
+      const err = apiError(res, body);
+      err.field = body && body.field;
+      throw err;
+    }
+    return { body, res };
   }
+}
+
+// GET `url` as JSON (see apiCall).
+async function getJson(url) {
+  return (await apiCall(url)).body;
+}
+
+// An Idempotency-Key: a random UUID.
+function newKey() {
+  if (window.crypto && typeof window.crypto.randomUUID === "function") return window.crypto.randomUUID();
+  const b = new Uint8Array(16);
+  window.crypto.getRandomValues(b);
+  return Array.from(b, (x) => x.toString(16).padStart(2, "0")).join("");
 }
 
 function showSignIn(message) {
@@ -327,10 +361,26 @@ function scheduleListRefresh() {
 
 // ---- one conversation -----------------------------------------------------
 
+// "contact Ana", "bot", "agent ana.agent" (older apis send no author).
+function authorLabel(a) {
+  if (!a) return "";
+  if (a.kind === "bot") return "bot";
+  return a.kind + (a.name ? " " + a.name : "");
+}
+
 function messageItem(m, isNew) {
-  return el("li", { class: "msg " + m.type + (isNew ? " new" : ""), dataset: { messageId: m.id, type: m.type } },
-    el("div", { class: "meta" }, m.type + " · " + m.timestamp + " · ", el("span", { class: "mid" }, m.id)),
-    el("pre", { class: "content" }, m.content));
+  const d = m.delivery;
+  const author = m.author || {};
+  const meta = el("div", { class: "meta" },
+    el("span", { class: "author", dataset: { authorKind: author.kind || "" } }, authorLabel(m.author)),
+    (m.author ? " · " : "") + m.type + " · " + m.timestamp + " · ", el("span", { class: "mid" }, m.id),
+    m.kind && m.kind !== "text" ? " · " + m.kind + (m.media_id ? " (" + m.media_id + ")" : "") : "",
+    d ? el("span", { class: "delivery " + d.status, dataset: { deliveryStatus: d.status }, title: "delivery, updated " + d.updated_at }, d.status) : null);
+  const errorLine = d && (d.error_code || d.error_reason)
+    ? el("div", { class: "delivery-error" }, [d.error_code, d.error_reason].filter(Boolean).join(": "))
+    : null;
+  return el("li", { class: "msg " + m.type + (isNew ? " new" : ""), dataset: { messageId: m.id, type: m.type, deliveryStatus: d ? d.status : "" } },
+    meta, el("pre", { class: "content" }, m.content), errorLine);
 }
 
 function rejectedRow(r, withConversation) {
@@ -367,6 +417,15 @@ async function refreshDetail() {
     badge.className = "badge " + conv.status;
     $("detail-created").textContent = conv.created_at;
     $("detail-updated").textContent = conv.updated_at;
+    const line = $("detail-channel-line");
+    line.hidden = !conv.channel;
+    $("detail-channel").textContent = conv.channel || "";
+    const contact = conv.contact;
+    const link = $("detail-contact");
+    link.textContent = contact ? (contact.display_name ? contact.display_name + " (" + contact.provider_user_id + ")" : contact.provider_user_id) : "";
+    if (contact) link.setAttribute("href", "#/contacts/" + contact.id);
+    else link.removeAttribute("href");
+    $("reply-form").hidden = conv.status !== "OPEN";
     const inbound = conv.messages.filter((m) => m.type === "INBOUND").length;
     $("detail-count").textContent = inbound + " inbound, " + (conv.messages.length - inbound) + " outbound";
     const json = JSON.stringify(conv.messages);
@@ -399,10 +458,17 @@ async function refreshDetail() {
 }
 
 function openConversation(id) {
+  if (state.selected !== id) {
+    $("reply-content").value = "";
+    showError("reply-error", null);
+    $("reply-status").textContent = "";
+    state.replyKey = null;
+    state.replyKeyText = null;
+  }
+  hideViews();
   state.selected = id;
   state.seenMessages = new Set();
   state.lastDetailJson = "";
-  $("rejected-view").hidden = true;
   $("messages").replaceChildren();
   for (const li of $("conversation-list").children) {
     li.classList.toggle("selected", li.dataset.conversationId === id);
@@ -410,6 +476,171 @@ function openConversation(id) {
   clearInterval(state.detailTimer);
   refreshDetail();
   state.detailTimer = setInterval(refreshDetail, POLL_DETAIL_MS);
+}
+
+// ---- replying -----------------------------------------------------------------
+
+async function sendReply() {
+  const id = state.selected;
+  const text = $("reply-content").value;
+  if (!id) return;
+  if (!text.trim()) {
+    showError("reply-error", new Error("Type a message first."));
+    return;
+  }
+  // One key per draft: sending the same text again (after a network error,
+  // say) reuses it, so the api stores the message once.
+  if (state.replyKeyText !== text || !state.replyKey) {
+    state.replyKey = newKey();
+    state.replyKeyText = text;
+  }
+  const button = $("reply-send");
+  button.disabled = true;
+  $("reply-status").textContent = "sending…";
+  try {
+    const { body, res } = await apiCall("/conversations/" + encodeURIComponent(id) + "/messages", {
+      method: "POST",
+      body: { content: text },
+      headers: { "idempotency-key": state.replyKey },
+    });
+    if (state.selected !== id) return;
+    $("reply-content").value = "";
+    state.replyKey = null;
+    state.replyKeyText = null;
+    showError("reply-error", null);
+    const replay = res.headers.get("idempotent-replay") === "true" ? " (already sent)" : "";
+    $("reply-status").textContent = (body.status === "queued" ? "queued for " + body.channel : "stored") + replay;
+    refreshDetail();
+  } catch (e) {
+    if (e.status === 401) return;
+    $("reply-status").textContent = "";
+    showError("reply-error", e.status ? e : new Error("The api cannot be reached; your reply was kept, send again."));
+  } finally {
+    button.disabled = false;
+  }
+}
+
+$("reply-form").addEventListener("submit", (e) => { e.preventDefault(); sendReply(); });
+$("reply-content").addEventListener("keydown", (e) => {
+  if (e.key === "Enter" && (e.ctrlKey || e.metaKey)) { e.preventDefault(); sendReply(); }
+});
+
+// ---- contacts ------------------------------------------------------------------
+
+function contactRow(c) {
+  return el("tr", { dataset: { contactId: c.id }, onclick: () => { location.hash = "#/contacts/" + c.id; } },
+    el("td", {}, c.created_at), el("td", {}, c.channel), el("td", { class: "mono" }, c.provider_user_id),
+    el("td", {}, c.display_name || ""), el("td", {}, c.last_seen_at));
+}
+
+async function loadContacts(append) {
+  if (auth.signInShown) return;
+  const params = new URLSearchParams();
+  const channel = $("contacts-channel-filter").value.trim();
+  if (channel) params.set("channel", channel);
+  if (append && state.contactsCursor) params.set("cursor", state.contactsCursor);
+  try {
+    const page = await getJson("/contacts?" + params.toString());
+    const tbody = $("contacts").querySelector("tbody");
+    if (!append) tbody.replaceChildren();
+    for (const c of page.contacts) tbody.append(contactRow(c));
+    state.contactsCursor = page.next_cursor;
+    $("more-contacts").hidden = !page.next_cursor;
+    showError("detail-error", null);
+  } catch (e) {
+    if (e.status === 401) return;
+    showError("detail-error", e);
+  }
+}
+
+async function loadContact(id) {
+  if (auth.signInShown) return;
+  try {
+    const c = await getJson("/contacts/" + encodeURIComponent(id));
+    $("contact-detail").hidden = false;
+    $("contact-title").textContent = (c.display_name || c.provider_user_id) + " · " + c.channel + " · " + c.provider_user_id;
+    $("contact-conversations").replaceChildren(...c.conversations.map((v) =>
+      el("li", { dataset: { conversationId: v.id } },
+        el("a", { href: "#/conversations/" + v.id, class: "mono" }, v.id), " ",
+        el("span", { class: "badge " + v.status }, v.status), " created " + v.created_at)));
+    if (c.conversations.length === 0) $("contact-conversations").append(el("li", { class: "hint" }, "no conversations"));
+    showError("detail-error", null);
+  } catch (e) {
+    if (e.status === 401) return;
+    $("contact-detail").hidden = true;
+    showError("detail-error", e);
+  }
+}
+
+function openContacts(id) {
+  hideViews();
+  $("contacts-view").hidden = false;
+  $("contact-detail").hidden = true;
+  loadContacts(false);
+  if (id) loadContact(id);
+  state.contactsExtended = false;
+  state.detailTimer = setInterval(() => {
+    if (!state.contactsExtended) loadContacts(false);
+    if (id) loadContact(id);
+  }, POLL_LIST_MS);
+}
+
+// ---- dead letters ----------------------------------------------------------------
+
+function deliveryRow(d) {
+  const retry = el("button", { type: "button", class: "retry", dataset: { deliveryId: String(d.id) } }, "Retry");
+  retry.addEventListener("click", () => retryDelivery(d.id, retry));
+  return el("tr", { dataset: { deliveryId: String(d.id), messageId: d.message_id } },
+    el("td", {}, d.failed_at || d.updated_at),
+    el("td", {}, d.channel),
+    el("td", { class: "mono" }, el("a", { href: "#/conversations/" + d.conversation_id }, d.conversation_id)),
+    el("td", {}, d.content || ""),
+    el("td", {}, String(d.attempts)),
+    el("td", {}, [d.error_code, d.error_reason].filter(Boolean).join(": ")),
+    el("td", {}, retry));
+}
+
+async function loadDeliveries(append) {
+  if (auth.signInShown) return;
+  const params = new URLSearchParams({ status: "failed" });
+  if (append && state.deliveriesCursor) params.set("cursor", state.deliveriesCursor);
+  try {
+    const page = await getJson("/deliveries?" + params.toString());
+    const tbody = $("dead-letters").querySelector("tbody");
+    if (!append) tbody.replaceChildren();
+    for (const d of page.deliveries) tbody.append(deliveryRow(d));
+    state.deliveriesCursor = page.next_cursor;
+    $("more-deliveries").hidden = !page.next_cursor;
+    $("dead-letters-empty").hidden = tbody.children.length > 0;
+    if (!$("deliveries-error").dataset.sticky) showError("deliveries-error", null);
+  } catch (e) {
+    if (e.status === 401) return;
+    showError("deliveries-error", e);
+  }
+}
+
+async function retryDelivery(id, button) {
+  button.disabled = true;
+  const err = $("deliveries-error");
+  try {
+    await apiCall("/deliveries/" + encodeURIComponent(id) + "/retry", { method: "POST" });
+    delete err.dataset.sticky;
+    showError("deliveries-error", null);
+    loadDeliveries(false);
+  } catch (e) {
+    if (e.status === 401) return;
+    button.disabled = false;
+    err.dataset.sticky = "1";
+    showError("deliveries-error", new Error("Retry of delivery " + id + " failed: " + (e.message || e)));
+  }
+}
+
+function openDeliveries() {
+  hideViews();
+  $("deliveries-view").hidden = false;
+  loadDeliveries(false);
+  state.deliveriesExtended = false;
+  state.detailTimer = setInterval(() => { if (!state.deliveriesExtended) loadDeliveries(false); }, POLL_LIST_MS);
 }
 
 // ---- all rejected events ---------------------------------------------------
@@ -436,11 +667,21 @@ async function loadRejected(append) {
   }
 }
 
-function openRejected() {
+// Hides every view of the right pane and stops its polling.
+function hideViews() {
   state.selected = null;
   clearInterval(state.detailTimer);
+  state.detailTimer = null;
   $("detail").hidden = true;
   $("detail-empty").hidden = true;
+  $("rejected-view").hidden = true;
+  $("contacts-view").hidden = true;
+  $("deliveries-view").hidden = true;
+  showError("detail-error", null);
+}
+
+function openRejected() {
+  hideViews();
   $("rejected-view").hidden = false;
   loadRejected(false);
   state.detailTimer = setInterval(() => loadRejected(false), POLL_LIST_MS);
@@ -451,19 +692,25 @@ function openRejected() {
 function route() {
   const hash = location.hash || "#/";
   const m = hash.match(/^#\/conversations\/([^/?#]+)/);
-  $("nav-rejected").classList.toggle("active", hash.startsWith("#/rejected"));
-  $("nav-conversations").classList.toggle("active", !hash.startsWith("#/rejected"));
+  const c = hash.match(/^#\/contacts(?:\/([^/?#]+))?/);
+  const section = hash.startsWith("#/rejected") ? "rejected"
+    : c ? "contacts"
+    : hash.startsWith("#/deliveries") ? "deliveries"
+    : "conversations";
+  for (const name of ["conversations", "contacts", "deliveries", "rejected"]) {
+    $("nav-" + name).classList.toggle("active", section === name);
+  }
   if (m) {
     openConversation(decodeURIComponent(m[1]));
-  } else if (hash.startsWith("#/rejected")) {
+  } else if (section === "rejected") {
     openRejected();
+  } else if (section === "contacts") {
+    openContacts(c[1] ? decodeURIComponent(c[1]) : null);
+  } else if (section === "deliveries") {
+    openDeliveries();
   } else {
-    state.selected = null;
-    clearInterval(state.detailTimer);
-    $("detail").hidden = true;
-    $("rejected-view").hidden = true;
+    hideViews();
     $("detail-empty").hidden = false;
-    showError("detail-error", null);
   }
 }
 
@@ -480,6 +727,9 @@ $("filter").addEventListener("submit", (e) => {
   if (id) location.hash = "#/conversations/" + id;
 });
 $("rejected-filter").addEventListener("submit", (e) => { e.preventDefault(); loadRejected(false); });
+$("contacts-filter").addEventListener("submit", (e) => { e.preventDefault(); loadContacts(false); });
+$("more-contacts").addEventListener("click", () => { state.contactsExtended = true; loadContacts(true); });
+$("more-deliveries").addEventListener("click", () => { state.deliveriesExtended = true; loadDeliveries(true); });
 window.addEventListener("hashchange", () => { if (!auth.signInShown) route(); });
 
 // ---- start, stop ------------------------------------------------------------
@@ -502,6 +752,21 @@ function clearData() {
   $("conversation-rejected").querySelector("tbody").replaceChildren();
   $("all-rejected").querySelector("tbody").replaceChildren();
   $("more-rejected").hidden = true;
+  $("contacts-view").hidden = true;
+  $("deliveries-view").hidden = true;
+  $("contacts").querySelector("tbody").replaceChildren();
+  $("contact-conversations").replaceChildren();
+  $("dead-letters").querySelector("tbody").replaceChildren();
+  $("more-contacts").hidden = true;
+  $("more-deliveries").hidden = true;
+  $("reply-content").value = "";
+  $("reply-form").hidden = true;
+  state.contactsCursor = null;
+  state.deliveriesCursor = null;
+  state.replyKey = null;
+  state.replyKeyText = null;
+  showError("reply-error", null);
+  showError("deliveries-error", null);
   state.listCursor = null;
   state.rejectedCursor = null;
   state.lastDetailJson = "";

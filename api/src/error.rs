@@ -69,6 +69,15 @@ pub enum ApiError {
         /// The body field at fault.
         field: &'static str,
     },
+    /// `422`: the request is well formed but cannot be applied (e.g. an
+    /// `Idempotency-Key` reused for another request).
+    #[error("{message}")]
+    Unprocessable {
+        /// Why.
+        message: String,
+        /// The body field or header at fault.
+        field: &'static str,
+    },
     /// `500`: a bug or an impossible state (details logged, not returned).
     #[error("internal error: {0}")]
     Internal(String),
@@ -157,6 +166,7 @@ impl ApiError {
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden(_) | ApiError::NotAllowed { .. } => StatusCode::FORBIDDEN,
             ApiError::Conflict { .. } => StatusCode::CONFLICT,
+            ApiError::Unprocessable { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             ApiError::Unavailable(..) => StatusCode::SERVICE_UNAVAILABLE,
         }
@@ -188,10 +198,12 @@ impl ApiError {
                     field: field.map(str::to_owned),
                 }
             }
-            ApiError::Conflict { message, field } => ErrorBody {
-                error: message.clone(),
-                field: Some((*field).to_owned()),
-            },
+            ApiError::Conflict { message, field } | ApiError::Unprocessable { message, field } => {
+                ErrorBody {
+                    error: message.clone(),
+                    field: Some((*field).to_owned()),
+                }
+            }
             ApiError::Unavailable(..) => ErrorBody {
                 error: "the database is unavailable, retry later".to_owned(),
                 field: None,
@@ -258,7 +270,10 @@ impl IntoResponse for ApiError {
             );
         }
         let report = match self {
-            ApiError::NotFound(_) | ApiError::NotAllowed { .. } | ApiError::Conflict { .. } => None,
+            ApiError::NotFound(_)
+            | ApiError::NotAllowed { .. }
+            | ApiError::Conflict { .. }
+            | ApiError::Unprocessable { .. } => None,
             ApiError::Unauthorized(reason) => Some(ErrorReport::AuthFailed { reason }),
             ApiError::Internal(detail) => Some(ErrorReport::Internal { detail }),
             ApiError::Forbidden(_) => Some(ErrorReport::AuthFailed {

@@ -19,6 +19,9 @@
 //! | [`JwksFetched`] | info | `jwks_fetches_total{outcome="ok"}` |
 //! | [`JwksFetchFailed`] | warn | `jwks_fetches_total{outcome="error"}` |
 //! | [`AgentChanged`] | info | `agent_changes_total{change}` (`created`, `updated`, `deleted`) |
+//! | [`AgentMessageAccepted`] | info (new), debug (replayed) | `agent_messages_total{outcome}` (`queued`, `stored`, `replayed`) |
+//! | [`IdempotencyKeyReused`] | info | `agent_messages_total{outcome="key_reused"}` |
+//! | [`DeliveryRetried`] | info | `delivery_retries_total` |
 
 use axum::http::StatusCode;
 
@@ -220,6 +223,86 @@ impl InternalEvent for AgentChanged<'_> {
     }
 }
 
+/// An agent's message was accepted (`202`): stored now, or the answer
+/// of its idempotency key's first request replayed.
+#[derive(Debug, Clone, Copy)]
+pub struct AgentMessageAccepted {
+    /// The message.
+    pub message_id: uuid::Uuid,
+    /// Its conversation.
+    pub conversation_id: uuid::Uuid,
+    /// The agent (none: authentication off, or an OIDC token).
+    pub agent_id: Option<uuid::Uuid>,
+    /// `queued` or `stored`.
+    pub status: crate::model::SendStatus,
+    /// Whether this answer is a replay.
+    pub replayed: bool,
+}
+
+impl InternalEvent for AgentMessageAccepted {
+    fn emit(self, m: &Metrics) {
+        let agent = self.agent_id.map(|a| a.to_string());
+        let agent = agent.as_deref().unwrap_or("-");
+        if self.replayed {
+            tracing::debug!(
+                message_id = %self.message_id,
+                conversation_id = %self.conversation_id,
+                agent_id = agent,
+                "agent message replayed for a repeated idempotency key"
+            );
+            m.agent_messages.with_label_values(&["replayed"]).inc();
+        } else {
+            tracing::info!(
+                message_id = %self.message_id,
+                conversation_id = %self.conversation_id,
+                agent_id = agent,
+                status = self.status.as_str(),
+                "agent message stored"
+            );
+            m.agent_messages
+                .with_label_values(&[self.status.as_str()])
+                .inc();
+        }
+    }
+}
+
+/// An idempotency key was reused for another request (`422`).
+#[derive(Debug, Clone, Copy)]
+pub struct IdempotencyKeyReused {
+    /// The conversation of the refused request.
+    pub conversation_id: uuid::Uuid,
+}
+
+impl InternalEvent for IdempotencyKeyReused {
+    fn emit(self, m: &Metrics) {
+        tracing::info!(
+            conversation_id = %self.conversation_id,
+            "idempotency key reused for another request: answered 422"
+        );
+        m.agent_messages.with_label_values(&["key_reused"]).inc();
+    }
+}
+
+/// A failed delivery was queued again.
+#[derive(Debug, Clone, Copy)]
+pub struct DeliveryRetried<'a> {
+    /// The delivery.
+    pub delivery_id: i64,
+    /// The caller's subject (`-` with authentication off).
+    pub by: &'a str,
+}
+
+impl InternalEvent for DeliveryRetried<'_> {
+    fn emit(self, m: &Metrics) {
+        tracing::info!(
+            delivery_id = self.delivery_id,
+            by = self.by,
+            "failed delivery queued again"
+        );
+        m.delivery_retries.inc();
+    }
+}
+
 impl InternalEvent for ErrorReport {
     /// Emits the event of the report.
     fn emit(self, m: &Metrics) {
@@ -323,6 +406,38 @@ mod tests {
         }
         InvalidParameter { field: "cursor" }.emit(&m);
         assert_eq!(m.invalid_parameters.with_label_values(&["cursor"]).get(), 1);
+    }
+
+    #[test]
+    fn channel_events_count() {
+        use crate::model::SendStatus;
+        let m = fresh();
+        let accepted = |status, replayed| AgentMessageAccepted {
+            message_id: uuid::Uuid::from_u128(1),
+            conversation_id: uuid::Uuid::from_u128(2),
+            agent_id: None,
+            status,
+            replayed,
+        };
+        accepted(SendStatus::Queued, false).emit(&m);
+        accepted(SendStatus::Stored, false).emit(&m);
+        accepted(SendStatus::Queued, true).emit(&m);
+        accepted(SendStatus::Stored, true).emit(&m);
+        IdempotencyKeyReused {
+            conversation_id: uuid::Uuid::from_u128(2),
+        }
+        .emit(&m);
+        let n = |o: &str| m.agent_messages.with_label_values(&[o]).get();
+        assert_eq!(
+            (n("queued"), n("stored"), n("replayed"), n("key_reused")),
+            (1, 1, 2, 1)
+        );
+        DeliveryRetried {
+            delivery_id: 3,
+            by: "-",
+        }
+        .emit(&m);
+        assert_eq!(m.delivery_retries.get(), 1);
     }
 
     #[test]

@@ -2,7 +2,8 @@
 //! registry `/metrics` serves: requests by route, method and status, a
 //! latency histogram by route, database errors by kind, invalid query
 //! parameters by field, and authentication: failures by reason, successes
-//! by method, JWKS fetches by outcome and changes to agents.
+//! by method, JWKS fetches by outcome and changes to agents; agents'
+//! messages by outcome and retried deliveries.
 //!
 //! They are updated only through the events of `events.rs`, each of which
 //! logs and counts in one call; its `track` middleware emits them for every
@@ -45,6 +46,15 @@ pub struct Metrics {
     /// `chatpipe_api_agent_changes_total{change}`: agents `created`,
     /// `updated`, `deleted` through the api.
     pub agent_changes: IntCounterVec,
+    /// `chatpipe_api_agent_messages_total{outcome}`: agents' messages
+    /// through `POST /conversations/{id}/messages`: `queued` (stored and
+    /// queued for delivery), `stored` (no channel), `replayed` (a repeated
+    /// idempotency key answered as the first time), `key_reused` (a key
+    /// reused for another request, `422`).
+    pub agent_messages: IntCounterVec,
+    /// `chatpipe_api_delivery_retries_total`: failed deliveries queued
+    /// again through `POST /deliveries/{id}/retry`.
+    pub delivery_retries: prometheus::IntCounter,
     /// `chatpipe_api_auth_enabled`: 1 when data endpoints need a bearer
     /// token, 0 when the api is open (it warns at start).
     pub auth_enabled: IntGauge,
@@ -113,11 +123,24 @@ impl Metrics {
             ),
             &["change"],
         )?;
+        let agent_messages = IntCounterVec::new(
+            Opts::new(
+                "chatpipe_api_agent_messages_total",
+                "Agents' messages, by outcome (queued, stored, replayed, key_reused).",
+            ),
+            &["outcome"],
+        )?;
+        let delivery_retries = prometheus::IntCounter::new(
+            "chatpipe_api_delivery_retries_total",
+            "Failed deliveries queued again through the api.",
+        )?;
         let auth_enabled = IntGauge::new(
             "chatpipe_api_auth_enabled",
             "1 when data endpoints need a bearer token, 0 when the api is open.",
         )?;
         registry.register(Box::new(auth_enabled.clone()))?;
+        registry.register(Box::new(agent_messages.clone()))?;
+        registry.register(Box::new(delivery_retries.clone()))?;
         registry.register(Box::new(auth_failures.clone()))?;
         registry.register(Box::new(auth_successes.clone()))?;
         registry.register(Box::new(jwks_fetches.clone()))?;
@@ -136,6 +159,8 @@ impl Metrics {
             auth_successes,
             jwks_fetches,
             agent_changes,
+            agent_messages,
+            delivery_retries,
             auth_enabled,
         })
     }

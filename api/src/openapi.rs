@@ -10,8 +10,11 @@ use crate::agents::Agent;
 use crate::auth::Role;
 use crate::error::ErrorBody;
 use crate::model::{
-    ConversationDetail, ConversationPage, ConversationStatus, ConversationSummary, Direction,
-    Message, MessagePage, RejectedEvent, RejectedPage,
+    Author, AuthorKind, ChannelInfo, ChannelList, Contact, ContactDetail, ContactPage, ContactRef,
+    ConversationDetail, ConversationPage, ConversationStatus, ConversationSummary, Delivery,
+    DeliveryDetail, DeliveryEvent, DeliveryPage, DeliveryState, DeliveryStatus, Direction,
+    FeedMessage, FeedPage, Message, MessagePage, RejectedEvent, RejectedPage, SendMessage,
+    SendStatus, SentMessage,
 };
 use crate::routes;
 use crate::routes::agents::{AgentPage, CreateAgent, UpdateAgent};
@@ -45,9 +48,11 @@ Required only when the api runs with authentication on.",
 #[openapi(
     info(
         title = "chatpipe api",
-        description = "Read-only query API of chatpipe: conversations with their INBOUND \
+        description = "Query API of chatpipe: conversations with their INBOUND \
 messages and OUTBOUND replies, keyset-paginated listings, and the events the processor \
-rejected. Timestamps are RFC 3339 in UTC (`Z`). Errors are `{\"error\": ..., \"field\": ...}`. \
+rejected; the messenger channels: contacts, agents' answers (queued for delivery through \
+the conversation's channel in the same transaction) and deliveries with their timelines \
+and retries. Timestamps are RFC 3339 in UTC (`Z`). Errors are `{\"error\": ..., \"field\": ...}`. \
 With authentication on, data endpoints need `Authorization: Bearer <token>` (401 without, \
 403 without the scope); sign in with POST /auth/token.",
         license(name = "Apache-2.0")
@@ -57,6 +62,14 @@ With authentication on, data endpoints need `Authorization: Bearer <token>` (401
         routes::conversations::list_conversations,
         routes::conversations::list_messages,
         routes::rejected::list_rejected,
+        routes::messages::send_message,
+        routes::messages::list_feed,
+        routes::contacts::list_contacts,
+        routes::contacts::get_contact,
+        routes::channels::list_channels,
+        routes::deliveries::list_deliveries,
+        routes::deliveries::get_delivery,
+        routes::deliveries::retry_delivery,
         routes::auth::token,
         routes::auth::refresh,
         routes::agents::create_agent,
@@ -86,12 +99,35 @@ With authentication on, data endpoints need `Authorization: Bearer <token>` (401
         TokenRequest,
         TokenResponse,
         RefreshRequest,
+        Author,
+        AuthorKind,
+        DeliveryState,
+        DeliveryStatus,
+        ContactRef,
+        SendMessage,
+        SendStatus,
+        SentMessage,
+        FeedMessage,
+        FeedPage,
+        Contact,
+        ContactPage,
+        ContactDetail,
+        ChannelInfo,
+        ChannelList,
+        Delivery,
+        DeliveryPage,
+        DeliveryEvent,
+        DeliveryDetail,
     )),
     tags(
         (name = "conversations", description = "Conversations and their messages"),
         (name = "rejected events", description = "What became of events the processor could not apply"),
         (name = "authentication", description = "Sign in and refresh tokens (served when the api has a JWT secret)"),
         (name = "agents", description = "The people who read and answer conversations"),
+        (name = "messages", description = "Agents' answers and every message, newest first"),
+        (name = "contacts", description = "People who write through a messenger channel"),
+        (name = "channels", description = "The declared messenger channels"),
+        (name = "deliveries", description = "The outbox: each OUTBOUND message of a channel conversation, its timeline, and retries of dead letters"),
     )
 )]
 pub struct ApiDoc;
@@ -124,6 +160,56 @@ mod tests {
         assert!(doc["components"]["schemas"]["Message"]["properties"]
             .get("type")
             .is_some());
+    }
+
+    #[test]
+    fn channel_routes_and_types_are_documented() {
+        let doc = serde_json::to_value(document()).unwrap();
+        let paths = &doc["paths"];
+        for (path, method, scope) in [
+            ("/conversations/{id}/messages", "post", "messages:send"),
+            ("/messages", "get", "conversations:read"),
+            ("/contacts", "get", "conversations:read"),
+            ("/contacts/{id}", "get", "conversations:read"),
+            ("/channels", "get", "conversations:read"),
+            ("/deliveries", "get", "conversations:read"),
+            ("/deliveries/{id}", "get", "conversations:read"),
+            ("/deliveries/{id}/retry", "post", "messages:send"),
+        ] {
+            let op = &paths[path][method];
+            assert!(op.is_object(), "missing {method} {path}");
+            assert_eq!(op["security"][0]["bearerAuth"][0], scope, "{method} {path}");
+        }
+        let send = &paths["/conversations/{id}/messages"]["post"];
+        for status in ["202", "400", "404", "409", "422"] {
+            assert!(send["responses"].get(status).is_some(), "send {status}");
+        }
+        assert!(send["parameters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["name"] == "Idempotency-Key" && p["in"] == "header"));
+        let schemas = &doc["components"]["schemas"];
+        let message = &schemas["Message"]["properties"];
+        for f in ["channel", "author", "kind", "media_id", "delivery"] {
+            assert!(message.get(f).is_some(), "Message lacks {f}");
+        }
+        let detail = &schemas["ConversationDetail"]["properties"];
+        for f in ["channel", "contact"] {
+            assert!(detail.get(f).is_some(), "ConversationDetail lacks {f}");
+        }
+        for s in [
+            "SentMessage",
+            "FeedPage",
+            "ContactPage",
+            "ContactDetail",
+            "ChannelList",
+            "DeliveryPage",
+            "DeliveryDetail",
+            "DeliveryStatus",
+        ] {
+            assert!(schemas.get(s).is_some(), "missing schema {s}");
+        }
     }
 
     #[test]

@@ -48,6 +48,28 @@ pub enum Cursor {
         /// Its id.
         id: Uuid,
     },
+    /// Messages of any conversation (`GET /messages`), newest first by
+    /// `(timestamp, direction, id)` descending (OUTBOUND before INBOUND).
+    Feed {
+        /// `timestamp` of the last message of the previous page.
+        timestamp: DateTime<Utc>,
+        /// Whether it was OUTBOUND.
+        outbound: bool,
+        /// Its id.
+        id: Uuid,
+    },
+    /// Contacts, newest first by `(created_at, id)` descending.
+    Contact {
+        /// `created_at` of the last contact of the previous page.
+        created_at: DateTime<Utc>,
+        /// Its id.
+        id: Uuid,
+    },
+    /// Deliveries, newest first by `id` descending.
+    Delivery {
+        /// `id` of the last delivery of the previous page.
+        id: i64,
+    },
 }
 
 /// The kind of listing a cursor belongs to.
@@ -61,6 +83,12 @@ pub enum CursorKind {
     Rejected,
     /// `GET /agents`.
     Agent,
+    /// `GET /messages`.
+    Feed,
+    /// `GET /contacts`.
+    Contact,
+    /// `GET /deliveries`.
+    Delivery,
 }
 
 /// Why a cursor or limit was refused.
@@ -85,6 +113,9 @@ impl Cursor {
             Cursor::Message { .. } => CursorKind::Message,
             Cursor::Rejected { .. } => CursorKind::Rejected,
             Cursor::Agent { .. } => CursorKind::Agent,
+            Cursor::Feed { .. } => CursorKind::Feed,
+            Cursor::Contact { .. } => CursorKind::Contact,
+            Cursor::Delivery { .. } => CursorKind::Delivery,
         }
     }
 
@@ -108,6 +139,20 @@ impl Cursor {
             Cursor::Agent { created_at, id } => {
                 format!("a1|{}|{}", created_at.timestamp_micros(), id)
             }
+            Cursor::Feed {
+                timestamp,
+                outbound,
+                id,
+            } => format!(
+                "f1|{}|{}|{}",
+                timestamp.timestamp_micros(),
+                u8::from(*outbound),
+                id
+            ),
+            Cursor::Contact { created_at, id } => {
+                format!("k1|{}|{}", created_at.timestamp_micros(), id)
+            }
+            Cursor::Delivery { id } => format!("d1|{id}"),
         };
         URL_SAFE_NO_PAD.encode(text)
     }
@@ -129,12 +174,20 @@ impl Cursor {
             },
             ["m1", micros, dir, id] => Cursor::Message {
                 timestamp: micros_to_time(micros)?,
-                outbound: match *dir {
-                    "0" => false,
-                    "1" => true,
-                    _ => return Err(PageError::Cursor("bad direction")),
-                },
+                outbound: parse_outbound(dir)?,
                 id: parse_id(id)?,
+            },
+            ["f1", micros, dir, id] => Cursor::Feed {
+                timestamp: micros_to_time(micros)?,
+                outbound: parse_outbound(dir)?,
+                id: parse_id(id)?,
+            },
+            ["k1", micros, id] => Cursor::Contact {
+                created_at: micros_to_time(micros)?,
+                id: parse_id(id)?,
+            },
+            ["d1", id] => Cursor::Delivery {
+                id: id.parse::<i64>().map_err(|_| PageError::Cursor("bad id"))?,
             },
             ["a1", micros, id] => Cursor::Agent {
                 created_at: micros_to_time(micros)?,
@@ -157,6 +210,14 @@ fn micros_to_time(s: &str) -> Result<DateTime<Utc>, PageError> {
         .parse::<i64>()
         .map_err(|_| PageError::Cursor("bad timestamp"))?;
     DateTime::from_timestamp_micros(micros).ok_or(PageError::Cursor("timestamp out of range"))
+}
+
+fn parse_outbound(s: &str) -> Result<bool, PageError> {
+    match s {
+        "0" => Ok(false),
+        "1" => Ok(true),
+        _ => Err(PageError::Cursor("bad direction")),
+    }
 }
 
 fn parse_id(s: &str) -> Result<Uuid, PageError> {
@@ -211,6 +272,16 @@ mod tests {
         assert!(Cursor::decode(&forged, CursorKind::Message).is_err());
     }
 
+    const ALL_KINDS: [CursorKind; 7] = [
+        CursorKind::Conversation,
+        CursorKind::Message,
+        CursorKind::Rejected,
+        CursorKind::Agent,
+        CursorKind::Feed,
+        CursorKind::Contact,
+        CursorKind::Delivery,
+    ];
+
     fn arb_time() -> impl Strategy<Value = DateTime<Utc>> {
         // Postgres timestamptz range is wider, but this covers any real data.
         (-62_135_596_800_000_000i64..253_402_300_799_000_000i64)
@@ -233,6 +304,16 @@ mod tests {
                 created_at: t,
                 id: Uuid::from_u128(id)
             }),
+            (arb_time(), any::<bool>(), any::<u128>()).prop_map(|(t, o, id)| Cursor::Feed {
+                timestamp: t,
+                outbound: o,
+                id: Uuid::from_u128(id)
+            }),
+            (arb_time(), any::<u128>()).prop_map(|(t, id)| Cursor::Contact {
+                created_at: t,
+                id: Uuid::from_u128(id)
+            }),
+            any::<i64>().prop_map(|id| Cursor::Delivery { id }),
         ]
     }
 
@@ -246,8 +327,19 @@ mod tests {
 
         #[test]
         fn decoding_never_panics(s in ".{0,120}") {
-            for kind in [CursorKind::Conversation, CursorKind::Message, CursorKind::Rejected, CursorKind::Agent] {
+            for kind in ALL_KINDS {
                 let _ = Cursor::decode(&s, kind);
+            }
+        }
+
+        #[test]
+        fn a_cursor_is_refused_by_every_other_listing(c in arb_cursor()) {
+            let s = c.encode();
+            for kind in ALL_KINDS.into_iter().filter(|k| *k != c.kind()) {
+                prop_assert_eq!(
+                    Cursor::decode(&s, kind),
+                    Err(PageError::Cursor("issued for another listing"))
+                );
             }
         }
 

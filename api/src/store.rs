@@ -19,7 +19,8 @@ use uuid::Uuid;
 
 use crate::error::ApiError;
 use crate::model::{
-    ConversationDetail, ConversationStatus, ConversationSummary, Direction, Message, RejectedEvent,
+    Author, ContactRef, ConversationDetail, ConversationStatus, ConversationSummary, DeliveryState,
+    DeliveryStatus, Direction, Message, RejectedEvent,
 };
 use crate::pagination::Cursor;
 
@@ -83,28 +84,76 @@ fn pool(
     chatpipe_core::db::pool_from_config(pg, max_size)
 }
 
-fn ts(t: DateTime<Utc>) -> String {
+pub(crate) fn ts(t: DateTime<Utc>) -> String {
     format_timestamp(t)
 }
 
-fn status_of(row: &Row, col: &str) -> Result<ConversationStatus, ApiError> {
+pub(crate) fn status_of(row: &Row, col: &str) -> Result<ConversationStatus, ApiError> {
     let s: String = row.try_get(col)?;
     ConversationStatus::parse(&s)
         .ok_or_else(|| ApiError::unexpected(format!("unexpected status {s:?}")))
 }
 
-fn message_of(row: &Row) -> Result<Message, ApiError> {
+/// The columns of a message as every message listing shows it (its
+/// channel, author, kind, media and delivery), over
+/// [`MESSAGE_JOINS`]; `cc` must be the `channel_conversations` row of its
+/// conversation.
+pub(crate) const MESSAGE_COLUMNS: &str = r#"m.id AS m_id, m.conversation_id AS m_conversation_id,
+       m.direction, m.content, m."timestamp",
+       coalesce(mm.channel, cc.channel) AS m_channel,
+       mm.author_kind AS m_author_kind,
+       coalesce(mm.kind, 'text') AS m_kind,
+       mm.media_id AS m_media_id,
+       coalesce(mm.contact_id, cc.contact_id) AS m_contact_id,
+       coalesce(mc.display_name, mc.provider_user_id) AS m_contact_name,
+       mm.agent_id AS m_agent_id,
+       ag.username AS m_agent_name,
+       d.status AS d_status, d.error_code AS d_error_code,
+       d.error_reason AS d_error_reason, d.updated_at AS d_updated_at"#;
+
+/// The joins behind [`MESSAGE_COLUMNS`] (after `messages m` and `cc`).
+pub(crate) const MESSAGE_JOINS: &str = r#"LEFT JOIN message_meta mm ON mm.message_id = m.id
+       LEFT JOIN contacts mc ON mc.id = coalesce(mm.contact_id, cc.contact_id)
+       LEFT JOIN agents ag ON ag.id = mm.agent_id
+       LEFT JOIN deliveries d ON d.message_id = m.id"#;
+
+/// A message of [`MESSAGE_COLUMNS`].
+pub(crate) fn message_of(row: &Row) -> Result<Message, ApiError> {
     let dir: String = row.try_get("direction")?;
+    let direction = Direction::parse(&dir)
+        .ok_or_else(|| ApiError::unexpected(format!("unexpected direction {dir:?}")))?;
+    let author_kind: Option<String> = row.try_get("m_author_kind")?;
+    let author = Author::of(
+        direction,
+        author_kind.as_deref(),
+        (row.try_get("m_contact_id")?, row.try_get("m_contact_name")?),
+        (row.try_get("m_agent_id")?, row.try_get("m_agent_name")?),
+    );
+    let delivery_status: Option<String> = row.try_get("d_status")?;
+    let delivery = match delivery_status {
+        None => None,
+        Some(s) => Some(DeliveryState {
+            status: DeliveryStatus::parse(&s)
+                .ok_or_else(|| ApiError::unexpected(format!("unexpected delivery status {s:?}")))?,
+            error_code: row.try_get("d_error_code")?,
+            error_reason: row.try_get("d_error_reason")?,
+            updated_at: ts(row.try_get("d_updated_at")?),
+        }),
+    };
     Ok(Message {
         id: row.try_get("m_id")?,
-        direction: Direction::parse(&dir)
-            .ok_or_else(|| ApiError::unexpected(format!("unexpected direction {dir:?}")))?,
+        direction,
         content: row.try_get("content")?,
         timestamp: ts(row.try_get("timestamp")?),
+        channel: row.try_get("m_channel")?,
+        author,
+        kind: row.try_get("m_kind")?,
+        media_id: row.try_get("m_media_id")?,
+        delivery,
     })
 }
 
-fn summary_of(row: &Row) -> Result<ConversationSummary, ApiError> {
+pub(crate) fn summary_of(row: &Row) -> Result<ConversationSummary, ApiError> {
     let closed: Option<DateTime<Utc>> = row.try_get("closed_at")?;
     Ok(ConversationSummary {
         id: row.try_get("id")?,
@@ -115,21 +164,28 @@ fn summary_of(row: &Row) -> Result<ConversationSummary, ApiError> {
     })
 }
 
-/// Message order of every query: timestamp, then INBOUND before OUTBOUND,
+/// Message order of the conversation view and its listing: timestamp, then INBOUND before OUTBOUND,
 /// then id.
-const MESSAGE_ORDER: &str = r#"m."timestamp", (m.direction = 'OUTBOUND'), m.id"#;
+pub(crate) const MESSAGE_ORDER: &str = r#"m."timestamp", (m.direction = 'OUTBOUND'), m.id"#;
 
-/// One conversation with all its messages (one query, one snapshot), or
-/// `None` when it does not exist.
+/// One conversation with all its messages, its channel and contact, and
+/// each message's author and delivery (one query, one snapshot), or `None`
+/// when it does not exist.
 pub async fn conversation(
     client: &Client,
     id: Uuid,
 ) -> Result<Option<ConversationDetail>, ApiError> {
     let sql = format!(
         r#"SELECT c.id, c.status, c.created_at, c.updated_at,
-                  m.id AS m_id, m.direction, m.content, m."timestamp"
+                  cc.channel AS c_channel, ct.id AS ct_id,
+                  ct.provider_user_id AS ct_provider_user_id,
+                  ct.display_name AS ct_display_name,
+                  {MESSAGE_COLUMNS}
            FROM conversations c
+           LEFT JOIN channel_conversations cc ON cc.conversation_id = c.id
+           LEFT JOIN contacts ct ON ct.id = cc.contact_id
            LEFT JOIN messages m ON m.conversation_id = c.id
+           {MESSAGE_JOINS}
            WHERE c.id = $1
            ORDER BY {MESSAGE_ORDER}"#
     );
@@ -138,12 +194,23 @@ pub async fn conversation(
     let Some(first) = rows.first() else {
         return Ok(None);
     };
+    let contact_id: Option<Uuid> = first.try_get("ct_id")?;
+    let contact = match contact_id {
+        None => None,
+        Some(id) => Some(ContactRef {
+            id,
+            provider_user_id: first.try_get("ct_provider_user_id")?,
+            display_name: first.try_get("ct_display_name")?,
+        }),
+    };
     let mut detail = ConversationDetail {
         id: first.try_get("id")?,
         status: status_of(first, "status")?,
         created_at: ts(first.try_get("created_at")?),
         updated_at: ts(first.try_get("updated_at")?),
         messages: Vec::with_capacity(rows.len()),
+        channel: first.try_get("c_channel")?,
+        contact,
     };
     for row in &rows {
         let m_id: Option<Uuid> = row.try_get("m_id")?;
@@ -226,8 +293,11 @@ pub async fn list_messages(
     let rows = match after {
         None => {
             let sql = format!(
-                r#"SELECT m.id AS m_id, m.direction, m.content, m."timestamp"
-                   FROM messages m WHERE m.conversation_id = $1
+                r#"SELECT {MESSAGE_COLUMNS}
+                   FROM messages m
+                   LEFT JOIN channel_conversations cc ON cc.conversation_id = m.conversation_id
+                   {MESSAGE_JOINS}
+                   WHERE m.conversation_id = $1
                    ORDER BY {MESSAGE_ORDER} LIMIT $2"#
             );
             let stmt = client.prepare_cached(&sql).await?;
@@ -235,8 +305,11 @@ pub async fn list_messages(
         }
         Some((t, outbound, id)) => {
             let sql = format!(
-                r#"SELECT m.id AS m_id, m.direction, m.content, m."timestamp"
-                   FROM messages m WHERE m.conversation_id = $1
+                r#"SELECT {MESSAGE_COLUMNS}
+                   FROM messages m
+                   LEFT JOIN channel_conversations cc ON cc.conversation_id = m.conversation_id
+                   {MESSAGE_JOINS}
+                   WHERE m.conversation_id = $1
                      AND m."timestamp" >= $2
                      AND (m."timestamp", m.direction = 'OUTBOUND', m.id) > ($2, $3, $4)
                    ORDER BY {MESSAGE_ORDER} LIMIT $5"#
@@ -320,7 +393,6 @@ pub async fn list_rejected(
     Ok((page, next))
 }
 
-/// Readiness: a pooled connection answers a query.
 /// Whether the read-write pool's role may use the agents tables (password
 /// sign-in needs them): the readiness check of an api with password
 /// sign-in, so a role that cannot (e.g. `chatpipe_api_readonly`) shows as
@@ -347,6 +419,7 @@ pub async fn agents_usable(pool: &Pool) -> Result<(), String> {
     }
 }
 
+/// Readiness: a pooled connection answers a query.
 pub async fn ping(pool: &Pool) -> Result<(), String> {
     let client = pool.get().await.map_err(|e| e.to_string())?;
     client

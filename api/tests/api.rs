@@ -143,10 +143,22 @@ async fn conversation_has_the_spec_shape_and_order() {
         let obj = body.as_object().unwrap();
         let mut keys: Vec<&str> = obj.keys().map(String::as_str).collect();
         keys.sort();
+        // The spec's shape, plus the channel and contact (null for a
+        // conversation of the plain webhook).
         assert_eq!(
             keys,
-            ["created_at", "id", "messages", "status", "updated_at"]
+            [
+                "channel",
+                "contact",
+                "created_at",
+                "id",
+                "messages",
+                "status",
+                "updated_at"
+            ]
         );
+        assert_eq!(body["channel"], Value::Null);
+        assert_eq!(body["contact"], Value::Null);
         assert_eq!(body["id"], c.to_string());
         assert_eq!(body["status"], "OPEN");
         assert_eq!(body["created_at"], "2025-06-15T15:06:40Z");
@@ -156,9 +168,12 @@ async fn conversation_has_the_spec_shape_and_order() {
         assert_eq!(
             msgs[0],
             serde_json::json!({"id": m1, "type": "INBOUND", "content": "Olá",
-                               "timestamp": "2025-06-15T15:06:41Z"})
+                               "timestamp": "2025-06-15T15:06:41Z", "channel": null,
+                               "author": {"kind": "contact", "id": null, "name": null},
+                               "kind": "text", "media_id": null, "delivery": null})
         );
         assert_eq!(msgs[2]["type"], "OUTBOUND");
+        assert_eq!(msgs[2]["author"]["kind"], "bot");
     }
     // An empty conversation has an empty list.
     let e = Uuid::new_v4();
