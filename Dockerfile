@@ -1,6 +1,6 @@
 # syntax=docker/dockerfile:1.7
 # One image with every chatpipe binary:
-#   chatpipe-ingest, chatpipe-processor, chatpipe-api, chatpipe-operator,
+#   chatpipe-ingest, chatpipe-processor, chatpipe-api, chatpipe-delivery, chatpipe-operator,
 #   chatpipe-admin, chatpipe-loadgen
 # Pods pick theirs with `command:` (the operator sets it for each component).
 #
@@ -23,11 +23,12 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry,sharing=locked \
         --bin chatpipe-ingest \
         --bin chatpipe-processor \
         --bin chatpipe-api \
+        --bin chatpipe-delivery \
         --bin chatpipe-operator \
         --bin chatpipe-admin \
         --bin chatpipe-loadgen \
  && mkdir -p /out \
- && for b in chatpipe-ingest chatpipe-processor chatpipe-api chatpipe-operator chatpipe-admin chatpipe-loadgen; do \
+ && for b in chatpipe-ingest chatpipe-processor chatpipe-api chatpipe-delivery chatpipe-operator chatpipe-admin chatpipe-loadgen; do \
         cp "target/release/$b" /out/; \
     done
 

@@ -103,6 +103,10 @@ pub struct LocalArgs {
     /// Ops port (/healthz, /readyz, /metrics) of processor 0 (processor i: this + i).
     #[arg(long, env = "CHATPIPE_LOCAL_PROCESSOR_PORT", default_value_t = 8090)]
     pub processor_port: u16,
+    /// Ops port (/healthz, /readyz, /metrics) of delivery replica 0
+    /// (replica i: this + i × --port-stride).
+    #[arg(long, env = "CHATPIPE_LOCAL_DELIVERY_PORT", default_value_t = 8083)]
+    pub delivery_port: u16,
     /// Distance between the ports of two ingest (or two api) replicas.
     #[arg(long, env = "CHATPIPE_LOCAL_PORT_STRIDE", default_value_t = 100)]
     pub port_stride: u16,
@@ -135,12 +139,14 @@ pub async fn run(args: LocalArgs) -> anyhow::Result<()> {
     let manifest = load(&args.file)?;
     let mut spec = resolve(&manifest)?;
     spec.secrets_dir = args.state_dir.join("secrets");
+    spec.reply_rules_file = args.state_dir.join("replies").join("rules.json");
     let bins = binaries(&args)?;
     let ports = Ports {
         host: args.host,
         ingest: args.ingest_port,
         api: args.api_port,
         processor: args.processor_port,
+        delivery: args.delivery_port,
         stride: args.port_stride,
     };
     desired(&spec, &ports, &bins)?;
@@ -219,6 +225,7 @@ async fn serve(
             }
         };
         next.secrets_dir = current.secrets_dir.clone();
+        next.reply_rules_file = current.reply_rules_file.clone();
         let name = pipeline_name(&manifest.pipeline);
         if manifest.pipeline.is_paused() {
             say(format!(
@@ -408,6 +415,31 @@ fn write_secret_files(spec: &LocalPipeline) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Writes the FAQ rules the processors read (atomically: a new file
+/// renamed over the old one, so a processor never reads half of it), or
+/// removes the file when the manifest has none. Unchanged rules are not
+/// rewritten.
+fn write_reply_rules(spec: &LocalPipeline) -> anyhow::Result<()> {
+    let path = &spec.reply_rules_file;
+    let Some(rules) = &spec.topology.reply_rules else {
+        if path.exists() {
+            std::fs::remove_file(path)
+                .with_context(|| format!("removing the reply rules {}", path.display()))?;
+        }
+        return Ok(());
+    };
+    if std::fs::read_to_string(path).ok().as_deref() == Some(rules.as_str()) {
+        return Ok(());
+    }
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let tmp = path.with_extension("json.tmp");
+    std::fs::write(&tmp, rules).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
+    Ok(())
+}
+
 /// Brings the running services to `spec` and reports readiness.
 async fn reconcile(
     args: &LocalArgs,
@@ -420,6 +452,7 @@ async fn reconcile(
 ) -> anyhow::Result<()> {
     let want = desired(spec, ports, bins)?;
     write_secret_files(spec)?;
+    write_reply_rules(spec)?;
     let actions = diff(&want, &sup.running_services());
     if actions.is_empty() {
         say("manifest re-read: nothing to change");
@@ -435,10 +468,11 @@ async fn reconcile(
     let late = wait_ready(&want, args.ready_timeout).await;
     let count = |c: Component| want.iter().filter(|p| p.role == Role::Service(c)).count();
     let status = format!(
-        "pipeline {name}: {} ingest, {} processor(s), {} api; topic {} ({} partitions)",
+        "pipeline {name}: {} ingest, {} processor(s), {} api, {} delivery; topic {} ({} partitions)",
         count(Component::Ingest),
         count(Component::Processor),
         count(Component::Api),
+        count(Component::Delivery),
         spec.topology.kafka.topic,
         spec.topology.kafka.partitions
     );
@@ -471,6 +505,12 @@ fn print_urls(
     };
     for a in addrs(Component::Ingest) {
         say(format!("  webhooks:   POST http://{a}/webhook/"));
+        for c in &spec.topology.channels {
+            say(format!(
+                "  channel:    POST http://{a}/channels/{}/webhook ({})",
+                c.name, c.kind
+            ));
+        }
     }
     for a in addrs(Component::Api) {
         say(format!("  api/viewer: http://{a}/"));

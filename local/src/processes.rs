@@ -31,7 +31,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use chatpipe_plan::{Component, Delivery, SecretInput, Topology};
+use chatpipe_plan::{Component, Delivery, SecretInput, Settings, Topology};
 use chatpipe_settings::common::ServiceSettings;
 use sha2::{Digest, Sha256};
 
@@ -50,6 +50,10 @@ pub struct LocalPipeline {
     /// Where secret files (certificates) are written
     /// ([`Delivery::File`]); `<state dir>/secrets`.
     pub secrets_dir: PathBuf,
+    /// Where the FAQ rules ([`Topology::reply_rules`]) are written for the
+    /// processors, which re-read the file when it changes (a rules edit
+    /// restarts nothing); `<state dir>/replies/rules.json`.
+    pub reply_rules_file: PathBuf,
 }
 
 /// A secret of the plan with the value the manifest's Secret holds.
@@ -155,6 +159,8 @@ pub struct Ports {
     pub api: u16,
     /// Ops port of processor ordinal 0; ordinal `i` uses `processor + i`.
     pub processor: u16,
+    /// Ops port of delivery replica 0.
+    pub delivery: u16,
     /// Distance between two ingest (or two api) replicas' ports.
     pub stride: u16,
 }
@@ -166,6 +172,7 @@ impl Default for Ports {
             ingest: 8080,
             api: 8081,
             processor: 8090,
+            delivery: 8083,
             stride: 100,
         }
     }
@@ -177,6 +184,7 @@ impl Ports {
         match component {
             Component::Ingest => (self.ingest, self.stride),
             Component::Api => (self.api, self.stride),
+            Component::Delivery => (self.delivery, self.stride),
             Component::Processor | Component::Migrate => (self.processor, 1),
         }
     }
@@ -328,6 +336,13 @@ pub fn desired(
                     ..ServiceSettings::default()
                 })
                 .for_replica(ordinal);
+            let settings = match settings {
+                Settings::Processor(mut p) if pipeline.topology.reply_rules.is_some() => {
+                    p.reply_rules_file = Some(pipeline.reply_rules_file.display().to_string());
+                    Settings::Processor(p)
+                }
+                other => other,
+            };
             let mut env: BTreeMap<String, String> = settings.to_env().into_iter().collect();
             // The database URL (the component's own or the shared one) is
             // among the secrets.
@@ -475,7 +490,101 @@ api: { replicas: 1 }
             postgres_url: PG.to_owned(),
             secrets,
             secrets_dir: PathBuf::from("/state/secrets"),
+            reply_rules_file: PathBuf::from("/state/replies/rules.json"),
         }
+    }
+
+    #[test]
+    fn channel_credentials_reach_their_readers_and_delivery_runs_with_channels() {
+        let mut s = spec();
+        s.channels = serde_yaml::from_str(
+            r#"
+- { name: tg, type: telegram, credentialsSecretRef: { name: tg-creds }, apiBaseUrl: "http://127.0.0.1:9" }
+- { name: wa, type: whatsappCloud, credentialsSecretRef: { name: wa-creds } }
+"#,
+        )
+        .unwrap();
+        s.replies = Some(
+            serde_yaml::from_str(r#"{ faq: [ { keyword: price, answer: "It is free." } ] }"#)
+                .unwrap(),
+        );
+        let p = pipeline(&s);
+        let procs = desired(&p, &Ports::default(), &bins()).unwrap();
+        let delivery: Vec<&ProcessSpec> = procs
+            .iter()
+            .filter(|x| is(x, Component::Delivery))
+            .collect();
+        assert_eq!(
+            delivery.len(),
+            1,
+            "one delivery replica by default with channels"
+        );
+        assert_eq!(
+            delivery[0].listen.map(|a| a.port()),
+            Some(8083),
+            "delivery's ops port"
+        );
+        let keys = |c: Component| -> Vec<String> {
+            let proc = procs.iter().find(|x| is(x, c)).unwrap();
+            proc.env
+                .keys()
+                .filter(|k| k.starts_with("CHATPIPE_CHANNEL_"))
+                .cloned()
+                .collect()
+        };
+        assert_eq!(
+            keys(Component::Ingest),
+            [
+                "CHATPIPE_CHANNEL_TG_SECRET_TOKEN",
+                "CHATPIPE_CHANNEL_WA_APP_SECRET",
+                "CHATPIPE_CHANNEL_WA_PHONE_NUMBER_ID",
+                "CHATPIPE_CHANNEL_WA_VERIFY_TOKEN"
+            ]
+        );
+        assert_eq!(
+            keys(Component::Delivery),
+            [
+                "CHATPIPE_CHANNEL_TG_BOT_TOKEN",
+                "CHATPIPE_CHANNEL_WA_ACCESS_TOKEN",
+                "CHATPIPE_CHANNEL_WA_PHONE_NUMBER_ID"
+            ]
+        );
+        assert!(keys(Component::Api).is_empty());
+        assert!(keys(Component::Processor).is_empty());
+        for proc in &procs {
+            // Every reader of the channels is told which they are.
+            let told = proc.env.contains_key("CHATPIPE_CHANNELS");
+            assert_eq!(told, !is(proc, Component::Processor), "{}", proc.name);
+            // Only processors read the rules file.
+            let rules = proc.env.get("CHATPIPE_REPLY_RULES_FILE");
+            if is(proc, Component::Processor) {
+                assert_eq!(rules.map(String::as_str), Some("/state/replies/rules.json"));
+            } else {
+                assert_eq!(rules, None);
+            }
+        }
+        // Without channels, no delivery runs and nothing names channels.
+        let procs = desired(&pipeline(&spec()), &Ports::default(), &bins()).unwrap();
+        assert!(procs.iter().all(|x| !is(x, Component::Delivery)));
+        assert!(procs
+            .iter()
+            .all(|x| !x.env.contains_key("CHATPIPE_CHANNELS")
+                && !x.env.contains_key("CHATPIPE_REPLY_RULES_FILE")));
+    }
+
+    #[test]
+    fn a_rules_edit_restarts_nothing() {
+        let mut s = spec();
+        s.replies = Some(
+            serde_yaml::from_str(r#"{ faq: [ { keyword: price, answer: "It is free." } ] }"#)
+                .unwrap(),
+        );
+        let before = desired(&pipeline(&s), &Ports::default(), &bins()).unwrap();
+        s.replies = Some(
+            serde_yaml::from_str(r#"{ faq: [ { regex: "(?i)hours", answer: "9-5" } ] }"#).unwrap(),
+        );
+        let after = desired(&pipeline(&s), &Ports::default(), &bins()).unwrap();
+        assert!(diff(&after, &before).is_empty());
     }
 
     fn pipeline(s: &ChatPipelineSpec) -> LocalPipeline {

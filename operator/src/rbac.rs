@@ -36,18 +36,21 @@ pub const REQUIRED_PERMISSIONS: &[Permission] = &[
         resource: "chatpipelines/status",
         verbs: &["patch"],
     },
+    // Applied; the FAQ rules ConfigMap (`<name>-replies`) dropped from
+    // the spec is looked up by name and deleted if owned.
     Permission {
         api_group: "",
         resource: "configmaps",
-        verbs: APPLY,
+        verbs: &["create", "delete", "get", "patch"],
     },
     Permission {
         api_group: "",
         resource: "services",
         verbs: APPLY,
     },
-    // Read (never listed or written) to checksum the Postgres URL and Kafka
-    // credentials into the pod templates.
+    // Read (never listed or written) to checksum the Secrets the pods
+    // reference (database URLs, Kafka credentials, webhook and channel
+    // credentials, …) into the pod templates.
     Permission {
         api_group: "",
         resource: "secrets",

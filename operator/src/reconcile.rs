@@ -7,9 +7,13 @@
 //! 2. paused (`chatpipe.dev/paused: "true"`) → only the status is refreshed;
 //! 3. read the referenced Secrets (per-component checksums for the pod templates);
 //! 4. ensure the Kafka topic (never changes its partitions; a mismatch is `Degraded`);
-//! 5. server-side apply every object (field manager `chatpipe-operator`, forced);
-//!    the NetworkPolicies before the workloads, and the ones no longer
-//!    wanted (or an Ingress dropped from the spec) deleted;
+//! 5. server-side apply every object (field manager `chatpipe-operator`, forced):
+//!    each component's ConfigMap, the processors' FAQ rules ConfigMap
+//!    (`<name>-replies`, when the spec has rules), Services, the
+//!    NetworkPolicies before the workloads, the ingest, api and delivery
+//!    Deployments, the processor StatefulSet, PDBs, the Ingress; the ones no
+//!    longer wanted (NetworkPolicies, an Ingress or the rules dropped from
+//!    the spec) deleted;
 //! 6. the migration Job: created only when no other migration of the
 //!    pipeline runs, finished older ones deleted ([`build::job::plan`]);
 //! 7. status from the applied objects, written with server-side apply on
@@ -31,7 +35,7 @@ use std::time::{Duration, Instant};
 use chatpipe_core::kafka::TopicState;
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use k8s_openapi::api::networking::v1::{Ingress, NetworkPolicy};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::NamespaceResourceScope;
@@ -421,6 +425,13 @@ async fn apply(cp: &ChatPipeline, ctx: &Context) -> Result<Action> {
     for c in &desired.config_maps {
         apply_object(client, &ns, c).await?;
     }
+    // Before the processors, which mount it.
+    match &desired.replies {
+        Some(r) => {
+            apply_object(client, &ns, r).await?;
+        }
+        None => delete_if_owned::<ConfigMap>(ctx, cp, &ns, &build::replies::name(&name)).await?,
+    }
     for s in &desired.services {
         apply_object(client, &ns, s).await?;
     }
@@ -431,6 +442,7 @@ async fn apply(cp: &ChatPipeline, ctx: &Context) -> Result<Action> {
     prune_network_policies(ctx, cp, &ns, &name, &desired.network_policies).await?;
     let ingest = apply_object(client, &ns, &desired.ingest).await?;
     let api = apply_object(client, &ns, &desired.api).await?;
+    let delivery = apply_object(client, &ns, &desired.delivery).await?;
     let statefulset = apply_object(client, &ns, &desired.statefulset).await?;
     for p in &desired.pdbs {
         apply_object(client, &ns, p).await?;
@@ -439,7 +451,7 @@ async fn apply(cp: &ChatPipeline, ctx: &Context) -> Result<Action> {
         Some(i) => {
             apply_object(client, &ns, i).await?;
         }
-        None => delete_stale_ingress(ctx, cp, &ns, &name).await?,
+        None => delete_if_owned::<Ingress>(ctx, cp, &ns, &build::ingress::name(&name)).await?,
     }
 
     // 6. Migration.
@@ -455,7 +467,7 @@ async fn apply(cp: &ChatPipeline, ctx: &Context) -> Result<Action> {
 
     // 7. Status and events.
     let mut rolling = Vec::new();
-    for (name, d) in [("ingest", &ingest), ("api", &api)] {
+    for (name, d) in [("ingest", &ingest), ("api", &api), ("delivery", &delivery)] {
         if !status::deployment_rolled_out(d) {
             rolling.push(name);
         }
@@ -466,6 +478,7 @@ async fn apply(cp: &ChatPipeline, ctx: &Context) -> Result<Action> {
     let observed = Observed {
         ingest: Some(status::from_deployment(&ingest)),
         api: Some(status::from_deployment(&api)),
+        delivery: Some(status::from_deployment(&delivery)),
         processor: Some(status::from_statefulset(&statefulset)),
         migration: Some(migration),
         topic: Some(TopicStatus {
@@ -715,20 +728,28 @@ where
     })
 }
 
-/// Deletes the webhook Ingress when the spec no longer asks for one — only
-/// when this ChatPipeline owns it.
-async fn delete_stale_ingress(
+/// Deletes the object `object_name` of kind `K` when the spec no longer
+/// asks for it (the webhook Ingress, the FAQ rules ConfigMap) — only when
+/// this ChatPipeline owns it, and only that very object (a UID
+/// precondition: one recreated meanwhile by someone else is kept).
+async fn delete_if_owned<K>(
     ctx: &Context,
     cp: &ChatPipeline,
     ns: &str,
-    name: &str,
-) -> Result<()> {
-    let api: Api<Ingress> = Api::namespaced(ctx.client.clone(), ns);
-    let ing_name = build::ingress::name(name);
+    object_name: &str,
+) -> Result<()>
+where
+    K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + Debug
+        + DeserializeOwned,
+{
+    let kind = K::kind(&());
+    let api: Api<K> = Api::namespaced(ctx.client.clone(), ns);
     let Some(existing) = api
-        .get_opt(&ing_name)
+        .get_opt(object_name)
         .await
-        .context(|| format!("reading Ingress {ing_name}"))?
+        .context(|| format!("reading {kind} {object_name}"))?
     else {
         return Ok(());
     };
@@ -737,19 +758,29 @@ async fn delete_stale_ingress(
         .owner_references()
         .iter()
         .any(|o| Some(o.uid.as_str()) == uid);
-    if ours {
-        match api.delete(&ing_name, &DeleteParams::default()).await {
-            Ok(_) => {}
-            Err(kube::Error::Api(s)) if s.code == 404 => {}
-            Err(source) => {
-                return Err(Error::Kube {
-                    action: format!("deleting Ingress {ing_name}, no longer in the spec"),
-                    source,
-                })
-            }
-        }
+    if !ours || existing.meta().deletion_timestamp.is_some() {
+        return Ok(());
     }
-    Ok(())
+    let params = DeleteParams {
+        preconditions: existing
+            .meta()
+            .uid
+            .clone()
+            .map(|uid| kube::api::Preconditions {
+                uid: Some(uid),
+                resource_version: None,
+            }),
+        ..DeleteParams::default()
+    };
+    match api.delete(object_name, &params).await {
+        Ok(_) => Ok(()),
+        // Gone, or replaced by another object of the same name.
+        Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => Ok(()),
+        Err(source) => Err(Error::Kube {
+            action: format!("deleting {kind} {object_name}, no longer in the spec"),
+            source,
+        }),
+    }
 }
 
 /// Deletes the NetworkPolicies this ChatPipeline made that are no longer
@@ -796,15 +827,35 @@ async fn prune_network_policies(
     Ok(())
 }
 
-/// Reads one key of a Secret (`field` names the spec field that references
-/// it, for the error), as a Secret holding only that key: what goes into
-/// the checksums.
-async fn read_secret_key(api: &Api<Secret>, r: &SecretKeyRef, field: &str) -> Result<Secret> {
-    let secret = api
-        .get_opt(&r.name)
-        .await
-        .context(|| format!("reading Secret {} ({field})", r.name))?
-        .ok_or_else(|| Error::SecretMissing(format!("{} ({field}) not found", r.name)))?;
+/// The Secrets of one run, each read once by name however many of its keys
+/// the plan references (a channel's Secret serves ingest and delivery).
+struct SecretCache<'a> {
+    api: &'a Api<Secret>,
+    read: BTreeMap<String, Secret>,
+}
+
+impl SecretCache<'_> {
+    /// The Secret `name` (`field` names the spec field that references it,
+    /// for the error); [`Error::SecretMissing`] when it does not exist.
+    async fn get(&mut self, name: &str, field: &str) -> Result<&Secret> {
+        if !self.read.contains_key(name) {
+            let secret = self
+                .api
+                .get_opt(name)
+                .await
+                .context(|| format!("reading Secret {name} ({field})"))?
+                .ok_or_else(|| Error::SecretMissing(format!("{name} ({field}) not found")))?;
+            self.read.insert(name.to_owned(), secret);
+        }
+        self.read
+            .get(name)
+            .ok_or_else(|| Error::SecretMissing(format!("{name} ({field}) not found")))
+    }
+}
+
+/// One key of a Secret, as a Secret holding only that key (what goes into
+/// the checksums); [`Error::SecretMissing`] when the key is absent.
+fn secret_key(secret: &Secret, r: &SecretKeyRef, field: &str) -> Result<Secret> {
     let value = secret
         .data
         .as_ref()
@@ -830,8 +881,11 @@ async fn read_secret_key(api: &Api<Secret>, r: &SecretKeyRef, field: &str) -> Re
 }
 
 /// Reads the Secrets the pods reference: every Secret key of the plan
-/// (only those keys go into the checksums) and the Kafka credentials
-/// Secret. Only Secrets the pipeline names are read, each with `get`.
+/// (the database URLs, Kafka and api secrets, ingest's webhook secrets,
+/// each channel's credentials, the reply bot's token; only those keys go
+/// into the checksums) and the Kafka credentials Secret. Only Secrets the
+/// pipeline names are read, each once, with `get`; a missing Secret or key
+/// is [`Error::SecretMissing`].
 async fn read_secrets(
     ctx: &Context,
     ns: &str,
@@ -839,29 +893,28 @@ async fn read_secrets(
     topology: &chatpipe_plan::Topology,
 ) -> Result<ReferencedSecrets> {
     let api: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
+    let mut cache = SecretCache {
+        api: &api,
+        read: BTreeMap::new(),
+    };
     let mut out = ReferencedSecrets::default();
     for s in &topology.secrets {
         if out.keys.contains_key(&s.secret) {
             continue;
         }
-        let value = read_secret_key(&api, &s.secret, s.field).await?;
+        let secret = cache.get(&s.secret.name, s.field).await?;
+        let value = secret_key(secret, &s.secret, s.field)?;
         out.keys.insert(s.secret.clone(), value);
     }
     if let Some(c) = &p.kafka.credentials_secret {
-        let s = api
-            .get_opt(c)
-            .await
-            .context(|| format!("reading Secret {c} (kafka.credentialsSecret)"))?
-            .ok_or_else(|| {
-                Error::SecretMissing(format!("{c} (kafka.credentialsSecret) not found"))
-            })?;
+        let s = cache.get(c, "kafka.credentialsSecret").await?;
         out.kafka = Some(Secret {
             metadata: kube::api::ObjectMeta {
                 name: Some(c.clone()),
                 ..Default::default()
             },
-            data: s.data,
-            string_data: s.string_data,
+            data: s.data.clone(),
+            string_data: s.string_data.clone(),
             ..Secret::default()
         });
     }
@@ -887,6 +940,11 @@ async fn observe(ctx: &Context, ns: &str, name: &str) -> Result<Observed> {
         .get_opt(&api_name)
         .await
         .context(|| format!("reading Deployment {api_name}"))?;
+    let delivery_name = object_name(name, Component::Delivery);
+    let delivery = deployments
+        .get_opt(&delivery_name)
+        .await
+        .context(|| format!("reading Deployment {delivery_name}"))?;
     let mut rolling = Vec::new();
     if ingest
         .as_ref()
@@ -906,10 +964,17 @@ async fn observe(ctx: &Context, ns: &str, name: &str) -> Result<Observed> {
     {
         rolling.push("api");
     }
+    if delivery
+        .as_ref()
+        .is_some_and(|d| !status::deployment_rolled_out(d))
+    {
+        rolling.push("delivery");
+    }
     Ok(Observed {
         ingest: ingest.as_ref().map(status::from_deployment),
         processor: processor.as_ref().map(status::from_statefulset),
         api: api.as_ref().map(status::from_deployment),
+        delivery: delivery.as_ref().map(status::from_deployment),
         migration: None,
         topic: None,
         rolling,

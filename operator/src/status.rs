@@ -61,6 +61,8 @@ pub struct Observed {
     pub processor: Option<ComponentStatus>,
     /// api Deployment.
     pub api: Option<ComponentStatus>,
+    /// delivery Deployment.
+    pub delivery: Option<ComponentStatus>,
     /// The migration Job, when it was looked at.
     pub migration: Option<MigrationState>,
     /// The topic as found on the broker.
@@ -198,8 +200,14 @@ fn readiness(observed: &Observed) -> (bool, &'static str, String) {
         ("ingest", &observed.ingest),
         ("processor", &observed.processor),
         ("api", &observed.api),
+        ("delivery", &observed.delivery),
     ] {
         let c = c.clone().unwrap_or_default();
+        // Delivery runs only with channels: a scaled-to-zero (or not yet
+        // seen) delivery is neither ready nor missing.
+        if name == "delivery" && c.replicas == 0 {
+            continue;
+        }
         all &= c.ready_replicas >= c.replicas;
         parts.push(format!("{name} {}/{}", c.ready_replicas, c.replicas));
     }
@@ -244,6 +252,7 @@ pub fn next_status(
         next.ingest = o.ingest.clone();
         next.processor = o.processor.clone();
         next.api = o.api.clone();
+        next.delivery = o.delivery.clone();
         if o.topic.is_some() {
             next.topic = o.topic.clone();
         }
@@ -440,6 +449,7 @@ mod tests {
             ingest: comp(2, 2),
             processor: comp(3, if ready { 3 } else { 1 }),
             api: comp(1, 1),
+            delivery: comp(0, 0),
             migration: Some(MigrationState::Succeeded),
             topic: Some(TopicStatus {
                 name: "chatpipe.events".into(),
@@ -625,6 +635,56 @@ mod tests {
         assert_eq!(
             status_of(&s, DEGRADED),
             ("True".into(), "MigrationFailed".into())
+        );
+    }
+
+    /// Delivery counts for `Ready` when it runs (channels declared), and
+    /// is left out of it (and of the message) when scaled to zero.
+    #[test]
+    fn delivery_counts_for_readiness_only_when_it_runs() {
+        let s = next_status(
+            None,
+            Some(1),
+            &Outcome::Applied,
+            Some(&observed(true)),
+            t(1),
+        );
+        assert_eq!(s.delivery, comp(0, 0));
+        assert_eq!(
+            status_of(&s, READY),
+            ("True".into(), "AllReplicasReady".into())
+        );
+        assert!(!condition(Some(&s), READY)
+            .unwrap()
+            .message
+            .contains("delivery"));
+        let mut o = observed(true);
+        o.delivery = comp(2, 1);
+        let s = next_status(None, Some(1), &Outcome::Applied, Some(&o), t(1));
+        assert_eq!(s.delivery, comp(2, 1));
+        assert_eq!(
+            status_of(&s, READY),
+            ("False".into(), "ReplicasNotReady".into())
+        );
+        assert!(condition(Some(&s), READY)
+            .unwrap()
+            .message
+            .contains("delivery 1/2"));
+        o.delivery = comp(2, 2);
+        let s = next_status(None, Some(1), &Outcome::Applied, Some(&o), t(1));
+        assert_eq!(
+            status_of(&s, READY),
+            ("True".into(), "AllReplicasReady".into())
+        );
+        assert!(condition(Some(&s), READY)
+            .unwrap()
+            .message
+            .contains("delivery 2/2"));
+        o.rolling = vec!["delivery"];
+        let s = next_status(None, Some(1), &Outcome::Applied, Some(&o), t(1));
+        assert_eq!(
+            status_of(&s, READY),
+            ("False".into(), "ReplicasNotReady".into())
         );
     }
 

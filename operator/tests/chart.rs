@@ -471,6 +471,7 @@ fn dockerfile_ships_every_binary_as_non_root() {
         "chatpipe-ingest",
         "chatpipe-processor",
         "chatpipe-api",
+        "chatpipe-delivery",
         "chatpipe-operator",
         "chatpipe-admin",
         "chatpipe-loadgen",

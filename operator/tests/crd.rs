@@ -133,6 +133,30 @@ fn valid_samples_pass() {
     assert!(structurally_valid(&v));
     let v = with(|v| v["spec"]["processor"]["replicas"] = json!(0));
     assert_eq!(broken(&v, None), Vec::<String>::new());
+    // Channels, delivery and replies.
+    let v = with(|v| {
+        v["spec"]["channels"] = json!([
+            {"name": "tg", "type": "telegram", "credentialsSecretRef": {"name": "tg"}},
+            {"name": "wa", "type": "whatsappCloud", "credentialsSecretRef": {"name": "wa"},
+             "apiBaseUrl": "http://graph.test", "webhookUrl": "https://hooks.example.com/channels/wa/webhook"},
+            {"name": "sms", "type": "twilio", "credentialsSecretRef": {"name": "tw"}}
+        ]);
+        v["spec"]["delivery"] =
+            json!({"replicas": 2, "channelRate": 20, "chatRate": 1, "maxAttempts": 5});
+        v["spec"]["replies"] = json!({
+            "template": "Got {{ count }}",
+            "faq": [{"keyword": "price", "answer": "10"}, {"regex": "(?i)hours", "answer": "9-5"}],
+            "bot": {"url": "http://bot.chat:8000/answer", "timeout": "3s",
+                    "tokenSecretRef": {"name": "bot", "key": "token"}}
+        });
+    });
+    assert_eq!(broken(&v, None), Vec::<String>::new());
+    assert!(structurally_valid(&v));
+    let bad_type = with(|v| {
+        v["spec"]["channels"] =
+            json!([{"name": "tg", "type": "signal", "credentialsSecretRef": {"name": "tg"}}])
+    });
+    assert!(!structurally_valid(&bad_type), "the type is an enum");
     // An update that keeps the partitions but scales is fine.
     let scaled = with(|v| v["spec"]["processor"]["replicas"] = json!(2));
     assert_eq!(broken(&scaled, Some(&sample())), Vec::<String>::new());
@@ -203,6 +227,48 @@ fn invalid_samples_fail_with_their_rule() {
         with(|v| v["spec"]["ingest"]["ingress"] = json!({ "host": "hooks.example.com" })),
         None,
         "ingest.ingress exposes the webhook endpoint",
+    );
+    let tg = |name: &str| json!({"name": name, "type": "telegram", "credentialsSecretRef": {"name": "tg"}});
+    check(
+        with(|v| v["spec"]["channels"] = json!([tg("tg"), tg("sms"), tg("tg")])),
+        None,
+        "channel names must be unique",
+    );
+    check(
+        with(|v| {
+            let mut c = tg("tg");
+            c["apiBaseUrl"] = json!("api.telegram.org");
+            v["spec"]["channels"] = json!([c]);
+        }),
+        None,
+        "apiBaseUrl must be an http:// or https:// address",
+    );
+    check(
+        with(|v| {
+            let mut c = tg("tg");
+            c["webhookUrl"] = json!("ftp://hooks.example.com/channels/tg/webhook");
+            v["spec"]["channels"] = json!([c]);
+        }),
+        None,
+        "webhookUrl must be an http:// or https:// address",
+    );
+    check(
+        with(|v| {
+            v["spec"]["replies"] =
+                json!({"faq": [{"keyword": "price", "regex": "pri.e", "answer": "10"}]})
+        }),
+        None,
+        "a rule has either keyword or regex",
+    );
+    check(
+        with(|v| v["spec"]["replies"] = json!({"faq": [{"answer": "10"}]})),
+        None,
+        "a rule has either keyword or regex",
+    );
+    check(
+        with(|v| v["spec"]["replies"] = json!({"bot": {"url": "bot.chat:8000"}})),
+        None,
+        "url must be an http:// or https:// address",
     );
     // Every rule of the CRD is exercised by a failing sample above.
     let mut all = BTreeSet::new();

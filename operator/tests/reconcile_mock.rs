@@ -126,6 +126,7 @@ fn ready_status(processors: i32) -> Value {
         "ingest": comp(2, 2, 2),
         "processor": comp(processors, processors, processors),
         "api": comp(1, 1, 1),
+        "delivery": comp(0, 0, 0),
         "topic": { "name": "chatpipe.events", "partitions": 6 },
         "selector": SELECTOR
     })
@@ -520,9 +521,47 @@ fn apply_steps(w: Workloads) -> Vec<Step> {
     steps
 }
 
+/// What a pipeline with channels or reply rules adds to a run.
+#[derive(Default)]
+struct Extra {
+    /// Secrets read after the database URL's, in order (each once).
+    secrets: Vec<Value>,
+    /// Delivery replicas expected and ready.
+    delivery: (i32, i32),
+    /// The rules expected in `demo-replies`; `None`: the lookup of one
+    /// left from before (404).
+    rules: Option<Value>,
+}
+
 /// The requests of a full apply up to the Ingress (no migration steps).
 fn workload_steps(w: Workloads) -> Vec<Step> {
+    workload_steps_with(w, Extra::default())
+}
+
+const REPLIES: &str = "/api/v1/namespaces/chat/configmaps/demo-replies";
+
+/// Whether the processors' pod template mounts the rules directory.
+fn mounts_rules(body: &Value) -> bool {
+    let spec = &pod_template(body)["spec"];
+    let mounted = spec["containers"][0]["volumeMounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|m| m["mountPath"] == "/etc/chatpipe/replies" && m["readOnly"] == true);
+    let volume = spec["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|v| v["configMap"]["name"] == "demo-replies");
+    assert_eq!(mounted, volume, "a mount without its volume or back");
+    mounted
+}
+
+/// [`workload_steps`] of a pipeline with channels and/or reply rules.
+fn workload_steps_with(w: Workloads, extra: Extra) -> Vec<Step> {
     let processors = w.processors;
+    let rules = extra.rules.is_some();
+    let (delivery, delivery_ready) = extra.delivery;
     let mut steps = vec![step(
         Method::GET,
         "/api/v1/namespaces/chat/secrets/pg",
@@ -530,6 +569,16 @@ fn workload_steps(w: Workloads) -> Vec<Step> {
         ignore,
         Reply::Json(pg_secret("postgres://pg/chatpipe")),
     )];
+    for secret in extra.secrets {
+        let name = secret["metadata"]["name"].as_str().unwrap().to_owned();
+        steps.push(step(
+            Method::GET,
+            &format!("/api/v1/namespaces/chat/secrets/{name}"),
+            false,
+            ignore,
+            Reply::Json(secret),
+        ));
+    }
     steps.push(apply(
         "/api/v1/namespaces/chat/configmaps/demo-ingest-config",
         "ConfigMap",
@@ -544,9 +593,15 @@ fn workload_steps(w: Workloads) -> Vec<Step> {
     steps.push(apply(
         "/api/v1/namespaces/chat/configmaps/demo-processor-config",
         "ConfigMap",
-        |b| {
+        move |b| {
             assert_eq!(b["data"]["CHATPIPE_KAFKA_TOPIC"], "chatpipe.events");
             assert!(b["data"]["CHATPIPE_GROUPING_GAP"].is_string());
+            let file = b["data"].get("CHATPIPE_REPLY_RULES_FILE");
+            if rules {
+                assert_eq!(file.unwrap(), "/etc/chatpipe/replies/rules.json");
+            } else {
+                assert!(file.is_none(), "no rules, no rules file");
+            }
         },
         Reply::Echo(json!({})),
     ));
@@ -559,6 +614,34 @@ fn workload_steps(w: Workloads) -> Vec<Step> {
         },
         Reply::Echo(json!({})),
     ));
+    steps.push(apply(
+        "/api/v1/namespaces/chat/configmaps/demo-delivery-config",
+        "ConfigMap",
+        |b| {
+            assert!(b["data"].get("CHATPIPE_KAFKA_BROKERS").is_none());
+            assert_eq!(b["data"]["CHATPIPE_LOG_FORMAT"], "json");
+            assert!(
+                !b["data"].to_string().contains("CHATPIPE_CHANNEL_"),
+                "credentials stay in their Secrets"
+            );
+        },
+        Reply::Echo(json!({})),
+    ));
+    match extra.rules {
+        Some(expected) => steps.push(apply(
+            REPLIES,
+            "ConfigMap",
+            move |b| {
+                let data = b["data"].as_object().unwrap();
+                assert_eq!(data.len(), 1, "{b}");
+                let rules: Value =
+                    serde_json::from_str(data["rules.json"].as_str().unwrap()).unwrap();
+                assert_eq!(rules, expected);
+            },
+            Reply::Echo(json!({})),
+        )),
+        None => steps.push(step(Method::GET, REPLIES, false, ignore, Reply::NotFound)),
+    }
     steps.extend([
         apply(
             "/api/v1/namespaces/chat/services/demo-ingest",
@@ -627,9 +710,26 @@ fn workload_steps(w: Workloads) -> Vec<Step> {
             Reply::Echo(json!({"status": {"replicas": 1, "readyReplicas": w.ready.2}})),
         ),
         apply(
+            "/apis/apps/v1/namespaces/chat/deployments/demo-delivery",
+            "Deployment",
+            move |b| {
+                assert_eq!(b["spec"]["replicas"], delivery);
+                assert_eq!(
+                    pod_template(b)["spec"]["containers"][0]["command"],
+                    json!(["chatpipe-delivery"])
+                );
+                assert_eq!(
+                    env_value(b, "CHATPIPE_LISTEN").as_deref(),
+                    Some("0.0.0.0:8083")
+                );
+            },
+            Reply::Echo(json!({"status": {"replicas": delivery, "readyReplicas": delivery_ready}})),
+        ),
+        apply(
             "/apis/apps/v1/namespaces/chat/statefulsets/demo-processor",
             "StatefulSet",
             move |b| {
+                assert_eq!(mounts_rules(b), rules, "the rules directory");
                 assert_eq!(b["spec"]["replicas"], processors);
                 assert_eq!(b["spec"]["serviceName"], "demo-processor");
                 assert_eq!(
@@ -644,7 +744,7 @@ fn workload_steps(w: Workloads) -> Vec<Step> {
             Reply::Echo(json!({"status": {"replicas": processors, "readyReplicas": w.ready.1}})),
         ),
     ]);
-    for c in ["ingest", "processor", "api"] {
+    for c in ["ingest", "processor", "api", "delivery"] {
         steps.push(apply(
             &format!("/apis/policy/v1/namespaces/chat/poddisruptionbudgets/demo-{c}"),
             "PodDisruptionBudget",
@@ -927,7 +1027,7 @@ async fn first_create_ensures_topic_and_applies_every_object() {
         .filter(|s| s.path.contains("/deployments/") || s.path.contains("/statefulsets/"))
         .map(|s| &pod_template(&s.body)["metadata"]["annotations"]["chatpipe.dev/config-checksum"])
         .collect();
-    assert_eq!(sums.len(), 3);
+    assert_eq!(sums.len(), 4);
     assert!(sums.iter().all(|s| s.is_string()));
 }
 
@@ -1662,6 +1762,13 @@ async fn paused_pipeline_only_gets_its_status_refreshed() {
             ignore,
             deployment(1, 1),
         ),
+        step(
+            Method::GET,
+            "/apis/apps/v1/namespaces/chat/deployments/demo-delivery",
+            false,
+            ignore,
+            deployment(0, 0),
+        ),
         status_step(|s| {
             let p = condition(s, "Progressing");
             assert_eq!(p["status"], "False");
@@ -1982,9 +2089,15 @@ async fn enabled_network_policies_are_applied_before_the_workloads() {
                         json!({"matchLabels": {"kubernetes.io/metadata.name": "chat"}}),
                         8081
                     ),
-                    rule(every, 8081)
+                    rule(every.clone(), 8081)
                 ]),
             ),
+            Reply::Echo(json!({})),
+        ),
+        apply(
+            &format!("{POLICIES}/demo-delivery"),
+            "NetworkPolicy",
+            policy_check("delivery", json!([rule(every, 8083)])),
             Reply::Echo(json!({})),
         ),
         apply(
@@ -1996,7 +2109,7 @@ async fn enabled_network_policies_are_applied_before_the_workloads() {
     ];
     // Already there and all wanted: nothing is deleted.
     policies.push(list_policies_step(
-        ["ingest", "processor", "api", "migrate"]
+        ["ingest", "processor", "api", "delivery", "migrate"]
             .iter()
             .map(|c| listed_policy(c, "0f6c2f3e-uid"))
             .collect(),
@@ -2047,7 +2160,16 @@ async fn custom_selectors_reach_the_policies() {
         apply(
             &format!("{POLICIES}/demo-api"),
             "NetworkPolicy",
-            policy_check("api", json!([rule(support, 8081), rule(monitoring, 8081)])),
+            policy_check(
+                "api",
+                json!([rule(support, 8081), rule(monitoring.clone(), 8081)]),
+            ),
+            Reply::Echo(json!({})),
+        ),
+        apply(
+            &format!("{POLICIES}/demo-delivery"),
+            "NetworkPolicy",
+            policy_check("delivery", json!([rule(monitoring, 8083)])),
             Reply::Echo(json!({})),
         ),
         apply(
@@ -2071,11 +2193,12 @@ async fn disabling_deletes(np: Option<Value>) {
         listed_policy("ingest", "0f6c2f3e-uid"),
         listed_policy("processor", "0f6c2f3e-uid"),
         listed_policy("api", "0f6c2f3e-uid"),
+        listed_policy("delivery", "0f6c2f3e-uid"),
         listed_policy("migrate", "0f6c2f3e-uid"),
         // Same labels, another owner: not ours to delete.
         listed_policy("extra", "someone-else"),
     ])];
-    for c in ["ingest", "processor", "api", "migrate"] {
+    for c in ["ingest", "processor", "api", "delivery", "migrate"] {
         policies.push(step(
             Method::DELETE,
             &format!("{POLICIES}/demo-{c}"),
@@ -2105,4 +2228,334 @@ async fn disabling_network_policies_deletes_them() {
 #[tokio::test]
 async fn dropping_network_policies_from_the_spec_deletes_them() {
     disabling_deletes(None).await;
+}
+
+// ------------------------------------------------- channels and replies
+
+/// A Secret `name` holding `data` (string values), as the API server sends it.
+fn secret(name: &str, data: &[(&str, &str)]) -> Value {
+    let data: serde_json::Map<String, Value> = data
+        .iter()
+        .map(|(k, v)| {
+            (
+                (*k).to_owned(),
+                serde_json::to_value(k8s_openapi::ByteString(v.as_bytes().to_vec())).unwrap(),
+            )
+        })
+        .collect();
+    json!({
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": { "name": name, "namespace": "chat" },
+        "data": data
+    })
+}
+
+/// The Telegram channel `tg` (credentials in `tg-creds`), and, when
+/// `rules`, one FAQ rule; a ready status from before.
+fn with_channel(rules: bool) -> ChatPipeline {
+    pipeline(|v| {
+        v["spec"]["channels"] = json!([
+            { "name": "tg", "type": "telegram", "credentialsSecretRef": { "name": "tg-creds" } }
+        ]);
+        if rules {
+            v["spec"]["replies"] =
+                json!({ "faq": [{ "keyword": "price", "answer": "It costs 10." }] });
+        }
+        v["status"] = ready_status(3);
+    })
+}
+
+fn rules_json() -> Value {
+    json!({ "rules": [{ "keyword": "price", "answer": "It costs 10." }] })
+}
+
+/// The Secret reference of the env var `name` of the workload `body`.
+fn secret_ref_of(body: &Value, name: &str) -> Option<Value> {
+    env_of(body)
+        .into_iter()
+        .find(|(n, _)| n == name)
+        .map(|(_, e)| {
+            assert!(e.get("value").is_none(), "{name} in plain text: {e}");
+            e["valueFrom"]["secretKeyRef"].clone()
+        })
+}
+
+/// One reconcile of [`with_channel`] whose `tg-creds` holds `bot_token`,
+/// whose delivery pod is `delivery_ready`: the requests seen and the
+/// status written.
+async fn channel_run(rules: bool, bot_token: &str, delivery_ready: i32) -> (Vec<Seen>, Value) {
+    let job = desired_job_name(pipeline(|_| {})).await;
+    let h = harness(Ok(TopicState::Exists));
+    let mut cp = with_channel(rules);
+    // Migrated before: no new Job, no migration events.
+    cp.status.as_mut().unwrap().last_migration =
+        Some(serde_json::from_value(last_migration(&job)).unwrap());
+    let mut steps = workload_steps_with(
+        Workloads {
+            ready: (2, 3, 1),
+            migrated: true,
+            processors: 3,
+            ingress: true,
+        },
+        Extra {
+            // Read once, though ingest and delivery each read a key of it.
+            secrets: vec![secret(
+                "tg-creds",
+                &[("botToken", bot_token), ("secretToken", "hook-secret")],
+            )],
+            delivery: (1, delivery_ready),
+            rules: rules.then(rules_json),
+        },
+    );
+    steps.push(list_jobs_step(Vec::new()));
+    let status = Arc::new(Mutex::new(Value::Null));
+    let keep = status.clone();
+    steps.push(status_step(move |s| *keep.lock().unwrap() = s.clone()));
+    let (result, seen, _) = run(h, cp, steps).await;
+    result.unwrap();
+    let status = status.lock().unwrap().clone();
+    (seen, status)
+}
+
+/// A pipeline with a channel runs delivery: its Deployment reads the
+/// sending key (ingest the verifying key) by reference, its replicas are in
+/// the status and count for `Ready`.
+#[tokio::test]
+async fn a_channel_runs_delivery_with_its_credentials() {
+    let (seen, status) = channel_run(false, "bot-1", 1).await;
+    let body = |path: &str| {
+        &seen
+            .iter()
+            .find(|s| s.path.ends_with(path))
+            .unwrap_or_else(|| panic!("{path} not applied"))
+            .body
+    };
+    let delivery = body("/deployments/demo-delivery");
+    assert_eq!(
+        secret_ref_of(delivery, "CHATPIPE_CHANNEL_TG_BOT_TOKEN"),
+        Some(json!({"name": "tg-creds", "key": "botToken", "optional": false}))
+    );
+    assert_eq!(
+        secret_ref_of(delivery, "CHATPIPE_POSTGRES_URL"),
+        Some(json!({"name": "pg", "key": "url", "optional": false}))
+    );
+    assert_eq!(
+        secret_ref_of(delivery, "CHATPIPE_CHANNEL_TG_SECRET_TOKEN"),
+        None
+    );
+    let ingest = body("/deployments/demo-ingest");
+    assert_eq!(
+        secret_ref_of(ingest, "CHATPIPE_CHANNEL_TG_SECRET_TOKEN"),
+        Some(json!({"name": "tg-creds", "key": "secretToken", "optional": false}))
+    );
+    assert_eq!(secret_ref_of(ingest, "CHATPIPE_CHANNEL_TG_BOT_TOKEN"), None);
+    for path in [
+        "/configmaps/demo-ingest-config",
+        "/configmaps/demo-delivery-config",
+    ] {
+        let channels: Value =
+            serde_json::from_str(body(path)["data"]["CHATPIPE_CHANNELS"].as_str().unwrap())
+                .unwrap();
+        assert_eq!(
+            channels,
+            json!([{"name": "tg", "type": "telegram"}]),
+            "{path}"
+        );
+    }
+    assert_eq!(status["delivery"], comp(1, 1, 1));
+    let ready = condition(&status, "Ready");
+    assert_eq!(ready["status"], "True");
+    assert!(
+        ready["message"].as_str().unwrap().contains("delivery 1/1"),
+        "{ready}"
+    );
+
+    // A delivery pod that is not ready keeps the pipeline not ready.
+    let (_, status) = channel_run(false, "bot-1", 0).await;
+    assert_eq!(status["delivery"], comp(1, 1, 0));
+    let ready = condition(&status, "Ready");
+    assert_eq!(ready["status"], "False");
+    assert!(
+        ready["message"].as_str().unwrap().contains("delivery 0/1"),
+        "{ready}"
+    );
+}
+
+/// Rotating the bot token (read by delivery only) rolls delivery only.
+#[tokio::test]
+async fn rotating_a_channel_key_rolls_only_its_reader() {
+    let paths = [
+        "/deployments/demo-ingest",
+        "/statefulsets/demo-processor",
+        "/deployments/demo-api",
+        "/deployments/demo-delivery",
+    ];
+    let sums = |seen: &[Seen]| paths.map(|p| checksum_of(seen, p));
+    let (a, _) = channel_run(false, "bot-1", 1).await;
+    let (b, _) = channel_run(false, "bot-2", 1).await;
+    let (a, b) = (sums(&a), sums(&b));
+    assert_ne!(a[3], b[3], "delivery reads the bot token");
+    assert_eq!(a[..3], b[..3], "ingest, processors and api do not");
+}
+
+/// FAQ rules: the `demo-replies` ConfigMap holds them and the processors
+/// mount it; a rules edit changes the ConfigMap but no checksum.
+#[tokio::test]
+async fn rules_reach_the_processors_through_a_config_map() {
+    let (seen, _) = channel_run(true, "bot-1", 1).await;
+    let replies = seen.iter().position(|s| s.path == REPLIES).unwrap();
+    let sts = seen
+        .iter()
+        .position(|s| s.path.ends_with("/statefulsets/demo-processor"))
+        .unwrap();
+    assert!(
+        replies < sts,
+        "the ConfigMap exists before the pods mount it"
+    );
+    let with_rules = checksum_of(&seen, "/statefulsets/demo-processor");
+
+    // Another answer: a new ConfigMap, the same pod template.
+    let job = desired_job_name(pipeline(|_| {})).await;
+    let h = harness(Ok(TopicState::Exists));
+    let mut cp = with_channel(true);
+    cp.spec.replies.as_mut().unwrap().faq[0].answer = "It costs 12.".into();
+    cp.status.as_mut().unwrap().last_migration =
+        Some(serde_json::from_value(last_migration(&job)).unwrap());
+    let mut steps = workload_steps_with(
+        Workloads {
+            ready: (2, 3, 1),
+            migrated: true,
+            processors: 3,
+            ingress: true,
+        },
+        Extra {
+            secrets: vec![secret(
+                "tg-creds",
+                &[("botToken", "bot-1"), ("secretToken", "hook-secret")],
+            )],
+            delivery: (1, 1),
+            rules: Some(json!({ "rules": [{ "keyword": "price", "answer": "It costs 12." }] })),
+        },
+    );
+    steps.push(list_jobs_step(Vec::new()));
+    steps.push(status_step(ignore));
+    let (result, seen, _) = run(h, cp, steps).await;
+    result.unwrap();
+    assert_eq!(
+        checksum_of(&seen, "/statefulsets/demo-processor"),
+        with_rules,
+        "a rules edit rolls no processor"
+    );
+}
+
+/// The ConfigMap of a `demo-replies` lookup, owned by `owner_uid`.
+fn listed_replies(owner_uid: &str) -> Value {
+    json!({
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {
+            "name": "demo-replies", "namespace": "chat", "uid": "cm-uid-1",
+            "ownerReferences": [{
+                "apiVersion": "chatpipe.dev/v1alpha1", "kind": "ChatPipeline",
+                "name": "demo", "uid": owner_uid, "controller": true
+            }]
+        },
+        "data": { "rules.json": "{\"rules\":[]}" }
+    })
+}
+
+/// Removing the rules deletes the ConfigMap this pipeline made (that very
+/// one: a UID precondition); one someone else owns is left alone.
+#[tokio::test]
+async fn removing_the_rules_deletes_their_config_map() {
+    for (owner, deleted) in [("0f6c2f3e-uid", true), ("someone-else", false)] {
+        let h = harness(Ok(TopicState::Exists));
+        let cp = with_channel(false);
+        let mut steps = workload_steps_with(
+            Workloads {
+                ready: (2, 3, 1),
+                migrated: true,
+                processors: 3,
+                ingress: true,
+            },
+            Extra {
+                secrets: vec![secret(
+                    "tg-creds",
+                    &[("botToken", "bot-1"), ("secretToken", "hook-secret")],
+                )],
+                delivery: (1, 1),
+                rules: None,
+            },
+        );
+        let lookup = steps.iter().position(|s| s.path == REPLIES).unwrap();
+        steps[lookup].reply = Reply::Json(listed_replies(owner));
+        if deleted {
+            steps.insert(
+                lookup + 1,
+                step(
+                    Method::DELETE,
+                    REPLIES,
+                    false,
+                    |b| assert_eq!(b["preconditions"]["uid"], "cm-uid-1", "{b}"),
+                    Reply::Json(json!({"kind": "Status", "apiVersion": "v1", "status": "Success"})),
+                ),
+            );
+        }
+        steps.push(list_jobs_step(Vec::new()));
+        steps.push(create_job_step(true, ignore));
+        steps.push(status_step(ignore));
+        steps.push(event_step("Normal", "MigrationStarted"));
+        steps.push(event_step("Normal", "MigrationSucceeded"));
+        let (result, seen, _) = run(h, cp, steps).await;
+        result.unwrap();
+        assert_eq!(
+            seen.iter().any(|s| s.method == Method::DELETE),
+            deleted,
+            "owner {owner}"
+        );
+    }
+}
+
+/// A channel Secret that does not exist, or lacks a key a component
+/// reads, blocks the rollout as `SecretMissing` before anything is applied.
+#[tokio::test]
+async fn a_missing_channel_secret_or_key_is_secret_missing() {
+    for (reply, expected) in [
+        (
+            Reply::NotFound,
+            "tg-creds (spec.channels[].credentialsSecretRef) not found",
+        ),
+        (
+            // Ingest's key is there, delivery's is not.
+            Reply::Json(secret("tg-creds", &[("secretToken", "hook-secret")])),
+            "has no key botToken",
+        ),
+    ] {
+        let h = harness(Ok(TopicState::Exists));
+        let steps = vec![
+            step(
+                Method::GET,
+                "/api/v1/namespaces/chat/secrets/pg",
+                false,
+                ignore,
+                Reply::Json(pg_secret("postgres://pg/chatpipe")),
+            ),
+            step(
+                Method::GET,
+                "/api/v1/namespaces/chat/secrets/tg-creds",
+                false,
+                ignore,
+                reply,
+            ),
+            status_step(move |s| {
+                let d = condition(s, "Degraded");
+                assert_eq!(d["status"], "True");
+                assert_eq!(d["reason"], "SecretMissing");
+                assert!(d["message"].as_str().unwrap().contains(expected), "{d}");
+            }),
+            event_step("Warning", "SecretMissing"),
+        ];
+        let (result, _, topics) = run(h, with_channel(false), steps).await;
+        assert!(result.unwrap_err().contains(expected));
+        assert!(topics.calls.lock().unwrap().is_empty(), "nothing went on");
+    }
 }

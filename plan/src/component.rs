@@ -15,20 +15,29 @@ pub enum Component {
     Processor,
     /// The query API, `chatpipe-api`.
     Api,
+    /// The outbox sender, `chatpipe-delivery`: delivers OUTBOUND messages
+    /// of channel conversations through their channels.
+    Delivery,
 }
 
 impl Component {
     /// Every component, in start order.
-    pub const ALL: [Component; 4] = [
+    pub const ALL: [Component; 5] = [
         Component::Migrate,
         Component::Ingest,
         Component::Processor,
         Component::Api,
+        Component::Delivery,
     ];
 
     /// The long-running services (everything but the migration), in
     /// start order.
-    pub const SERVICES: [Component; 3] = [Component::Ingest, Component::Processor, Component::Api];
+    pub const SERVICES: [Component; 4] = [
+        Component::Ingest,
+        Component::Processor,
+        Component::Api,
+        Component::Delivery,
+    ];
 
     /// The component as used in names, labels and log prefixes.
     pub fn as_str(self) -> &'static str {
@@ -37,6 +46,7 @@ impl Component {
             Component::Ingest => "ingest",
             Component::Processor => "processor",
             Component::Api => "api",
+            Component::Delivery => "delivery",
         }
     }
 
@@ -47,6 +57,7 @@ impl Component {
             Component::Ingest => "chatpipe-ingest",
             Component::Processor => "chatpipe-processor",
             Component::Api => "chatpipe-api",
+            Component::Delivery => "chatpipe-delivery",
         }
     }
 

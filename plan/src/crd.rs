@@ -111,6 +111,158 @@ pub struct ChatPipelineSpec {
     /// NetworkPolicies around the pipeline's pods (off when unset).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub network_policy: Option<NetworkPolicySpec>,
+    /// Messenger channels (Telegram, WhatsApp Cloud, Twilio): contacts
+    /// write through them (`POST /channels/{name}/webhook` on ingest) and
+    /// every OUTBOUND message of their conversations is delivered back.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[x_kube(validation = Rule::new("self.all(c, self.exists_one(d, d.name == c.name))")
+        .message("channel names must be unique"))]
+    #[schemars(length(max = 32))]
+    pub channels: Vec<ChannelSpec>,
+    /// The delivery component (a Deployment) that sends the outbox of
+    /// channel messages. Defaults to one replica when channels are
+    /// declared.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delivery: Option<DeliverySpec>,
+    /// How the automatic reply is written (the original receipt text when
+    /// unset).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replies: Option<RepliesSpec>,
+}
+
+/// A messenger channel.
+#[derive(KubeSchema, Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ChannelSpec {
+    /// Unique name; part of the webhook path `/channels/{name}/webhook`.
+    #[schemars(
+        length(min = 1, max = 63),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    )]
+    pub name: String,
+    /// The provider: `telegram`, `whatsappCloud` or `twilio`.
+    #[serde(rename = "type")]
+    #[schemars(schema_with = "channel_type_schema")]
+    pub kind: String,
+    /// The Secret holding the channel's credentials: telegram `botToken`,
+    /// `secretToken`; whatsappCloud `accessToken`, `appSecret`,
+    /// `verifyToken`, `phoneNumberId`; twilio `accountSid`, `authToken`,
+    /// `from`.
+    pub credentials_secret_ref: SecretRef,
+    /// The provider's address (default `https://api.telegram.org`,
+    /// `https://graph.facebook.com`, `https://api.twilio.com`): how tests
+    /// and air-gapped installations point at another server.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self.startsWith('http://') || self.startsWith('https://')")
+        .message("apiBaseUrl must be an http:// or https:// address"))]
+    pub api_base_url: Option<String>,
+    /// The exact public URL the provider calls, when a proxy rewrites it
+    /// (Twilio signs the URL it called); default: rebuilt from the request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self.startsWith('http://') || self.startsWith('https://')")
+        .message("webhookUrl must be an http:// or https:// address"))]
+    pub webhook_url: Option<String>,
+}
+
+fn channel_type_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "string",
+        "enum": ["telegram", "whatsappCloud", "twilio"]
+    })
+}
+
+/// A Secret, by name (in the pipeline's namespace).
+#[derive(
+    JsonSchema, Serialize, Deserialize, Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash,
+)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretRef {
+    /// The Secret's name.
+    pub name: String,
+}
+
+/// The delivery component.
+#[derive(JsonSchema, Serialize, Deserialize, Debug, Clone, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct DeliverySpec {
+    /// Number of pods (default 1 when channels are declared, else 0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub replicas: Option<i32>,
+    /// Container resources.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+    /// Secret key with the delivery component's own Postgres URL;
+    /// `postgres.urlSecret` when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub postgres_url_secret: Option<SecretKeyRef>,
+    /// Messages per second through one channel (default 30, Telegram's
+    /// limit).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub channel_rate: Option<i32>,
+    /// Messages per second to one chat (default 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub chat_rate: Option<i32>,
+    /// Provider calls before a failing delivery is given up (default 10).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub max_attempts: Option<i32>,
+}
+
+/// How the automatic reply to a group is written: an external bot first
+/// (when set), then the first FAQ rule that matches, then the template.
+#[derive(JsonSchema, Serialize, Deserialize, Debug, Clone, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct RepliesSpec {
+    /// A minijinja template with `ids`, `messages` and `count` (default:
+    /// the original receipt, `Mensagens recebidas:` and one id per line).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template: Option<String>,
+    /// FAQ rules, held in memory by the processors and refreshed when they
+    /// change (without a restart).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub faq: Vec<FaqRule>,
+    /// An external bot that gets the group and returns the answer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bot: Option<ReplyBotSpec>,
+}
+
+/// One FAQ rule: a keyword (a whole word, any case) or a regular
+/// expression, and its answer.
+#[derive(KubeSchema, Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.keyword) != has(self.regex)")
+    .message("a rule has either keyword or regex"))]
+pub struct FaqRule {
+    /// A word that matches case-insensitively as a whole word.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keyword: Option<String>,
+    /// A regular expression (Rust `regex` syntax).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub regex: Option<String>,
+    /// The reply.
+    #[schemars(length(min = 1, max = 4096))]
+    pub answer: String,
+}
+
+/// An external bot.
+#[derive(KubeSchema, Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ReplyBotSpec {
+    /// Where the group is POSTed.
+    #[x_kube(validation = Rule::new("self.startsWith('http://') || self.startsWith('https://')")
+        .message("url must be an http:// or https:// address"))]
+    pub url: String,
+    /// How long the bot may take (Go duration, default 2s); then the FAQ
+    /// rules or the template answer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = GO_DURATION_PATTERN))]
+    pub timeout: Option<String>,
+    /// Secret key with a bearer token sent to the bot.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_secret_ref: Option<SecretKeyRef>,
 }
 
 /// Kafka connection and topic layout.
@@ -519,6 +671,9 @@ pub struct ChatPipelineStatus {
     /// Api replicas.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub api: Option<ComponentStatus>,
+    /// Delivery replicas.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delivery: Option<ComponentStatus>,
     /// The Kafka topic as found on the broker.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub topic: Option<TopicStatus>,

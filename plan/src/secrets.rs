@@ -7,11 +7,13 @@
 //! ConfigMap or a log line.
 
 use chatpipe_settings::api::jwt_secret_env;
+use chatpipe_settings::channels::{credential_env, CredentialReader};
 use chatpipe_settings::common::{
     env_of, kafka_sasl_password_env, kafka_sasl_username_env, postgres_ca_file_env,
     postgres_url_env, KafkaArgs,
 };
 use chatpipe_settings::ingest::webhook_secrets_env;
+use chatpipe_settings::processor::reply_bot_token_env;
 
 use crate::component::Component;
 use crate::crd::SecretKeyRef;
@@ -88,6 +90,10 @@ pub fn inputs(p: &ValidatedPipeline) -> Vec<SecretInput> {
             Component::Api => (
                 p.api.postgres_url_secret.as_ref(),
                 "spec.api.postgresUrlSecret",
+            ),
+            Component::Delivery => (
+                p.delivery.component.postgres_url_secret.as_ref(),
+                "spec.delivery.postgresUrlSecret",
             ),
         };
         match own {
@@ -184,6 +190,42 @@ pub fn inputs(p: &ValidatedPipeline) -> Vec<SecretInput> {
                     "spec.ingest.auth.secretRef",
                     Delivery::Value,
                     "whsec_…",
+                );
+            }
+        }
+        // Channel credentials: ingest verifies webhooks, delivery calls
+        // the providers; each reads only its keys.
+        let reader = match component {
+            Component::Ingest => Some(CredentialReader::Ingest),
+            Component::Delivery => Some(CredentialReader::Delivery),
+            _ => None,
+        };
+        if let Some(reader) = reader {
+            for c in &p.channels {
+                for key in c.decl.kind.keys_for(reader) {
+                    add(
+                        component,
+                        credential_env(&c.decl.name, key),
+                        &SecretKeyRef {
+                            name: c.credentials_secret.clone(),
+                            key: key.to_owned(),
+                        },
+                        "spec.channels[].credentialsSecretRef",
+                        Delivery::Value,
+                        "the provider's credential",
+                    );
+                }
+            }
+        }
+        if component == Component::Processor {
+            if let Some(r) = p.replies.bot.as_ref().and_then(|b| b.token.as_ref()) {
+                add(
+                    component,
+                    reply_bot_token_env(),
+                    r,
+                    "spec.replies.bot.tokenSecretRef",
+                    Delivery::Value,
+                    "a bearer token",
                 );
             }
         }
@@ -314,5 +356,75 @@ api:
             .find(|x| x.env == "CHATPIPE_POSTGRES_CA_FILE")
             .unwrap();
         assert_eq!(pg_ca.delivery, Delivery::File(POSTGRES_CA_FILE));
+    }
+
+    #[test]
+    fn channel_credentials_go_to_ingest_or_delivery_by_key() {
+        let p = pipeline(
+            r#"
+channels:
+  - { name: tg, type: telegram, credentialsSecretRef: { name: tg-creds } }
+  - { name: wa, type: whatsappCloud, credentialsSecretRef: { name: wa-creds } }
+  - { name: tw, type: twilio, credentialsSecretRef: { name: tw-creds } }
+replies: { bot: { url: "http://bot", tokenSecretRef: { name: bot, key: token } } }
+"#,
+        );
+        let i = inputs(&p);
+        let chan = |c: Component| -> Vec<(String, String, String)> {
+            of(&i, c)
+                .into_iter()
+                .filter(|(e, _, _)| e.starts_with("CHATPIPE_CHANNEL_"))
+                .collect()
+        };
+        assert_eq!(
+            chan(Component::Ingest),
+            [
+                t(
+                    "CHATPIPE_CHANNEL_TG_SECRET_TOKEN",
+                    "tg-creds",
+                    "secretToken"
+                ),
+                t("CHATPIPE_CHANNEL_WA_APP_SECRET", "wa-creds", "appSecret"),
+                t(
+                    "CHATPIPE_CHANNEL_WA_VERIFY_TOKEN",
+                    "wa-creds",
+                    "verifyToken"
+                ),
+                t(
+                    "CHATPIPE_CHANNEL_WA_PHONE_NUMBER_ID",
+                    "wa-creds",
+                    "phoneNumberId"
+                ),
+                t("CHATPIPE_CHANNEL_TW_ACCOUNT_SID", "tw-creds", "accountSid"),
+                t("CHATPIPE_CHANNEL_TW_AUTH_TOKEN", "tw-creds", "authToken"),
+            ]
+        );
+        assert_eq!(
+            chan(Component::Delivery),
+            [
+                t("CHATPIPE_CHANNEL_TG_BOT_TOKEN", "tg-creds", "botToken"),
+                t(
+                    "CHATPIPE_CHANNEL_WA_ACCESS_TOKEN",
+                    "wa-creds",
+                    "accessToken"
+                ),
+                t(
+                    "CHATPIPE_CHANNEL_WA_PHONE_NUMBER_ID",
+                    "wa-creds",
+                    "phoneNumberId"
+                ),
+                t("CHATPIPE_CHANNEL_TW_ACCOUNT_SID", "tw-creds", "accountSid"),
+                t("CHATPIPE_CHANNEL_TW_AUTH_TOKEN", "tw-creds", "authToken"),
+                t("CHATPIPE_CHANNEL_TW_FROM", "tw-creds", "from"),
+            ]
+        );
+        for c in [Component::Migrate, Component::Processor, Component::Api] {
+            assert!(chan(c).is_empty(), "{c}");
+        }
+        assert!(of(&i, Component::Processor).contains(&t(
+            "CHATPIPE_REPLY_BOT_TOKEN",
+            "bot",
+            "token"
+        )));
     }
 }

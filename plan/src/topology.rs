@@ -11,7 +11,9 @@
 //! [`Settings::to_env`].
 
 use chatpipe_settings::api::ApiSettings;
+use chatpipe_settings::channels::{ChannelDecl, Channels};
 use chatpipe_settings::common::{KafkaSaslMechanism, KafkaSettings, LogSettings, ServiceSettings};
+use chatpipe_settings::delivery::DeliverySettings;
 use chatpipe_settings::ingest::{IngestSettings, RateLimitClient};
 use chatpipe_settings::migrate::MigrateSettings;
 use chatpipe_settings::processor::ProcessorSettings;
@@ -32,6 +34,8 @@ pub enum Settings {
     Processor(ProcessorSettings),
     /// `chatpipe-api`.
     Api(ApiSettings),
+    /// `chatpipe-delivery`.
+    Delivery(DeliverySettings),
 }
 
 impl Settings {
@@ -42,6 +46,7 @@ impl Settings {
             Component::Ingest => Settings::Ingest(IngestSettings::default()),
             Component::Processor => Settings::Processor(ProcessorSettings::default()),
             Component::Api => Settings::Api(ApiSettings::default()),
+            Component::Delivery => Settings::Delivery(DeliverySettings::default()),
         }
     }
 
@@ -52,6 +57,7 @@ impl Settings {
             Settings::Ingest(_) => Component::Ingest,
             Settings::Processor(_) => Component::Processor,
             Settings::Api(_) => Component::Api,
+            Settings::Delivery(_) => Component::Delivery,
         }
     }
 
@@ -63,6 +69,7 @@ impl Settings {
             Settings::Ingest(s) => s.to_env(),
             Settings::Processor(s) => s.to_env(),
             Settings::Api(s) => s.to_env(),
+            Settings::Delivery(s) => s.to_env(),
         }
     }
 
@@ -78,6 +85,7 @@ impl Settings {
             Settings::Ingest(s) => s.service = service,
             Settings::Processor(s) => s.service = service,
             Settings::Api(s) => s.service = service,
+            Settings::Delivery(s) => s.service = service,
         }
         self
     }
@@ -89,6 +97,7 @@ impl Settings {
             Settings::Ingest(s) => s.service.log = log,
             Settings::Processor(s) => s.service.log = log,
             Settings::Api(s) => s.service.log = log,
+            Settings::Delivery(s) => s.service.log = log,
         }
         self
     }
@@ -134,6 +143,13 @@ pub struct Topology {
     pub secrets: Vec<SecretInput>,
     /// NetworkPolicies to create, when enabled.
     pub network_policy: Option<NetworkPolicySpec>,
+    /// The FAQ rules the processors read from a file and refresh when it
+    /// changes (`{"rules":[…]}`), when any: each deployment writes the
+    /// file its own way (a ConfigMap volume, a file in the state
+    /// directory), and a change does not restart the processors.
+    pub reply_rules: Option<String>,
+    /// The messenger channels (their credentials are among `secrets`).
+    pub channels: Vec<ChannelDecl>,
     components: Vec<Planned>,
 }
 
@@ -184,6 +200,19 @@ pub fn plan(p: &ValidatedPipeline) -> Topology {
         }),
         ..IngestSettings::default()
     };
+    let channels = (!p.channels.is_empty())
+        .then(|| Channels(p.channels.iter().map(|c| c.decl.clone()).collect()));
+    let ingest = IngestSettings {
+        channels: channels.clone(),
+        ..ingest
+    };
+    let delivery = DeliverySettings {
+        channels: channels.clone(),
+        channel_rate: p.delivery.channel_rate,
+        chat_rate: p.delivery.chat_rate,
+        max_attempts: p.delivery.max_attempts,
+        ..DeliverySettings::default()
+    };
     let processors = replicas(p.processor.replicas);
     let processor = ProcessorSettings {
         kafka,
@@ -194,6 +223,10 @@ pub fn plan(p: &ValidatedPipeline) -> Topology {
         max_group_messages: p.max_group_messages.and_then(|n| usize::try_from(n).ok()),
         max_clock_skew: p.max_clock_skew,
         replicas: Some(processors),
+        // The rules file's path is the deployment's (see `reply_rules`).
+        reply_template: p.replies.template.clone(),
+        reply_bot_url: p.replies.bot.as_ref().map(|b| b.url.clone()),
+        reply_bot_timeout: p.replies.bot.as_ref().and_then(|b| b.timeout),
         ..ProcessorSettings::default()
     };
     Topology {
@@ -201,6 +234,8 @@ pub fn plan(p: &ValidatedPipeline) -> Topology {
         postgres_url_secret: p.postgres_url_secret.clone(),
         secrets: crate::secrets::inputs(p),
         network_policy: p.network_policy.clone(),
+        reply_rules: p.replies.faq_rules_json.clone(),
+        channels: p.channels.iter().map(|c| c.decl.clone()).collect(),
         components: vec![
             Planned {
                 replicas: 1,
@@ -216,7 +251,14 @@ pub fn plan(p: &ValidatedPipeline) -> Topology {
             },
             Planned {
                 replicas: replicas(p.api.replicas),
-                settings: Settings::Api(api_settings(p)),
+                settings: Settings::Api(ApiSettings {
+                    channels,
+                    ..api_settings(p)
+                }),
+            },
+            Planned {
+                replicas: replicas(p.delivery.component.replicas),
+                settings: Settings::Delivery(delivery),
             },
         ],
     }
@@ -297,7 +339,8 @@ api: {{ replicas: 1 }}
                 (Component::Migrate, 1),
                 (Component::Ingest, 2),
                 (Component::Processor, 3),
-                (Component::Api, 1)
+                (Component::Api, 1),
+                (Component::Delivery, 0)
             ]
         );
         assert_eq!(t.kafka.partitions, 4);
@@ -405,5 +448,112 @@ api: {{ replicas: 1 }}
             .clone()
             .with_log(LogSettings::json_info());
         assert_eq!(a.to_env().len(), 2);
+    }
+
+    #[test]
+    fn channels_plan_a_delivery_replica_and_reach_ingest_delivery_and_api() {
+        let spec: ChatPipelineSpec = serde_yaml::from_str(
+            r#"
+image: chatpipe:dev
+kafka: { bootstrapServers: "k:9092", partitions: 4 }
+postgres: { urlSecret: { name: pg, key: url } }
+ingest: { replicas: 1 }
+processor: { replicas: 1 }
+api: { replicas: 1 }
+channels:
+  - { name: support-tg, type: telegram, credentialsSecretRef: { name: tg } }
+  - { name: sms, type: twilio, credentialsSecretRef: { name: tw }, apiBaseUrl: "http://127.0.0.1:9000" }
+delivery: { chatRate: 2 }
+replies:
+  template: "Got {{ count }}"
+  faq: [ { keyword: price, answer: "Free." }, { regex: "(?i)hours?", answer: "9-5" } ]
+  bot: { url: "http://bot:8000/answer", timeout: 1500ms }
+"#,
+        )
+        .unwrap();
+        let t = plan(&validate(&spec).unwrap());
+        assert_eq!(t.get(Component::Delivery).replicas, 1);
+        let channels = r#"[{"name":"support-tg","type":"telegram"},{"name":"sms","type":"twilio","apiBaseUrl":"http://127.0.0.1:9000"}]"#;
+        for c in [Component::Ingest, Component::Api, Component::Delivery] {
+            assert!(
+                env(&t, c).contains(&("CHATPIPE_CHANNELS".to_owned(), channels.to_owned())),
+                "{c}: {:?}",
+                env(&t, c)
+            );
+        }
+        assert!(env(&t, Component::Processor)
+            .iter()
+            .all(|(k, _)| k != "CHATPIPE_CHANNELS"));
+        let d = env(&t, Component::Delivery);
+        assert!(d.contains(&("CHATPIPE_DELIVERY_CHAT_RATE".to_owned(), "2".to_owned())));
+        let p = env(&t, Component::Processor);
+        assert!(p.contains(&(
+            "CHATPIPE_REPLY_TEMPLATE".to_owned(),
+            "Got {{ count }}".to_owned()
+        )));
+        assert!(p.contains(&(
+            "CHATPIPE_REPLY_BOT_URL".to_owned(),
+            "http://bot:8000/answer".to_owned()
+        )));
+        assert!(p.contains(&(
+            "CHATPIPE_REPLY_BOT_TIMEOUT".to_owned(),
+            "1s 500ms".to_owned()
+        )));
+        let rules: serde_json::Value =
+            serde_json::from_str(t.reply_rules.as_deref().unwrap()).unwrap();
+        assert_eq!(
+            rules,
+            serde_json::json!({"rules": [
+                {"keyword": "price", "answer": "Free."},
+                {"regex": "(?i)hours?", "answer": "9-5"}
+            ]})
+        );
+        // The rules file's path is the deployment's.
+        assert!(p.iter().all(|(k, _)| k != "CHATPIPE_REPLY_RULES_FILE"));
+    }
+
+    #[test]
+    fn bad_channels_and_replies_are_refused_with_their_fields() {
+        let spec: ChatPipelineSpec = serde_yaml::from_str(
+            r#"
+image: chatpipe:dev
+kafka: { bootstrapServers: "k:9092", partitions: 4 }
+postgres: { urlSecret: { name: pg, key: url } }
+ingest: { replicas: 1 }
+processor: { replicas: 1 }
+api: { replicas: 1 }
+channels:
+  - { name: Bad_Name, type: telegram, credentialsSecretRef: { name: tg } }
+  - { name: a, type: signal, credentialsSecretRef: { name: "" } }
+  - { name: b, type: twilio, credentialsSecretRef: { name: tw }, apiBaseUrl: "ftp://x" }
+  - { name: b, type: twilio, credentialsSecretRef: { name: tw } }
+delivery: { replicas: -1, channelRate: 0 }
+replies:
+  faq: [ { regex: "(", answer: "x" }, { answer: "y" }, { keyword: k, answer: "" } ]
+  bot: { url: "bot:8000", timeout: 0s }
+"#,
+        )
+        .unwrap();
+        let fields: Vec<String> = validate(&spec)
+            .unwrap_err()
+            .into_iter()
+            .map(|p| p.field)
+            .collect();
+        for f in [
+            "spec.channels[0].name",
+            "spec.channels[1].type",
+            "spec.channels[1].credentialsSecretRef.name",
+            "spec.channels[2].apiBaseUrl",
+            "spec.channels[3].name",
+            "spec.delivery.replicas",
+            "spec.delivery.channelRate",
+            "spec.replies.faq[0].regex",
+            "spec.replies.faq[1].keyword",
+            "spec.replies.faq[2].answer",
+            "spec.replies.bot.url",
+            "spec.replies.bot.timeout",
+        ] {
+            assert!(fields.iter().any(|x| x == f), "{f} not in {fields:?}");
+        }
     }
 }

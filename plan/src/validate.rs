@@ -12,6 +12,7 @@
 use std::fmt;
 use std::time::Duration;
 
+use chatpipe_settings::channels::{check_channel_name, ChannelDecl, ChannelType};
 use k8s_openapi::api::core::v1::ResourceRequirements;
 
 pub use crate::crd::PULL_POLICIES;
@@ -88,6 +89,57 @@ pub struct ValidatedPipeline {
     pub api_auth: Option<ValidatedApiAuth>,
     /// NetworkPolicies, when enabled.
     pub network_policy: Option<NetworkPolicySpec>,
+    /// Messenger channels, in declaration order.
+    pub channels: Vec<ValidatedChannel>,
+    /// The delivery component.
+    pub delivery: ValidatedDelivery,
+    /// The reply policy.
+    pub replies: ValidatedReplies,
+}
+
+/// One of `spec.channels`, checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ValidatedChannel {
+    /// What the binaries are told of it.
+    pub decl: ChannelDecl,
+    /// The Secret with its credentials.
+    pub credentials_secret: String,
+}
+
+/// `spec.delivery`, checked, with its defaults.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ValidatedDelivery {
+    /// Replicas (default 1 with channels, else 0), resources, own URL.
+    pub component: ValidatedComponent,
+    /// Messages per second per channel, when set.
+    pub channel_rate: Option<u32>,
+    /// Messages per second per chat, when set.
+    pub chat_rate: Option<u32>,
+    /// Attempts before giving up, when set.
+    pub max_attempts: Option<u32>,
+}
+
+/// `spec.replies`, checked.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ValidatedReplies {
+    /// The reply template, when set.
+    pub template: Option<String>,
+    /// The FAQ rules as the processors read them
+    /// (`{"rules":[{"keyword"|"regex", "answer"}]}`), when any.
+    pub faq_rules_json: Option<String>,
+    /// The external bot, when set.
+    pub bot: Option<ValidatedReplyBot>,
+}
+
+/// `spec.replies.bot`, checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ValidatedReplyBot {
+    /// Where groups are POSTed.
+    pub url: String,
+    /// How long it may take, when set.
+    pub timeout: Option<Duration>,
+    /// Secret key with its bearer token, when set.
+    pub token: Option<SecretKeyRef>,
 }
 
 /// `spec.api.auth`, checked.
@@ -686,6 +738,10 @@ pub fn validate(spec: &ChatPipelineSpec) -> Result<ValidatedPipeline, Vec<Valida
         }
     });
 
+    let channels = validate_channels(spec, &mut problems);
+    let delivery = validate_delivery(spec, !channels.is_empty(), &mut problems);
+    let replies = validate_replies(spec, &mut problems);
+
     let (Some(grouping_gap), Some(late_arrival_tolerance)) = (grouping_gap, late_arrival_tolerance)
     else {
         return Err(problems);
@@ -745,7 +801,220 @@ pub fn validate(spec: &ChatPipelineSpec) -> Result<ValidatedPipeline, Vec<Valida
         },
         api_auth,
         network_policy: spec.network_policy.clone().filter(|n| n.enabled),
+        channels,
+        delivery,
+        replies,
     })
+}
+
+/// `spec.channels`: names (DNS labels, unique), types, Secret names and
+/// addresses.
+fn validate_channels(
+    spec: &ChatPipelineSpec,
+    problems: &mut Vec<ValidationProblem>,
+) -> Vec<ValidatedChannel> {
+    let mut out = Vec::new();
+    let mut seen = std::collections::BTreeSet::new();
+    for (i, c) in spec.channels.iter().enumerate() {
+        let field = |f: &str| format!("spec.channels[{i}].{f}");
+        let mut ok = true;
+        if let Err(e) = check_channel_name(&c.name) {
+            problems.push(ValidationProblem::new(&field("name"), e));
+            ok = false;
+        } else if !seen.insert(c.name.as_str()) {
+            problems.push(ValidationProblem::new(
+                &field("name"),
+                format!("channel {:?} is declared twice", c.name),
+            ));
+            ok = false;
+        }
+        let kind = ChannelType::parse(&c.kind);
+        if kind.is_none() {
+            problems.push(ValidationProblem::new(
+                &field("type"),
+                format!(
+                    "{:?} is not one of {}",
+                    c.kind,
+                    ChannelType::ALL.map(ChannelType::as_str).join(", ")
+                ),
+            ));
+        }
+        if c.credentials_secret_ref.name.trim().is_empty() {
+            problems.push(ValidationProblem::new(
+                &field("credentialsSecretRef.name"),
+                "must not be empty",
+            ));
+            ok = false;
+        }
+        for (f, url) in [
+            ("apiBaseUrl", &c.api_base_url),
+            ("webhookUrl", &c.webhook_url),
+        ] {
+            if let Some(u) = url {
+                if !(u.starts_with("http://") || u.starts_with("https://")) || u.len() < 10 {
+                    problems.push(ValidationProblem::new(
+                        &field(f),
+                        format!("{u:?} is not an http:// or https:// address"),
+                    ));
+                    ok = false;
+                }
+            }
+        }
+        if let (Some(kind), true) = (kind, ok) {
+            out.push(ValidatedChannel {
+                decl: ChannelDecl {
+                    name: c.name.clone(),
+                    kind,
+                    api_base_url: c.api_base_url.clone(),
+                    webhook_url: c.webhook_url.clone(),
+                },
+                credentials_secret: c.credentials_secret_ref.name.clone(),
+            });
+        }
+    }
+    out
+}
+
+/// `spec.delivery` with its defaults: one replica when channels are
+/// declared, none otherwise.
+fn validate_delivery(
+    spec: &ChatPipelineSpec,
+    has_channels: bool,
+    problems: &mut Vec<ValidationProblem>,
+) -> ValidatedDelivery {
+    let d = spec.delivery.clone().unwrap_or_default();
+    let replicas = d.replicas.unwrap_or(i32::from(has_channels));
+    if replicas < 0 {
+        problems.push(ValidationProblem::new(
+            "spec.delivery.replicas",
+            format!("must not be negative, got {replicas}"),
+        ));
+    }
+    if let Some(r) = &d.postgres_url_secret {
+        for (f, v) in [("name", &r.name), ("key", &r.key)] {
+            if v.trim().is_empty() {
+                problems.push(ValidationProblem::new(
+                    &format!("spec.delivery.postgresUrlSecret.{f}"),
+                    "must not be empty",
+                ));
+            }
+        }
+    }
+    let mut positive = |field: &str, v: Option<i32>| -> Option<u32> {
+        let v = v?;
+        match u32::try_from(v) {
+            Ok(n) if n >= 1 => Some(n),
+            _ => {
+                problems.push(ValidationProblem::new(
+                    field,
+                    format!("must be at least 1, got {v}"),
+                ));
+                None
+            }
+        }
+    };
+    ValidatedDelivery {
+        channel_rate: positive("spec.delivery.channelRate", d.channel_rate),
+        chat_rate: positive("spec.delivery.chatRate", d.chat_rate),
+        max_attempts: positive("spec.delivery.maxAttempts", d.max_attempts),
+        component: ValidatedComponent {
+            replicas: replicas.max(0),
+            resources: d.resources,
+            postgres_url_secret: d.postgres_url_secret,
+        },
+    }
+}
+
+/// `spec.replies`: rules (keyword or regex, a regex that compiles, an
+/// answer of 1–4096 characters), the bot's address, timeout and token.
+fn validate_replies(
+    spec: &ChatPipelineSpec,
+    problems: &mut Vec<ValidationProblem>,
+) -> ValidatedReplies {
+    let Some(r) = &spec.replies else {
+        return ValidatedReplies::default();
+    };
+    let mut rules = Vec::new();
+    for (i, rule) in r.faq.iter().enumerate() {
+        let field = |f: &str| format!("spec.replies.faq[{i}].{f}");
+        match (&rule.keyword, &rule.regex) {
+            (Some(k), None) if !k.trim().is_empty() => {
+                rules.push(serde_json::json!({"keyword": k.trim(), "answer": rule.answer}));
+            }
+            (None, Some(re)) => match regex::Regex::new(re) {
+                Ok(_) => rules.push(serde_json::json!({"regex": re, "answer": rule.answer})),
+                Err(e) => problems.push(ValidationProblem::new(
+                    &field("regex"),
+                    format!("not a valid regular expression: {e}"),
+                )),
+            },
+            _ => problems.push(ValidationProblem::new(
+                &field("keyword"),
+                "a rule has either a non-empty keyword or a regex",
+            )),
+        }
+        let chars = rule.answer.chars().count();
+        if chars == 0 || chars > 4096 || rule.answer.contains('\0') {
+            problems.push(ValidationProblem::new(
+                &field("answer"),
+                "must be 1-4096 characters without NUL",
+            ));
+        }
+    }
+    if let Some(t) = &r.template {
+        if t.trim().is_empty() {
+            problems.push(ValidationProblem::new(
+                "spec.replies.template",
+                "must not be empty when set",
+            ));
+        }
+    }
+    let bot = r.bot.as_ref().map(|b| {
+        if !(b.url.starts_with("http://") || b.url.starts_with("https://")) {
+            problems.push(ValidationProblem::new(
+                "spec.replies.bot.url",
+                format!("{:?} is not an http:// or https:// address", b.url),
+            ));
+        }
+        let timeout = b
+            .timeout
+            .as_deref()
+            .and_then(|t| match parse_go_duration(t) {
+                Ok(d) if !d.is_zero() => Some(d),
+                Ok(_) => {
+                    problems.push(ValidationProblem::new(
+                        "spec.replies.bot.timeout",
+                        "must be positive",
+                    ));
+                    None
+                }
+                Err(e) => {
+                    problems.push(ValidationProblem::new("spec.replies.bot.timeout", e));
+                    None
+                }
+            });
+        if let Some(t) = &b.token_secret_ref {
+            for (f, v) in [("name", &t.name), ("key", &t.key)] {
+                if v.trim().is_empty() {
+                    problems.push(ValidationProblem::new(
+                        &format!("spec.replies.bot.tokenSecretRef.{f}"),
+                        "must not be empty",
+                    ));
+                }
+            }
+        }
+        ValidatedReplyBot {
+            url: b.url.clone(),
+            timeout,
+            token: b.token_secret_ref.clone(),
+        }
+    });
+    ValidatedReplies {
+        template: r.template.clone(),
+        faq_rules_json: (!rules.is_empty())
+            .then(|| serde_json::json!({ "rules": rules }).to_string()),
+        bot,
+    }
 }
 
 #[cfg(test)]

@@ -61,9 +61,11 @@ serve the ClusterRole and each namespace's Role.
 - apiGroups: ["chatpipe.dev"]
   resources: ["chatpipelines/status"]
   verbs: ["patch"]
+# Applied; the FAQ rules ConfigMap (<name>-replies) dropped from the spec
+# is looked up by name and deleted.
 - apiGroups: [""]
   resources: ["configmaps"]
-  verbs: ["create", "patch"]
+  verbs: ["create", "delete", "get", "patch"]
 - apiGroups: [""]
   resources: ["services"]
   verbs: ["create", "patch"]

@@ -1,12 +1,19 @@
 //! The ConfigMaps the chatpipe pods read through `envFrom` — one per
 //! component (`<name>-ingest-config`, `<name>-processor-config`,
-//! `<name>-api-config`), each holding only the settings that component
-//! reads — and the per-component checksums that go on the pod templates.
+//! `<name>-api-config`, `<name>-delivery-config`), each holding only the
+//! settings that component reads — and the per-component checksums that go
+//! on the pod templates.
 //!
 //! A component's checksum covers its own settings and the Secrets it reads,
 //! nothing else: a processor-only setting (the grouping gap) rolls the
 //! processors only, and the Kafka credentials (which the api never reads)
-//! do not roll the api.
+//! do not roll the api. A channel's credentials enter the checksums of
+//! the components that read them (ingest its verification keys, delivery
+//! its sending keys, [`chatpipe_plan::Topology::secrets`]), so rotating a
+//! bot token rolls delivery only. The FAQ reply rules are not a setting:
+//! the processor's ConfigMap only names their file
+//! ([`super::replies::RULES_FILE`]), and the processors re-read it, so a
+//! rules change rolls nothing.
 //!
 //! The data is the plan's settings of the component, written by their
 //! `to_env()` (every name comes from the binary's clap definition; unset
@@ -25,12 +32,14 @@ use super::BuildInput;
 use crate::crd::SecretKeyRef;
 
 /// The workloads that read a ConfigMap, in apply order.
-pub const WORKLOADS: [Component; 3] = Component::SERVICES;
+pub const WORKLOADS: [Component; 4] = Component::SERVICES;
 
 /// The environment `component` reads from its ConfigMap: its planned
 /// settings with JSON logs. The processor count is not among them: it is
 /// on the StatefulSet's pod template ([`super::statefulset`]), which a
-/// scale changes anyway.
+/// scale changes anyway. When the plan has FAQ reply rules the processors
+/// read them from [`super::replies::RULES_FILE`] (the path only: the rules
+/// themselves are in their own ConfigMap).
 pub fn settings(topology: &Topology, component: Component) -> BTreeMap<String, String> {
     let mut settings = topology
         .get(component)
@@ -39,6 +48,10 @@ pub fn settings(topology: &Topology, component: Component) -> BTreeMap<String, S
         .with_log(LogSettings::json_info());
     if let Settings::Processor(p) = &mut settings {
         p.replicas = None;
+        p.reply_rules_file = topology
+            .reply_rules
+            .as_ref()
+            .map(|_| super::replies::RULES_FILE.to_owned());
     }
     settings.to_env().into_iter().collect()
 }
@@ -66,9 +79,11 @@ pub struct ReferencedSecrets {
 /// The checksums on the pod templates, one per component: a service's
 /// covers its settings and the Secret keys it reads (its Postgres URL,
 /// Kafka credentials and certificates when it reads Kafka, ingest's webhook
-/// signing secrets, the api's JWT secret: a rotation rolls only the
-/// readers); the migration's covers the Postgres URL alone (which database
-/// the Job migrates).
+/// signing secrets and channel verification keys, delivery's channel
+/// sending keys, the processor's reply bot token, the api's JWT secret: a
+/// rotation rolls only the readers); the migration's covers the Postgres
+/// URL alone (which database the Job migrates). The FAQ reply rules are in
+/// none of them.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Checksums(BTreeMap<Component, String>);
 
@@ -396,6 +411,156 @@ mod tests {
                 !d.values().any(|v| v.contains("whsec_")),
                 "{c}: no secret value in a ConfigMap"
             );
+        }
+    }
+
+    /// [`secrets`] plus the two channels' Secrets of [`with_channels`].
+    fn channel_secrets(bot_token: &str, secret_token: &str, auth_token: &str) -> ReferencedSecrets {
+        let mut s = secrets("postgres://a", "p1");
+        for (name, k, v) in [
+            ("tg-creds", "botToken", bot_token),
+            ("tg-creds", "secretToken", secret_token),
+            ("twilio-creds", "accountSid", "AC123"),
+            ("twilio-creds", "authToken", auth_token),
+            ("twilio-creds", "from", "+15550001111"),
+        ] {
+            s.keys.insert(key(name, k), secret(name, k, v));
+        }
+        s
+    }
+
+    #[test]
+    fn delivery_gets_the_channels_and_its_limits() {
+        let mut s = with_channels();
+        s.delivery =
+            Some(serde_yaml::from_str("{ channelRate: 20, chatRate: 2, maxAttempts: 4 }").unwrap());
+        let cm = with_input(&s, |i| config_map(i, Component::Delivery));
+        assert_eq!(cm.metadata.name.as_deref(), Some("demo-delivery-config"));
+        assert_eq!(
+            cm.metadata.labels,
+            Some(labels::labels("demo", Component::Delivery))
+        );
+        let d = cm.data.unwrap();
+        let channels: serde_json::Value = serde_json::from_str(&d["CHATPIPE_CHANNELS"]).unwrap();
+        assert_eq!(channels[0]["name"], "tg");
+        assert_eq!(channels[0]["type"], "telegram");
+        assert_eq!(channels[1]["apiBaseUrl"], "http://twilio.test");
+        assert_eq!(d["CHATPIPE_DELIVERY_CHANNEL_RATE"], "20");
+        assert_eq!(d["CHATPIPE_DELIVERY_CHAT_RATE"], "2");
+        assert_eq!(d["CHATPIPE_DELIVERY_MAX_ATTEMPTS"], "4");
+        assert_eq!(d["CHATPIPE_LOG_FORMAT"], "json");
+        assert!(!d.contains_key("CHATPIPE_KAFKA_BROKERS"), "no Kafka");
+        // Ingest learns the channels too (it verifies their webhooks).
+        let d = with_input(&s, |i| config_map(i, Component::Ingest))
+            .data
+            .unwrap();
+        assert_eq!(
+            serde_json::from_str::<serde_json::Value>(&d["CHATPIPE_CHANNELS"]).unwrap(),
+            channels
+        );
+        // No credential ever lands in a ConfigMap.
+        for c in WORKLOADS {
+            let d = with_input(&s, |i| config_map(i, c)).data.unwrap();
+            assert!(
+                !d.keys().any(|k| k.starts_with("CHATPIPE_CHANNEL_")),
+                "{c}: credentials stay in their Secret"
+            );
+        }
+        // Without channels there is nothing to deliver through.
+        let d = with_input(&spec(), |i| config_map(i, Component::Delivery))
+            .data
+            .unwrap();
+        assert!(!d.contains_key("CHATPIPE_CHANNELS"));
+    }
+
+    /// Rotating a key rolls exactly the components that read it: the bot
+    /// token delivery, the webhook secret token ingest, the Twilio auth
+    /// token (used by both) both; never the processors or the api.
+    #[test]
+    fn channel_credentials_roll_only_their_readers() {
+        let sums = |s: &ReferencedSecrets| sums(&with_channels(), s);
+        let base = sums(&channel_secrets("bot-1", "wh-1", "auth-1"));
+        let bot = sums(&channel_secrets("bot-2", "wh-1", "auth-1"));
+        let hook = sums(&channel_secrets("bot-1", "wh-2", "auth-1"));
+        let auth = sums(&channel_secrets("bot-1", "wh-1", "auth-2"));
+        let changed = |next: &Checksums| -> Vec<Component> {
+            Component::ALL
+                .into_iter()
+                .filter(|c| next.of(*c) != base.of(*c))
+                .collect()
+        };
+        assert_eq!(changed(&bot), [Component::Delivery]);
+        assert_eq!(changed(&hook), [Component::Ingest]);
+        assert_eq!(changed(&auth), [Component::Ingest, Component::Delivery]);
+    }
+
+    #[test]
+    fn the_processors_read_the_rules_file_only_when_there_are_rules() {
+        let d = with_input(&with_rules(), |i| config_map(i, Component::Processor))
+            .data
+            .unwrap();
+        assert_eq!(
+            d["CHATPIPE_REPLY_RULES_FILE"],
+            "/etc/chatpipe/replies/rules.json"
+        );
+        assert!(
+            !d.values().any(|v| v.contains("It costs 10.")),
+            "the rules are in their own ConfigMap"
+        );
+        let d = with_input(&spec(), |i| config_map(i, Component::Processor))
+            .data
+            .unwrap();
+        assert!(!d.contains_key("CHATPIPE_REPLY_RULES_FILE"));
+        for c in [Component::Ingest, Component::Api, Component::Delivery] {
+            let d = with_input(&with_rules(), |i| config_map(i, c))
+                .data
+                .unwrap();
+            assert!(!d.contains_key("CHATPIPE_REPLY_RULES_FILE"), "{c}");
+        }
+    }
+
+    /// Editing the FAQ rules rolls no pod (the processors re-read the
+    /// file); the template and the bot are settings and roll the
+    /// processors (only).
+    #[test]
+    fn rules_changes_roll_nothing_but_the_template_rolls_the_processors() {
+        let s0 = secrets("postgres://a", "p1");
+        let base = sums(&with_rules(), &s0);
+        let mut edited = with_rules();
+        let replies = edited.replies.as_mut().unwrap();
+        replies.faq[0].answer = "It costs 12.".into();
+        replies
+            .faq
+            .push(serde_yaml::from_str("{ keyword: refund, answer: No. }").unwrap());
+        assert_ne!(
+            with_input(&edited, |i| i.topology.reply_rules.clone()),
+            with_input(&with_rules(), |i| i.topology.reply_rules.clone()),
+            "the rules did change"
+        );
+        assert_eq!(sums(&edited, &s0), base, "a rules edit rolls nothing");
+
+        for change in [
+            (|r: &mut crate::crd::RepliesSpec| r.template = Some("Got {{ count }}".into()))
+                as fn(&mut crate::crd::RepliesSpec),
+            |r| {
+                r.bot = Some(
+                    serde_yaml::from_str("{ url: 'http://bot.chat:8000/answer', timeout: 3s }")
+                        .unwrap(),
+                )
+            },
+        ] {
+            let mut s = with_rules();
+            change(s.replies.as_mut().unwrap());
+            let next = sums(&s, &s0);
+            assert_ne!(next.of(Component::Processor), base.of(Component::Processor));
+            for c in [
+                Component::Ingest,
+                Component::Api,
+                Component::Delivery,
+                Component::Migrate,
+            ] {
+                assert_eq!(next.of(c), base.of(c), "{c} must not roll");
+            }
         }
     }
 

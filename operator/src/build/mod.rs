@@ -10,10 +10,13 @@
 //!   own settings or the Secrets it reads change.
 //! - [`pod`] — the container and pod template every workload shares
 //!   (security contexts, probes, env, resources).
-//! - [`deployment`] — ingest and api.
+//! - [`deployment`] — ingest, api and delivery (the outbox sender; it has
+//!   no Service: nothing calls it, its ops port serves probes and metrics).
 //! - [`statefulset`] — the processors, and which partitions each one owns.
 //! - [`service`] — regular Services for ingest and api, the headless one of the processors.
 //! - [`ingress`] — the optional Ingress of the webhook endpoint.
+//! - [`replies`] — the processors' FAQ reply rules: a ConfigMap mounted as
+//!   a directory, re-read by the processors without a restart.
 //! - [`pdb`] — a PodDisruptionBudget per workload.
 //! - [`networkpolicy`] — the optional NetworkPolicies around every component.
 //! - [`job`] — the schema migration Job.
@@ -26,6 +29,7 @@ pub mod labels;
 pub mod networkpolicy;
 pub mod pdb;
 pub mod pod;
+pub mod replies;
 pub mod service;
 pub mod statefulset;
 
@@ -46,6 +50,9 @@ pub const INGEST_PORT: i32 = 8080;
 pub const API_PORT: i32 = 8081;
 /// Port of the processor's operational endpoints (health, metrics).
 pub const PROCESSOR_PORT: i32 = 8082;
+/// Port of the delivery component's operational endpoints (health,
+/// metrics); it serves no other traffic.
+pub const DELIVERY_PORT: i32 = 8083;
 /// Pod template annotation holding the checksum of the component's settings
 /// and of the Secrets it reads.
 pub const CHECKSUM_ANNOTATION: &str = "chatpipe.dev/config-checksum";
@@ -86,14 +93,20 @@ impl BuildInput<'_> {
 /// them in field order and never relies on the order of a list).
 #[derive(Debug, Clone)]
 pub struct DesiredObjects {
-    /// Each component's settings (ingest, processor, api).
+    /// Each component's settings (ingest, processor, api, delivery).
     pub config_maps: Vec<ConfigMap>,
+    /// The processors' FAQ reply rules, when the spec has any (else the
+    /// reconciler deletes the one it made before).
+    pub replies: Option<ConfigMap>,
     /// ingest, api and the processors' headless Service.
     pub services: Vec<Service>,
     /// The ingest Deployment.
     pub ingest: Deployment,
     /// The api Deployment.
     pub api: Deployment,
+    /// The delivery Deployment (0 replicas when no channel is declared and
+    /// `spec.delivery.replicas` is unset).
+    pub delivery: Deployment,
     /// The processors.
     pub statefulset: StatefulSet,
     /// One per workload.
@@ -114,6 +127,7 @@ pub fn desired(input: &BuildInput<'_>) -> DesiredObjects {
             .iter()
             .map(|c| configmap::config_map(input, *c))
             .collect(),
+        replies: replies::config_map(input),
         services: vec![
             service::ingest(input),
             service::api(input),
@@ -121,11 +135,13 @@ pub fn desired(input: &BuildInput<'_>) -> DesiredObjects {
         ],
         ingest: deployment::ingest(input),
         api: deployment::api(input),
+        delivery: deployment::delivery(input),
         statefulset: statefulset::processor(input),
         pdbs: vec![
             pdb::pdb(input, Component::Ingest),
             pdb::pdb(input, Component::Processor),
             pdb::pdb(input, Component::Api),
+            pdb::pdb(input, Component::Delivery),
         ],
         ingress: ingress::ingress(input),
         network_policies: networkpolicy::policies(input),
@@ -166,6 +182,38 @@ api: { replicas: 1 }
 "#,
         )
         .unwrap()
+    }
+
+    /// The fixture with two FAQ rules (a keyword and a regex).
+    pub fn with_rules() -> ChatPipelineSpec {
+        let mut s = spec();
+        s.replies = Some(
+            serde_yaml::from_str(
+                r#"
+faq:
+  - { keyword: price, answer: "It costs 10." }
+  - { regex: "(?i)open(ing)? hours", answer: "9 to 5." }
+"#,
+            )
+            .unwrap(),
+        );
+        s
+    }
+
+    /// The fixture with a Telegram and a Twilio channel.
+    pub fn with_channels() -> ChatPipelineSpec {
+        let mut s = spec();
+        s.channels = serde_yaml::from_str(
+            r#"
+- { name: tg, type: telegram, credentialsSecretRef: { name: tg-creds } }
+- name: sms
+  type: twilio
+  credentialsSecretRef: { name: twilio-creds }
+  apiBaseUrl: http://twilio.test
+"#,
+        )
+        .unwrap();
+        s
     }
 
     /// The owner reference used by every fixture.
@@ -237,10 +285,11 @@ mod tests {
         metas.extend(objs.services.iter().map(|s| s.metadata.clone()));
         metas.push(objs.ingest.metadata.clone());
         metas.push(objs.api.metadata.clone());
+        metas.push(objs.delivery.metadata.clone());
         metas.extend(objs.pdbs.iter().map(|s| s.metadata.clone()));
         metas.push(objs.ingress.clone().unwrap().metadata);
         metas.push(objs.migration_job.metadata.clone());
-        assert_eq!(metas.len(), 14);
+        assert_eq!(metas.len(), 17);
         for m in metas {
             assert_eq!(m.namespace.as_deref(), Some("chat"));
             assert_eq!(m.owner_references, Some(vec![owner()]), "{:?}", m.name);
@@ -274,11 +323,52 @@ mod tests {
             ..Default::default()
         });
         let objs = with_input(&s, desired);
-        assert_eq!(objs.network_policies.len(), 4);
+        assert_eq!(objs.network_policies.len(), 5);
         for p in objs.network_policies {
             assert_eq!(p.metadata.owner_references, Some(vec![owner()]));
             assert!(p.metadata.name.unwrap().starts_with("demo-"));
         }
+    }
+
+    #[test]
+    fn delivery_is_built_with_its_config_and_pdb() {
+        let objs = with_input(&with_channels(), desired);
+        assert_eq!(
+            objs.delivery.metadata.name.as_deref(),
+            Some("demo-delivery")
+        );
+        assert_eq!(objs.delivery.spec.as_ref().unwrap().replicas, Some(1));
+        let names = |v: Vec<Option<String>>| v.into_iter().flatten().collect::<Vec<_>>();
+        assert_eq!(
+            names(
+                objs.config_maps
+                    .iter()
+                    .map(|c| c.metadata.name.clone())
+                    .collect()
+            ),
+            [
+                "demo-ingest-config",
+                "demo-processor-config",
+                "demo-api-config",
+                "demo-delivery-config"
+            ]
+        );
+        assert!(
+            names(objs.pdbs.iter().map(|p| p.metadata.name.clone()).collect())
+                .contains(&"demo-delivery".to_owned())
+        );
+        // Without channels the Deployment stays, scaled to zero.
+        let objs = with_input(&spec(), desired);
+        assert_eq!(objs.delivery.spec.as_ref().unwrap().replicas, Some(0));
+    }
+
+    #[test]
+    fn the_replies_config_map_comes_with_the_rules() {
+        assert!(with_input(&spec(), desired).replies.is_none());
+        let objs = with_input(&with_rules(), desired);
+        let cm = objs.replies.unwrap();
+        assert_eq!(cm.metadata.name.as_deref(), Some("demo-replies"));
+        assert_eq!(cm.metadata.owner_references, Some(vec![owner()]));
     }
 
     #[test]

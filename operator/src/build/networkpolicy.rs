@@ -13,6 +13,8 @@
 //! - api: from the pipeline's own namespace (or `apiNamespaceSelector`) and
 //!   from the metrics scrapers, to the api port.
 //! - processor: from the metrics scrapers only, to its ops port.
+//! - delivery: from the metrics scrapers only, to its ops port (it calls
+//!   the providers; nothing calls it).
 //! - migrate: the migration Job's pods serve nothing: no ingress at all.
 //!
 //! Metrics are served on each component's service port, so the metrics
@@ -30,17 +32,18 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::labels::{self, Component};
-use super::{BuildInput, API_PORT, INGEST_PORT, PROCESSOR_PORT};
+use super::{BuildInput, API_PORT, DELIVERY_PORT, INGEST_PORT, PROCESSOR_PORT};
 
 /// Label every namespace carries with its own name (Kubernetes ≥ 1.21).
 pub const NAMESPACE_NAME_LABEL: &str = "kubernetes.io/metadata.name";
 /// Namespace of the ingress controller when `ingressNamespaceSelector` is unset.
 pub const DEFAULT_INGRESS_NAMESPACE: &str = "ingress-nginx";
 /// The components that get a policy, in the order they are applied.
-pub const COMPONENTS: [Component; 4] = [
+pub const COMPONENTS: [Component; 5] = [
     Component::Ingest,
     Component::Processor,
     Component::Api,
+    Component::Delivery,
     Component::Migrate,
 ];
 
@@ -104,6 +107,7 @@ pub fn rules(
             from_namespaces(metrics, API_PORT),
         ],
         Component::Processor => vec![from_namespaces(metrics, PROCESSOR_PORT)],
+        Component::Delivery => vec![from_namespaces(metrics, DELIVERY_PORT)],
         Component::Migrate => Vec::new(),
     }
 }
@@ -198,7 +202,13 @@ mod tests {
         let all = by_component(&enabled("{ enabled: true }"));
         assert_eq!(
             all.keys().collect::<Vec<_>>(),
-            ["demo-api", "demo-ingest", "demo-migrate", "demo-processor"]
+            [
+                "demo-api",
+                "demo-delivery",
+                "demo-ingest",
+                "demo-migrate",
+                "demo-processor"
+            ]
         );
         for c in COMPONENTS {
             let p = &all[&format!("demo-{}", c.as_str())];
@@ -227,7 +237,8 @@ mod tests {
             peers(&all["demo-api"]),
             [(named("chat"), 8081), (every.clone(), 8081)]
         );
-        assert_eq!(peers(&all["demo-processor"]), [(every, 8082)]);
+        assert_eq!(peers(&all["demo-processor"]), [(every.clone(), 8082)]);
+        assert_eq!(peers(&all["demo-delivery"]), [(every, 8083)]);
         // The migration's pods get nothing in: an empty list denies all.
         let migrate = all["demo-migrate"].spec.clone().unwrap();
         assert_eq!(migrate.ingress, Some(Vec::new()));
@@ -266,7 +277,8 @@ metricsNamespaceSelector: { matchLabels: { kubernetes.io/metadata.name: monitori
             peers(&all["demo-api"]),
             [(tiers, 8081), (monitoring.clone(), 8081)]
         );
-        assert_eq!(peers(&all["demo-processor"]), [(monitoring, 8082)]);
+        assert_eq!(peers(&all["demo-processor"]), [(monitoring.clone(), 8082)]);
+        assert_eq!(peers(&all["demo-delivery"]), [(monitoring, 8083)]);
     }
 
     #[test]
@@ -274,7 +286,7 @@ metricsNamespaceSelector: { matchLabels: { kubernetes.io/metadata.name: monitori
         let long = "a".repeat(crate::validate::MAX_NAME_LEN);
         let s = enabled("{ enabled: true }");
         let all = with_name(&long, &s, checksums(), policies);
-        assert_eq!(all.len(), 4);
+        assert_eq!(all.len(), 5);
         for p in all {
             assert!(p.metadata.name.unwrap().len() <= 253);
         }

@@ -1,10 +1,12 @@
 //! The container and pod template shared by every workload: image, command,
 //! environment (the component's ConfigMap via `envFrom`, the Kafka
 //! credentials for the components that talk to Kafka, the Postgres URL from
-//! its Secret, ingest's webhook signing secrets from theirs, the listen
+//! its Secret, ingest's webhook signing secrets from theirs, each channel's
+//! credentials — the keys ingest verifies with to ingest, the keys delivery
+//! sends with to delivery — from the channel's Secret, the listen
 //! address), probes on `/healthz` and `/readyz`,
-//! resources, locked-down security contexts, and the component's checksum
-//! annotation.
+//! resources, locked-down security contexts, the processors' FAQ rules
+//! directory ([`super::replies`]), and the component's checksum annotation.
 
 use std::collections::BTreeMap;
 
@@ -114,11 +116,20 @@ pub fn secrets_volume(
     ))
 }
 
+/// The volumes of `component`'s pods besides `/tmp`, with their mounts:
+/// its secret files, then the FAQ rules directory (processors with rules).
+fn extra_volumes(input: &BuildInput<'_>, component: Component) -> Vec<(Volume, VolumeMount)> {
+    secrets_volume(input, component)
+        .into_iter()
+        .chain(super::replies::volume(input, component))
+        .collect()
+}
+
 /// The volume mounts of `component`'s container: `/tmp`, then its secret
-/// files when it has any.
+/// files when it has any, then the FAQ rules directory when it reads one.
 pub fn volume_mounts(input: &BuildInput<'_>, component: Component) -> Vec<VolumeMount> {
     let mut v = vec![tmp_mount()];
-    v.extend(secrets_volume(input, component).map(|(_, m)| m));
+    v.extend(extra_volumes(input, component).into_iter().map(|(_, m)| m));
     v
 }
 
@@ -326,7 +337,7 @@ pub fn pod_template(
             restart_policy: restart_policy.map(str::to_owned),
             volumes: Some(
                 std::iter::once(tmp_volume())
-                    .chain(secrets_volume(input, component).map(|(v, _)| v))
+                    .chain(extra_volumes(input, component).into_iter().map(|(v, _)| v))
                     .collect(),
             ),
             ..PodSpec::default()
@@ -427,8 +438,8 @@ pub(crate) mod checks {
             from[0].config_map_ref.as_ref().unwrap().name,
             format!("demo-{}-config", component.as_str())
         );
-        if component == Component::Api {
-            assert_eq!(from.len(), 1, "the api does not read Kafka credentials");
+        if !component.reads_kafka() {
+            assert_eq!(from.len(), 1, "{component} does not read Kafka credentials");
         } else {
             assert_eq!(from[1].secret_ref.as_ref().unwrap().name, "kafka-creds");
         }

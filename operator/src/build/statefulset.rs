@@ -105,6 +105,50 @@ mod tests {
         );
     }
 
+    /// With FAQ rules the processors mount their ConfigMap as a read-only
+    /// directory (no subPath, so the kubelet updates the file in place);
+    /// without, there is no such volume.
+    #[test]
+    fn the_rules_are_mounted_into_the_processors() {
+        let sts = with_input(&with_rules(), processor);
+        let pod = sts.spec.unwrap().template.spec.unwrap();
+        let volume = pod
+            .volumes
+            .iter()
+            .flatten()
+            .find(|v| v.config_map.is_some())
+            .expect("the rules volume");
+        assert_eq!(volume.config_map.as_ref().unwrap().name, "demo-replies");
+        let mount = pod.containers[0]
+            .volume_mounts
+            .iter()
+            .flatten()
+            .find(|m| m.name == volume.name)
+            .expect("its mount");
+        assert_eq!(mount.mount_path, "/etc/chatpipe/replies");
+        assert_eq!(mount.read_only, Some(true));
+        assert!(mount.sub_path.is_none());
+        // `/tmp` stays.
+        assert!(pod.containers[0]
+            .volume_mounts
+            .iter()
+            .flatten()
+            .any(|m| m.mount_path == "/tmp"));
+
+        let pod = with_input(&spec(), processor)
+            .spec
+            .unwrap()
+            .template
+            .spec
+            .unwrap();
+        assert!(pod.volumes.iter().flatten().all(|v| v.config_map.is_none()));
+        assert!(pod.containers[0]
+            .volume_mounts
+            .iter()
+            .flatten()
+            .all(|m| m.mount_path != "/etc/chatpipe/replies"));
+    }
+
     #[test]
     fn scaling_changes_replicas_and_env() {
         let mut s = spec();
