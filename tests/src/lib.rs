@@ -29,6 +29,8 @@ use serde_json::{json, Value};
 use tokio::sync::OnceCell;
 use uuid::Uuid;
 
+pub mod fakes;
+
 /// How long a spawned service may take to become ready.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(60);
 

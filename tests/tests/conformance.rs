@@ -183,10 +183,21 @@ async fn single_message_gets_one_reply_with_the_exact_text_and_shape() {
         .map(String::as_str)
         .collect();
     keys.sort();
+    // The spec's shape, plus the channel fields (extra fields only).
     assert_eq!(
         keys,
-        ["created_at", "id", "messages", "status", "updated_at"]
+        [
+            "channel",
+            "contact",
+            "created_at",
+            "id",
+            "messages",
+            "status",
+            "updated_at"
+        ]
     );
+    assert_eq!(view["channel"], Value::Null);
+    assert_eq!(view["contact"], Value::Null);
     assert_eq!(view["id"], c.to_string());
     assert_eq!(view["status"], "OPEN");
     assert_eq!(
@@ -206,14 +217,30 @@ async fn single_message_gets_one_reply_with_the_exact_text_and_shape() {
             .map(String::as_str)
             .collect();
         keys.sort();
-        assert_eq!(keys, ["content", "id", "timestamp", "type"]);
+        assert_eq!(
+            keys,
+            [
+                "author",
+                "channel",
+                "content",
+                "delivery",
+                "id",
+                "kind",
+                "media_id",
+                "timestamp",
+                "type"
+            ]
+        );
         assert!(msg["timestamp"].as_str().unwrap().ends_with('Z'), "{msg}");
     }
     assert_eq!(
         msgs[0],
         json!({"id": m, "type": "INBOUND", "content": "Olá, tudo bem?",
-               "timestamp": chatpipe_core::event::format_timestamp(now)})
+               "timestamp": chatpipe_core::event::format_timestamp(now),
+               "channel": null, "author": {"kind": "contact", "id": null, "name": null},
+               "kind": "text", "media_id": null, "delivery": null})
     );
+    assert_eq!(msgs[1]["author"]["kind"], "bot");
     let reply = &msgs[1];
     assert_eq!(reply["type"], "OUTBOUND");
     assert_eq!(reply["content"], expected_reply(&[m]));
