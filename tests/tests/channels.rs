@@ -414,7 +414,7 @@ async fn a_blocked_contact_fails_with_the_providers_reason_and_can_be_retried() 
     let conversation = body["messages"][0]["conversation_id"].clone();
     let failed = eventually(Duration::from_secs(30), "a dead letter", || async {
         let (_, v) = c.api("/deliveries?status=failed").await;
-        v["items"]
+        v["deliveries"]
             .as_array()?
             .iter()
             .find(|d| d["conversation_id"] == conversation)

@@ -35,7 +35,7 @@ use tokio_postgres::{Client, NoTls};
 use uuid::Uuid;
 
 /// The components with a group role of their own.
-const COMPONENTS: [&str; 4] = ["ingest", "processor", "api", "admin"];
+const COMPONENTS: [&str; 5] = ["ingest", "processor", "api", "delivery", "admin"];
 
 /// What each component's login may do on one table: letters of `S`
 /// (SELECT), `I` (INSERT), `U` (UPDATE), `D` (DELETE). TRUNCATE: nobody.
@@ -44,6 +44,7 @@ struct Grant {
     ingest: &'static str,
     processor: &'static str,
     api: &'static str,
+    delivery: &'static str,
     admin: &'static str,
     /// A statement inserting one valid row (so an allowed INSERT succeeds).
     insert: &'static str,
@@ -59,6 +60,7 @@ const GRANTS: &[Grant] = &[
         ingest: "SIU",
         processor: "SIU",
         api: "S",
+        delivery: "",
         admin: "SIUD",
         insert: "INSERT INTO conversations (id, created_at, updated_at) \
                  VALUES (gen_random_uuid(), now(), now())",
@@ -68,7 +70,9 @@ const GRANTS: &[Grant] = &[
         table: "messages",
         ingest: "S",
         processor: "SIU",
-        api: "S",
+        // Agents' messages (V600).
+        api: "SI",
+        delivery: "S",
         admin: "SIUD",
         insert: "INSERT INTO messages (id, conversation_id, direction, content, \"timestamp\", arrival) \
                  VALUES (gen_random_uuid(), gen_random_uuid(), 'INBOUND', 'x', now(), now())",
@@ -79,6 +83,7 @@ const GRANTS: &[Grant] = &[
         ingest: "",
         processor: "SIU",
         api: "S",
+        delivery: "",
         admin: "SIUD",
         insert: "INSERT INTO rejected_events (event_type, reason, event, source_topic, \
                  source_partition, source_offset) \
@@ -90,6 +95,7 @@ const GRANTS: &[Grant] = &[
         ingest: "",
         processor: "SIU",
         api: "",
+        delivery: "",
         admin: "SIUD",
         insert: "INSERT INTO processor_partitions (topic, partition) \
                  VALUES (gen_random_uuid()::text, 0)",
@@ -100,6 +106,7 @@ const GRANTS: &[Grant] = &[
         ingest: "",
         processor: "SIU",
         api: "",
+        delivery: "",
         admin: "SIUD",
         insert: "INSERT INTO processor_conversation_log \
                  (topic, conversation_id, partition, created_offset, created_arrival_ms) \
@@ -111,6 +118,7 @@ const GRANTS: &[Grant] = &[
         ingest: "SIUD",
         processor: "S",
         api: "",
+        delivery: "",
         admin: "SIUD",
         insert: "INSERT INTO ingest_inflight (replica) VALUES (gen_random_uuid()::text)",
         column: "oldest_inflight_ms",
@@ -120,6 +128,7 @@ const GRANTS: &[Grant] = &[
         ingest: "",
         processor: "I",
         api: "",
+        delivery: "",
         admin: "SIUD",
         insert: "INSERT INTO partition_resets (topic, partition, kind, stored_resume, \
                  stored_processed, log_start, log_end, new_offset, skipped_from, skipped_to) \
@@ -132,6 +141,7 @@ const GRANTS: &[Grant] = &[
         ingest: "",
         processor: "",
         api: "SIUD",
+        delivery: "",
         admin: "",
         insert: "INSERT INTO agents (id, username, password_hash, role) \
                  VALUES (gen_random_uuid(), gen_random_uuid()::text, 'x', 'agent')",
@@ -142,6 +152,7 @@ const GRANTS: &[Grant] = &[
         ingest: "",
         processor: "",
         api: "SIUD",
+        delivery: "",
         admin: "",
         // No agent has this id: an allowed INSERT ends in a foreign-key
         // violation (class 23), past the privilege check.
@@ -155,10 +166,89 @@ const GRANTS: &[Grant] = &[
         ingest: "",
         processor: "",
         api: "",
+        delivery: "",
         admin: "",
         insert: "INSERT INTO refinery_schema_history (version, name, applied_on, checksum) \
                  VALUES (-1, 'probe', 'probe', 'probe')",
         column: "checksum",
+    },
+    Grant {
+        table: "contacts",
+        ingest: "SIU",
+        processor: "",
+        api: "S",
+        delivery: "S",
+        admin: "SIUD",
+        insert: "INSERT INTO contacts (id, channel, provider_user_id) \
+                 VALUES (gen_random_uuid(), 'probe', gen_random_uuid()::text)",
+        column: "display_name",
+    },
+    Grant {
+        table: "channel_conversations",
+        ingest: "SIU",
+        processor: "S",
+        api: "S",
+        delivery: "S",
+        admin: "SIUD",
+        insert: "INSERT INTO channel_conversations (conversation_id, channel, contact_id) \
+                 VALUES (gen_random_uuid(), 'probe', NULL)",
+        column: "channel",
+    },
+    Grant {
+        table: "message_meta",
+        ingest: "SIU",
+        processor: "SI",
+        api: "SI",
+        delivery: "",
+        admin: "SIUD",
+        insert: "INSERT INTO message_meta (message_id, conversation_id) \
+                 VALUES (gen_random_uuid(), gen_random_uuid())",
+        column: "media_id",
+    },
+    Grant {
+        table: "deliveries",
+        ingest: "SU",
+        processor: "SI",
+        api: "SIU",
+        delivery: "SU",
+        admin: "SIUD",
+        insert: "INSERT INTO deliveries (message_id, conversation_id, channel, contact_id) \
+                 VALUES (gen_random_uuid(), gen_random_uuid(), 'probe', gen_random_uuid())",
+        column: "error_reason",
+    },
+    Grant {
+        table: "delivery_events",
+        ingest: "I",
+        processor: "SI",
+        api: "SI",
+        delivery: "SI",
+        admin: "SIUD",
+        insert: "INSERT INTO delivery_events (delivery_id, event, source) VALUES (-1, 'probe', 'probe')",
+        column: "reason",
+    },
+    Grant {
+        table: "delivery_receipts",
+        ingest: "SI",
+        processor: "",
+        api: "S",
+        delivery: "S",
+        admin: "SIUD",
+        insert: "INSERT INTO delivery_receipts (channel, provider_message_id, status, at) \
+                 VALUES ('probe', gen_random_uuid()::text, 'sent', now())",
+        column: "reason",
+    },
+    Grant {
+        table: "message_idempotency_keys",
+        ingest: "",
+        processor: "",
+        api: "SI",
+        delivery: "",
+        admin: "SIUD",
+        insert: "INSERT INTO message_idempotency_keys \
+                 (agent_id, idempotency_key, conversation_id, request_digest, message_id) \
+                 VALUES (gen_random_uuid(), gen_random_uuid()::text, gen_random_uuid(), '\\x00', \
+                 gen_random_uuid())",
+        column: "idempotency_key",
     },
 ];
 
@@ -168,6 +258,7 @@ impl Grant {
             "ingest" => self.ingest,
             "processor" => self.processor,
             "api" => self.api,
+            "delivery" => self.delivery,
             "admin" => self.admin,
             other => panic!("no component {other}"),
         }

@@ -1427,8 +1427,14 @@ fn check_lifecycle(reqs: &[Req], seen: &Seen, bad: &mut Vec<String>) {
                 }
             }
         }
+        // 400 CLOSE_CONVERSATION: an identical close answered 200 before
+        // this one was sent makes it a replay; one sent concurrently (or
+        // later) may legitimately find the conversation not created yet.
         for r in answered(reqs, Kind::Close, c, 400) {
-            if coks.iter().any(|o| o.ev.when.at == r.ev.when.at) {
+            if coks
+                .iter()
+                .any(|o| o.ev.when.at == r.ev.when.at && o.out.after < r.out.before)
+            {
                 bad.push(format!(
                     "{}: refused although a CLOSE_CONVERSATION with the same id and time was answered 200 (an identical redelivery must be a replay)",
                     r.describe()

@@ -55,6 +55,8 @@ pub enum Component {
     Processor,
     /// `chatpipe-api` (role `chatpipe_api`).
     Api,
+    /// `chatpipe-delivery` (role `chatpipe_delivery`, migration V600).
+    Delivery,
     /// People administering the data (role `chatpipe_admin`: every row of
     /// every table, no schema changes).
     Admin,
@@ -62,29 +64,33 @@ pub enum Component {
 
 impl Component {
     /// Every component, in a fixed order.
-    pub const ALL: [Component; 4] = [
+    pub const ALL: [Component; 5] = [
         Component::Ingest,
         Component::Processor,
         Component::Api,
+        Component::Delivery,
         Component::Admin,
     ];
 
-    /// The NOLOGIN group role migration V500 creates for it.
+    /// The NOLOGIN group role migration V500 (V600 for delivery) creates
+    /// for it.
     pub fn group_role(self) -> &'static str {
         match self {
             Component::Ingest => "chatpipe_ingest",
             Component::Processor => "chatpipe_processor",
             Component::Api => "chatpipe_api",
+            Component::Delivery => "chatpipe_delivery",
             Component::Admin => "chatpipe_admin",
         }
     }
 }
 
 /// Every chatpipe group role (a login must not be named like one).
-const RESERVED: [&str; 5] = [
+const RESERVED: [&str; 6] = [
     "chatpipe_ingest",
     "chatpipe_processor",
     "chatpipe_api",
+    "chatpipe_delivery",
     "chatpipe_admin",
     "chatpipe_api_readonly",
 ];
