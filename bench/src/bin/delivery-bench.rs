@@ -122,7 +122,11 @@ fn quantiles(text: &str, name: &str) -> (String, String, f64) {
                 .nth(1)
                 .and_then(|r| r.split('"').next())
                 .unwrap_or("+Inf");
-            let bound = if le == "+Inf" { f64::INFINITY } else { le.parse().unwrap_or(f64::INFINITY) };
+            let bound = if le == "+Inf" {
+                f64::INFINITY
+            } else {
+                le.parse().unwrap_or(f64::INFINITY)
+            };
             match buckets.iter_mut().find(|(b, _)| *b == bound) {
                 Some(b) => b.1 += value,
                 None => buckets.push((bound, value)),
@@ -138,10 +142,20 @@ fn quantiles(text: &str, name: &str) -> (String, String, f64) {
         buckets
             .iter()
             .find(|(_, n)| *n >= q * count)
-            .map(|(b, _)| if b.is_finite() { format!("{:.1}", b * 1000.0) } else { "inf".to_owned() })
+            .map(|(b, _)| {
+                if b.is_finite() {
+                    format!("{:.1}", b * 1000.0)
+                } else {
+                    "inf".to_owned()
+                }
+            })
             .unwrap_or_else(|| "-".to_owned())
     };
-    let mean = if count > 0.0 { sum / count * 1000.0 } else { 0.0 };
+    let mean = if count > 0.0 {
+        sum / count * 1000.0
+    } else {
+        0.0
+    };
     (at(0.5), at(0.99), mean)
 }
 
@@ -245,9 +259,14 @@ async fn main() -> anyhow::Result<()> {
     match reqwest::get(format!("http://127.0.0.1:{port}/metrics")).await {
         Ok(r) => {
             let text = r.text().await.unwrap_or_default();
-            for name in ["chatpipe_delivery_settle_seconds", "chatpipe_delivery_send_seconds"] {
+            for name in [
+                "chatpipe_delivery_settle_seconds",
+                "chatpipe_delivery_send_seconds",
+            ] {
                 let (p50, p99, mean) = quantiles(&text, name);
-                println!("{name}: mean {mean:.2} ms, p50 ≤ {p50} ms, p99 ≤ {p99} ms (bucket bounds)");
+                println!(
+                    "{name}: mean {mean:.2} ms, p50 ≤ {p50} ms, p99 ≤ {p99} ms (bucket bounds)"
+                );
             }
         }
         Err(e) => println!("metrics not read: {e}"),
