@@ -449,3 +449,40 @@ async fn a_blocked_contact_fails_with_the_providers_reason_and_can_be_retried() 
         .expect("delivered after the retry");
     assert_eq!(sent[0].to, "777");
 }
+
+/// A new contact writing several messages at once (parallel provider
+/// deliveries, as Telegram does under load) opens exactly one
+/// conversation: the contact's row lock orders the decisions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_contacts_simultaneous_first_messages_open_one_conversation() {
+    let c = start().await;
+    let url = c.webhook("tg");
+    let posts = (1..=8).map(|i| {
+        let url = url.clone();
+        async move {
+            let update =
+                telegram_update(100 + i, 5151, i, "Carla", &format!("msg {i}"), now_secs());
+            let r = post_telegram(&url, TG_SECRET, &update).await.expect("post");
+            assert_eq!(r.status(), 200);
+            let body: Value = r.json().await.expect("json");
+            body["messages"][0]["conversation_id"].clone()
+        }
+    });
+    let conversations: std::collections::BTreeSet<String> = futures::future::join_all(posts)
+        .await
+        .into_iter()
+        .map(|v| v.to_string())
+        .collect();
+    assert_eq!(conversations.len(), 1, "{conversations:?}");
+    let conversation: Uuid = conversations
+        .iter()
+        .next()
+        .and_then(|s| s.trim_matches('"').parse().ok())
+        .expect("a conversation id");
+    let view = c.answered(conversation).await;
+    let inbound = view["messages"]
+        .as_array()
+        .map(|m| m.iter().filter(|x| x["type"] == json!("INBOUND")).count())
+        .unwrap_or(0);
+    assert_eq!(inbound, 8, "{view}");
+}
