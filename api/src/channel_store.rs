@@ -20,7 +20,7 @@ use crate::model::{
     FeedMessage, SendStatus, SentMessage,
 };
 use crate::pagination::Cursor;
-use crate::store::{message_of, summary_of, ts, MESSAGE_COLUMNS, MESSAGE_JOINS};
+use crate::store::{keyset_page, message_of, summary_of, ts, MESSAGE_COLUMNS, MESSAGE_JOINS};
 
 /// An agent's message to store.
 #[derive(Debug, Clone)]
@@ -264,22 +264,19 @@ pub async fn list_feed(
     ));
     let stmt = client.prepare_cached(&sql).await?;
     let rows = client.query(&stmt, &params).await?;
-    let more = rows.len() as i64 > limit;
-    let mut page = Vec::with_capacity(rows.len().min(limit as usize));
-    let mut last = None;
-    for row in rows.iter().take(limit as usize) {
+    keyset_page(&rows, limit, |row| {
         let message = message_of(row)?;
-        last = Some(Cursor::Feed {
+        let cursor = Cursor::Feed {
             timestamp: row.try_get("timestamp")?,
             outbound: message.direction == Direction::Outbound,
             id: message.id,
-        });
-        page.push(FeedMessage {
+        };
+        let item = FeedMessage {
             conversation_id: row.try_get("m_conversation_id")?,
             message,
-        });
-    }
-    Ok((page, if more { last } else { None }))
+        };
+        Ok((item, cursor))
+    })
 }
 
 const CONTACT_COLUMNS: &str =
@@ -327,20 +324,13 @@ pub async fn list_contacts(
     ));
     let stmt = client.prepare_cached(&sql).await?;
     let rows = client.query(&stmt, &params).await?;
-    let more = rows.len() as i64 > limit;
-    let page_rows = &rows[..rows.len().min(limit as usize)];
-    let page = page_rows
-        .iter()
-        .map(contact_of)
-        .collect::<Result<Vec<_>, _>>()?;
-    let next = match page_rows.last() {
-        Some(row) if more => Some(Cursor::Contact {
+    keyset_page(&rows, limit, |row| {
+        let cursor = Cursor::Contact {
             created_at: row.try_get("created_at")?,
             id: row.try_get("id")?,
-        }),
-        _ => None,
-    };
-    Ok((page, next))
+        };
+        Ok((contact_of(row)?, cursor))
+    })
 }
 
 /// Most conversations `GET /contacts/{id}` shows.
@@ -505,17 +495,11 @@ pub async fn list_deliveries(
     sql.push_str(&format!(" ORDER BY d.id DESC LIMIT ${}", params.len()));
     let stmt = client.prepare_cached(&sql).await?;
     let rows = client.query(&stmt, &params).await?;
-    let more = rows.len() as i64 > limit;
-    let page = rows
-        .iter()
-        .take(limit as usize)
-        .map(delivery_of)
-        .collect::<Result<Vec<_>, _>>()?;
-    let next = match page.last() {
-        Some(d) if more => Some(Cursor::Delivery { id: d.id }),
-        _ => None,
-    };
-    Ok((page, next))
+    keyset_page(&rows, limit, |row| {
+        let d = delivery_of(row)?;
+        let cursor = Cursor::Delivery { id: d.id };
+        Ok((d, cursor))
+    })
 }
 
 /// One delivery and its timeline (one statement each, one snapshot), or

@@ -84,6 +84,26 @@ fn pool(
     chatpipe_core::db::pool_from_config(pg, max_size)
 }
 
+/// One keyset page from `rows` (a query that fetched `limit + 1`): the
+/// first `limit` rows as items, each with the cursor that continues after
+/// it, and the last cursor as the next one when there were more rows.
+pub(crate) fn keyset_page<T>(
+    rows: &[Row],
+    limit: i64,
+    mut item: impl FnMut(&Row) -> Result<(T, Cursor), ApiError>,
+) -> Result<(Vec<T>, Option<Cursor>), ApiError> {
+    let take = usize::try_from(limit).unwrap_or(0);
+    let more = rows.len() > take;
+    let mut page = Vec::with_capacity(rows.len().min(take));
+    let mut last = None;
+    for row in rows.iter().take(take) {
+        let (t, cursor) = item(row)?;
+        page.push(t);
+        last = Some(cursor);
+    }
+    Ok((page, if more { last } else { None }))
+}
+
 pub(crate) fn ts(t: DateTime<Utc>) -> String {
     format_timestamp(t)
 }
@@ -264,20 +284,13 @@ pub async fn list_conversations(
     ));
     let stmt = client.prepare_cached(&sql).await?;
     let rows = client.query(&stmt, &params).await?;
-    let more = rows.len() as i64 > limit;
-    let page_rows = &rows[..rows.len().min(limit as usize)];
-    let page = page_rows
-        .iter()
-        .map(summary_of)
-        .collect::<Result<Vec<_>, _>>()?;
-    let next = match page_rows.last() {
-        Some(row) if more => Some(Cursor::Conversation {
+    keyset_page(&rows, limit, |row| {
+        let cursor = Cursor::Conversation {
             created_at: row.try_get("created_at")?,
             id: row.try_get("id")?,
-        }),
-        _ => None,
-    };
-    Ok((page, next))
+        };
+        Ok((summary_of(row)?, cursor))
+    })
 }
 
 /// A page of one conversation's messages in timestamp order, starting after
@@ -320,19 +333,15 @@ pub async fn list_messages(
                 .await?
         }
     };
-    let more = rows.len() as i64 > limit;
-    let mut page = Vec::with_capacity(rows.len().min(limit as usize));
-    let mut last = None;
-    for row in rows.iter().take(limit as usize) {
+    keyset_page(&rows, limit, |row| {
         let m = message_of(row)?;
-        last = Some(Cursor::Message {
+        let cursor = Cursor::Message {
             timestamp: row.try_get("timestamp")?,
             outbound: m.direction == Direction::Outbound,
             id: m.id,
-        });
-        page.push(m);
-    }
-    Ok((page, if more { last } else { None }))
+        };
+        Ok((m, cursor))
+    })
 }
 
 /// A page of rejected events, newest first, optionally of one conversation
